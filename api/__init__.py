@@ -1,0 +1,1 @@
+"""The HTTP entry point: routes, request parsing, auth and error mapping only."""

@@ -1,0 +1,82 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from celery import Celery
+from sqlalchemy import text
+
+from api import auth, images, jobs
+from api.errors import error_middleware
+from api.keys import CELERY, DATABASE, DISPATCHER, INVENTORY, SETTINGS
+from imagesvc.settings import Settings
+from models.db import Database
+from models.instances import SqlInventory
+from workers.celery_app import create_celery
+from workers.dispatch import JobDispatcher
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The API, with its database and broker opened on startup and closed on cleanup."""
+    app = web.Application(
+        middlewares=[error_middleware, auth.auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post(auth.TOKEN_PATH, auth.create_token)
+    app.router.add_get("/healthz", healthz)
+    app.add_routes(images.routes)
+    app.add_routes(jobs.routes)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.ensure_dirs()
+    database = Database(settings.resolved_database_url)
+    celery = create_celery(settings)
+    app[DATABASE] = database
+    app[INVENTORY] = SqlInventory(database)
+    app[CELERY] = celery
+    app[DISPATCHER] = JobDispatcher(celery)
+    yield
+    await asyncio.to_thread(celery.close)
+    await asyncio.to_thread(database.close)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Which dependency is down, if any: 200 when all are up, else 503."""
+    checks = {
+        "database": await asyncio.to_thread(_database_ok, request.app[DATABASE]),
+        "broker": await asyncio.to_thread(_broker_ok, request.app[CELERY]),
+    }
+    healthy = all(value == "ok" for value in checks.values())
+    return web.json_response(checks, status=200 if healthy else 503)
+
+
+def _database_ok(database: Database) -> str:
+    try:
+        with database.reading() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("health check: database down: %s", exc)
+        return "down"
+    return "ok"
+
+
+def _broker_ok(celery: Celery) -> str:
+    try:
+        with celery.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=1)
+    except Exception as exc:
+        log.warning("health check: broker down: %s", exc)
+        return "down"
+    return "ok"

@@ -1,0 +1,57 @@
+"""Who is calling, in which zone, and running domain code for them off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from api.keys import ACCOUNT_ID, DATABASE, SETTINGS
+from models.errors import ResourceNotFound
+from models.scoping import Caller
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The authenticated account and the zone of the path; 404 for an unknown zone."""
+    zone = request.match_info["zone"]
+    if zone not in request.app[SETTINGS].zones:
+        raise ResourceNotFound(f"zone {zone} not found")
+    return Caller(account_id=request[ACCOUNT_ID], zone=zone)
+
+
+async def in_transaction(
+    request: web.Request,
+    work: Callable[Concatenate[Session, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run ``work(session, ...)`` in a writing unit of work, in a thread."""
+    database = request.app[DATABASE]
+
+    def unit() -> R:
+        with database.transaction() as session:
+            return work(session, *args, **kwargs)
+
+    return await asyncio.to_thread(unit)
+
+
+async def in_reading(
+    request: web.Request,
+    work: Callable[Concatenate[Session, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run ``work(session, ...)`` in a read-only unit of work, in a thread."""
+    database = request.app[DATABASE]
+
+    def unit() -> R:
+        with database.reading() as session:
+            return work(session, *args, **kwargs)
+
+    return await asyncio.to_thread(unit)

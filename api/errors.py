@@ -1,0 +1,61 @@
+"""Every failure becomes ``{"ret_code", "message"}`` here, and only here."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from api.schemas import ErrorOut
+from models.errors import ServiceError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_HTTP_RET_CODES = {400: 1100, 401: 1200, 403: 1400, 404: 2100, 409: 1400, 413: 1100, 429: 2500}
+
+
+def error_response(status: int, ret_code: int, message: str) -> web.Response:
+    body = ErrorOut(ret_code=ret_code, message=message).model_dump_json()
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
+def service_error_response(error: ServiceError) -> web.Response:
+    response = error_response(error.http_status, error.ret_code, error.message)
+    if error.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="imagesvc"'
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServiceError as error:
+        return service_error_response(error)
+    except web.HTTPException as exc:
+        return _http_error(request, exc)
+    except (OperationalError, DBAPIError) as exc:
+        if exc.connection_invalidated or isinstance(exc, OperationalError):
+            log.warning("database unavailable: %s", exc.orig)
+            return service_error_response(ServiceUnavailable("the database is unavailable"))
+        log.exception("database error on %s %s", request.method, request.path)
+        return error_response(500, 5000, "internal error")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, 5000, "internal error")
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        message = f"no such path: {request.path}"
+    elif exc.status == 405:
+        message = f"method {request.method} is not allowed on {request.path}"
+    else:
+        message = exc.reason
+    ret_code = _HTTP_RET_CODES.get(exc.status, 5000 if exc.status >= 500 else 1100)
+    response = error_response(exc.status, ret_code, message)
+    if exc.status == 405 and "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response

@@ -1,0 +1,78 @@
+"""The image routes of the seed document."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from api.caller import caller_of, in_reading, in_transaction
+from api.keys import DISPATCHER, INVENTORY
+from api.params import parse_params, validate_params
+from api.responses import json
+from api.schemas import (
+    CaptureOut,
+    CaptureParams,
+    DeleteParams,
+    ImagesPage,
+    JobOut,
+    ListImagesParams,
+    ModifyParams,
+    Params,
+)
+from models import images
+from models.errors import ResourceNotFound
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v2/zone/{zone}/images")
+async def capture_instance(request: web.Request) -> web.Response:
+    """Capture a stopped instance into a new image; returns the job and the image id."""
+    caller = caller_of(request)
+    params = await parse_params(request, CaptureParams)
+    inventory = request.app[INVENTORY]
+    instance = await asyncio.to_thread(inventory.find_owned, caller, params.instance)
+    if instance is None:
+        raise ResourceNotFound(f"instance {params.instance} not found")
+    capture = await in_transaction(
+        request, images.capture_instance, caller, instance, params.image_name
+    )
+    await dispatch(request, capture.job.job_id)
+    out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
+    return json(out, status=202)
+
+
+@routes.delete("/v2/zone/{zone}/images/{ids}")
+async def delete_images(request: web.Request) -> web.Response:
+    """Delete images, ``ids`` comma-joined: all of them or none."""
+    caller = caller_of(request)
+    params = validate_params(DeleteParams, {"images": request.match_info["ids"]})
+    await parse_params(request, Params)  # the seed sends an empty body; refuse a malformed one
+    job = await in_transaction(request, images.delete_images, caller, params.images)
+    await dispatch(request, job.job_id)
+    return json(JobOut.from_row(job), status=202)
+
+
+@routes.put("/v2/zone/{zone}/images")
+async def modify_image(request: web.Request) -> web.Response:
+    """Change one image's name and/or description."""
+    caller = caller_of(request)
+    params = await parse_params(request, ModifyParams)
+    job = await in_transaction(
+        request, images.modify_image, caller, params.image, params.image_name, params.description
+    )
+    return json(JobOut.from_row(job))
+
+
+@routes.get("/v2/zone/{zone}/images")
+async def list_images(request: web.Request) -> web.Response:
+    """Public images and the caller's own, filtered, newest first."""
+    caller = caller_of(request)
+    params = await parse_params(request, ListImagesParams)
+    rows, total = await in_reading(request, images.list_images, caller, **params.model_dump())
+    return json(ImagesPage.from_rows(rows, total))
+
+
+async def dispatch(request: web.Request, job_id: str) -> None:
+    await asyncio.to_thread(request.app[DISPATCHER].dispatch, job_id)

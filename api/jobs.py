@@ -1,0 +1,28 @@
+"""Job routes: clients poll these until a job's status is terminal."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.caller import caller_of, in_reading
+from api.params import parse_params
+from api.responses import json
+from api.schemas import JobOut, JobsPage, ListJobsParams
+from models import jobs
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v2/zone/{zone}/job/{job_id}")
+async def describe_job(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    job = await in_reading(request, jobs.get_job, caller, request.match_info["job_id"])
+    return json(JobOut.from_row(job))
+
+
+@routes.get("/v2/zone/{zone}/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    params = await parse_params(request, ListJobsParams)
+    rows, total = await in_reading(request, jobs.list_jobs, caller, **params.model_dump())
+    return json(JobsPage(jobs=[JobOut.from_row(row) for row in rows], total_count=total))

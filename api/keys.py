@@ -1,0 +1,20 @@
+"""Typed keys for everything the app and its requests carry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from celery import Celery
+
+from imagesvc.settings import Settings
+from models.db import Database
+from models.instances import InstanceInventory
+from workers.dispatch import JobDispatcher
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+INVENTORY = web.AppKey("inventory", InstanceInventory)
+CELERY = web.AppKey("celery", Celery)
+DISPATCHER = web.AppKey("dispatcher", JobDispatcher)
+
+# Set by the auth middleware on every authenticated request.
+ACCOUNT_ID = web.RequestKey("account_id", str)

@@ -1,0 +1,10 @@
+"""JSON responses from the response models."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel
+
+
+def json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.json_response(text=model.model_dump_json(), status=status)

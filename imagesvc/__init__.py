@@ -1,0 +1,1 @@
+"""imagesvc: the composition root — settings and the operator's command line."""

@@ -1,0 +1,3 @@
+from imagesvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""The ``imagesvc`` command: run the service, and the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from imagesvc.settings import Settings
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    settings = Settings()
+    command: Command = args.command
+    try:
+        return command(args, settings)
+    except Exception as exc:
+        from models.errors import ServiceError
+
+        if isinstance(exc, ServiceError):
+            print(f"imagesvc: {exc.message}", file=sys.stderr)
+            return 2
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagesvc", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_service_commands(sub)
+    _add_db_commands(sub)
+    _add_account_commands(sub)
+    _add_instance_commands(sub)
+    _add_image_commands(sub)
+    return parser
+
+
+def _add_service_commands(sub: Any) -> None:
+    up = sub.add_parser("up", help="API, worker and scheduler together")
+    _add_listen_args(up)
+    up.set_defaults(command=cmd_up)
+    api = sub.add_parser("api", help="the HTTP API alone")
+    _add_listen_args(api)
+    api.set_defaults(command=cmd_api)
+    worker = sub.add_parser("worker", help="a Celery worker")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    worker.set_defaults(command=cmd_worker)
+    scheduler = sub.add_parser("scheduler", help="the periodic sweeps (Celery beat)")
+    scheduler.set_defaults(command=cmd_scheduler)
+
+
+def _add_listen_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+
+
+def _add_db_commands(sub: Any) -> None:
+    db = sub.add_parser("db", help="database schema").add_subparsers(required=True)
+    db.add_parser("upgrade", help="apply Alembic migrations").set_defaults(command=cmd_db_upgrade)
+
+
+def _add_account_commands(sub: Any) -> None:
+    account = sub.add_parser("account", help="accounts").add_subparsers(required=True)
+    create = account.add_parser("create", help="create an account and its API key")
+    create.add_argument("name")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(command=cmd_account_create)
+
+
+def _add_instance_commands(sub: Any) -> None:
+    instance = sub.add_parser("instance", help="the stand-in compute inventory")
+    actions = instance.add_subparsers(required=True)
+    add = actions.add_parser("add", help="register an instance and its disk")
+    add.add_argument("--zone", required=True)
+    add.add_argument("--owner", required=True, help="account id")
+    add.add_argument("--disk", required=True, type=Path)
+    add.add_argument("--status", default="stopped", choices=["stopped", "running"])
+    add.add_argument("--name", default="")
+    _add_image_attribute_args(add)
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(command=cmd_instance_add)
+    status = actions.add_parser("set-status", help="mark an instance running or stopped")
+    status.add_argument("instance_id")
+    status.add_argument("status", choices=["stopped", "running"])
+    status.set_defaults(command=cmd_instance_set_status)
+
+
+def _add_image_attribute_args(parser: argparse.ArgumentParser, os_required: bool = False) -> None:
+    parser.add_argument("--os-family", required=os_required, default="linux")
+    parser.add_argument("--platform", default="linux", choices=["linux", "windows"])
+    parser.add_argument("--processor-type", default="64bit", choices=["64bit", "32bit"])
+    parser.add_argument("--default-user", default="root")
+
+
+def _add_image_commands(sub: Any) -> None:
+    image = sub.add_parser("image", help="system images").add_subparsers(required=True)
+    imp = image.add_parser("import", help="import a disk as a public system image")
+    imp.add_argument("--zone", required=True)
+    imp.add_argument("--disk", required=True, type=Path)
+    imp.add_argument("--name", required=True)
+    _add_image_attribute_args(imp, os_required=True)
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(command=cmd_image_import)
+
+
+def _print(data: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+def _require_zone(settings: Settings, zone: str) -> None:
+    if zone not in settings.zones:
+        raise SystemExit(f"imagesvc: zone {zone} is not one of {', '.join(settings.zones)}")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from imagesvc.supervisor import Supervisor
+
+    cmd_db_upgrade(args, settings)
+    listen = ["--host", args.host, "--port", str(args.port)]
+    return Supervisor(
+        {"api": ["api", *listen], "worker": ["worker"], "scheduler": ["scheduler"]}
+    ).run()
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from api.app import create_app
+
+    web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=30)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.celery_app import create_celery
+
+    settings.ensure_dirs()
+    concurrency = args.concurrency or settings.worker_concurrency
+    argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", f"--concurrency={concurrency}"]
+    argv += ["-Q", settings.queue, "-n", f"imagesvc-{os.getpid()}@%h"]
+    argv += ["--without-gossip", "--without-mingle"]
+    create_celery(settings).worker_main(argv)
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.celery_app import create_celery
+
+    settings.ensure_dirs()
+    schedule = settings.data_dir / "celerybeat-schedule"
+    create_celery(settings).Beat(schedule=str(schedule), loglevel="INFO").run()
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from models.migrate import upgrade
+
+    settings.ensure_dirs()
+    upgrade(settings.resolved_database_url)
+    return 0
+
+
+def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
+    from models.accounts import create_account
+    from models.db import Database
+
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        credentials = create_account(session, args.name)
+    _print(
+        {
+            "account_id": credentials.account_id,
+            "api_key": credentials.api_key,
+            "secret": credentials.secret,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
+    from models.db import Database
+    from models.instances import NewInstance, add_instance
+    from models.states import InstanceStatus, Platform, ProcessorType
+    from workers.disk import detect_format
+
+    _require_zone(settings, args.zone)
+    disk = args.disk.resolve()
+    new = NewInstance(
+        zone=args.zone,
+        owner=args.owner,
+        disk_path=str(disk),
+        disk_format=detect_format(disk).value,
+        status=InstanceStatus(args.status),
+        instance_name=args.name,
+        os_family=args.os_family,
+        platform=Platform(args.platform),
+        processor_type=ProcessorType(args.processor_type),
+        default_user=args.default_user,
+    )
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        instance_id = add_instance(session, new).instance_id
+    _print({"instance_id": instance_id}, args.json)
+    return 0
+
+
+def cmd_instance_set_status(args: argparse.Namespace, settings: Settings) -> int:
+    from models.db import Database
+    from models.instances import set_instance_status
+    from models.states import InstanceStatus
+
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        set_instance_status(session, args.instance_id, InstanceStatus(args.status))
+    return 0
+
+
+def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
+    from models.db import Database
+    from models.images import SystemImageSpec
+    from workers.imports import import_system_image
+
+    _require_zone(settings, args.zone)
+    settings.ensure_dirs()
+    spec = SystemImageSpec(
+        zone=args.zone,
+        image_name=args.name,
+        os_family=args.os_family,
+        platform=args.platform,
+        processor_type=args.processor_type,
+        default_user=args.default_user,
+    )
+    database = Database(settings.resolved_database_url)
+    image_id = import_system_image(database, settings.image_dir, args.disk.resolve(), spec)
+    _print({"image_id": image_id}, args.json)
+    return 0

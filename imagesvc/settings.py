@@ -1,0 +1,71 @@
+"""The one settings object, read from ``IMAGESVC_*`` environment variables.
+
+It is built once in ``main`` (or by a test) and handed down; nothing reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_BROKER_SCHEME = "embedded"
+
+
+class Settings(BaseSettings):
+    """Everything an API process, a worker or the scheduler needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGESVC_", frozen=True)
+
+    data_dir: Path = Field(default=Path("var"), description="Image store, SQLite file, broker")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite")
+    broker_url: str = Field(default="", description="Celery broker URL; empty means embedded")
+    zones: Annotated[tuple[str, ...], NoDecode] = ("ac1",)
+    queue: str = Field(default="imagesvc", pattern=r"^[A-Za-z0-9_-]+$")
+    token_ttl: int = Field(default=3600, gt=0, description="Access token lifetime, seconds")
+    worker_concurrency: int = Field(default=2, gt=0)
+    dispatch_grace: float = Field(
+        default=30.0, gt=0, description="Seconds a pending job may wait before re-dispatch"
+    )
+    sweep_interval: float = Field(default=10.0, gt=0, description="Scheduler period, seconds")
+    broker_polling_interval: float = Field(default=0.2, gt=0)
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _split_zones(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(zone.strip() for zone in value.split(",") if zone.strip())
+        return value
+
+    @field_validator("zones")
+    @classmethod
+    def _at_least_one_zone(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one zone is required")
+        return value
+
+    @property
+    def image_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'imagesvc.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"{EMBEDDED_BROKER_SCHEME}://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def ensure_dirs(self) -> None:
+        """Create the directories the embedded defaults write into."""
+        for path in (self.data_dir, self.image_dir, self.broker_dir):
+            path.mkdir(parents=True, exist_ok=True)

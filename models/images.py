@@ -1,0 +1,246 @@
+"""What users do to images: capture, delete, modify, list.
+
+Each function is one unit of work inside a caller-supplied session; the
+functions that start slow work return the Job to dispatch after commit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models import ids
+from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
+from models.instances import InstanceInfo, require_stopped
+from models.jobs import new_job
+from models.scoping import Caller, visible_images
+from models.states import (
+    ImageAction,
+    ImageStatus,
+    JobAction,
+    JobStatus,
+    ProcessorType,
+    Provider,
+    TransitionStatus,
+    Visibility,
+    allowed_sources,
+)
+from models.tables import Image, Job
+from models.transitions import can_move, move_images
+
+GIB = 1024**3
+DEFAULT_HIDDEN = (ImageStatus.CEASED,)
+
+
+@dataclass(frozen=True)
+class Capture:
+    job: Job
+    image: Image
+
+
+def capture_instance(
+    session: Session, caller: Caller, instance: InstanceInfo, image_name: str | None
+) -> Capture:
+    """Record a pending image of a stopped instance and its job."""
+    require_stopped(instance)
+    _refuse_concurrent_capture(session, instance.instance_id)
+    image = Image(
+        image_id=ids.image_id(),
+        zone=caller.zone,
+        owner=caller.account_id,
+        image_name=image_name or "",
+        processor_type=instance.processor_type,
+        platform=instance.platform,
+        os_family=instance.os_family,
+        default_user=instance.default_user,
+        recommended_type=instance.recommended_type,
+        visibility=Visibility.PRIVATE.value,
+        provider=Provider.SELF.value,
+        status=ImageStatus.PENDING.value,
+        transition_status=TransitionStatus.CREATING.value,
+        source_instance_id=instance.instance_id,
+    )
+    session.add(image)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # the partial unique index: a capture raced us
+        raise _already_capturing(instance.instance_id) from exc
+    job = new_job(
+        session, caller, JobAction.CAPTURE_INSTANCE, [image.image_id, instance.instance_id]
+    )
+    return Capture(job, image)
+
+
+def _refuse_concurrent_capture(session: Session, instance_id: str) -> None:
+    running = session.scalars(
+        select(Image.image_id).where(
+            Image.source_instance_id == instance_id,
+            Image.transition_status == TransitionStatus.CREATING.value,
+        )
+    ).first()
+    if running is not None:
+        raise _already_capturing(instance_id, running)
+
+
+def _already_capturing(instance_id: str, image_id: str | None = None) -> StateConflict:
+    into = f" into image {image_id}" if image_id else ""
+    return StateConflict(f"instance {instance_id} is already being captured{into}; wait for it")
+
+
+def delete_images(session: Session, caller: Caller, image_ids: Sequence[str]) -> Job:
+    """Start deleting the caller's images: all of them, or none."""
+    wanted = list(dict.fromkeys(image_ids))
+    rows = _lock_visible(session, caller, wanted)
+    _require_found(wanted, rows)
+    _require_own(rows, "delete")
+    blocked = [row for row in rows.values() if not can_move(row, ImageAction.BEGIN_DELETE)]
+    if blocked:
+        raise StateConflict(
+            "cannot delete "
+            + ", ".join(_state_of(row) for row in blocked)
+            + f"; only {allowed_sources(ImageAction.BEGIN_DELETE)} images can be deleted"
+        )
+    if move_images(session, wanted, ImageAction.BEGIN_DELETE) != len(wanted):
+        raise StateConflict("images changed while being deleted; retry")
+    return new_job(session, caller, JobAction.DELETE_IMAGES, wanted)
+
+
+def modify_image(
+    session: Session,
+    caller: Caller,
+    image_id: str,
+    image_name: str | None,
+    description: str | None,
+) -> Job:
+    """Change an image's name and/or description; the job is already successful."""
+    if image_name is None and description is None:
+        raise InvalidParameter("give image_name or description (or both) to modify")
+    rows = _lock_visible(session, caller, [image_id])
+    _require_found([image_id], rows)
+    _require_own(rows, "modify")
+    changes = {"image_name": image_name, "description": description}
+    values = {key: value for key, value in changes.items() if value is not None}
+    if move_images(session, [image_id], ImageAction.MODIFY, **values) != 1:
+        raise StateConflict(
+            f"cannot modify {_state_of(rows[image_id])}; "
+            f"only {allowed_sources(ImageAction.MODIFY)} images can be modified"
+        )
+    return new_job(
+        session,
+        caller,
+        JobAction.MODIFY_IMAGE_ATTRIBUTES,
+        [image_id],
+        status=JobStatus.SUCCESSFUL,
+    )
+
+
+def _lock_visible(session: Session, caller: Caller, image_ids: list[str]) -> dict[str, Image]:
+    stmt = visible_images(caller).where(Image.image_id.in_(image_ids)).with_for_update()
+    return {row.image_id: row for row in session.scalars(stmt)}
+
+
+def _require_found(wanted: list[str], rows: dict[str, Image]) -> None:
+    missing = [image_id for image_id in wanted if image_id not in rows]
+    if missing:
+        raise ResourceNotFound(f"image {', '.join(missing)} not found")
+
+
+def _require_own(rows: dict[str, Image], verb: str) -> None:
+    foreign = [row for row in rows.values() if row.provider != Provider.SELF.value]
+    if foreign:
+        names = ", ".join(f"{row.image_id} (provider {row.provider})" for row in foreign)
+        raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")
+
+
+def _state_of(image: Image) -> str:
+    transition = f" ({image.transition_status})" if image.transition_status else ""
+    return f"image {image.image_id}, which is {image.status}{transition}"
+
+
+def list_images(
+    session: Session,
+    caller: Caller,
+    *,
+    images: Sequence[str] = (),
+    processor_type: ProcessorType | None = None,
+    os_family: str | None = None,
+    visibility: Visibility | None = None,
+    provider: Provider | None = None,
+    status: Sequence[ImageStatus] = (),
+    search_word: str | None = None,
+    offset: int = 0,
+    limit: int = 10,
+) -> tuple[list[Image], int]:
+    """Public images and the caller's own, newest first; and the filtered total."""
+    stmt = visible_images(caller)
+    if images:
+        stmt = stmt.where(Image.image_id.in_(images))
+    if processor_type:
+        stmt = stmt.where(Image.processor_type == processor_type.value)
+    if os_family:
+        stmt = stmt.where(func.lower(Image.os_family) == os_family.lower())
+    if visibility:
+        stmt = stmt.where(Image.visibility == visibility.value)
+    if provider:
+        stmt = stmt.where(Image.provider == provider.value)
+    if status:
+        stmt = stmt.where(Image.status.in_([s.value for s in status]))
+    elif not images:
+        stmt = stmt.where(Image.status.not_in([s.value for s in DEFAULT_HIDDEN]))
+    if search_word:
+        word = search_word.lower()
+        stmt = stmt.where(
+            or_(
+                func.lower(Image.image_id).contains(word, autoescape=True),
+                func.lower(Image.image_name).contains(word, autoescape=True),
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = stmt.order_by(Image.create_time.desc(), Image.image_id.desc())
+    return list(session.scalars(page.offset(offset).limit(limit))), total
+
+
+def size_in_gb(virtual_size: int) -> int:
+    """Whole GB, rounded up, as the API reports ``size``."""
+    return max(1, math.ceil(virtual_size / GIB)) if virtual_size else 0
+
+
+SYSTEM_OWNER = "system"
+
+
+@dataclass(frozen=True)
+class SystemImageSpec:
+    """An image the platform ships, as the operator describes it."""
+
+    zone: str
+    image_name: str
+    os_family: str
+    platform: str = "linux"
+    processor_type: str = "64bit"
+    default_user: str = "root"
+
+
+def new_system_image(session: Session, spec: SystemImageSpec) -> Image:
+    """A public system image, pending until its disk is in the store."""
+    image = Image(
+        image_id=ids.image_id(),
+        zone=spec.zone,
+        owner=SYSTEM_OWNER,
+        image_name=spec.image_name,
+        processor_type=spec.processor_type,
+        platform=spec.platform,
+        os_family=spec.os_family,
+        default_user=spec.default_user,
+        visibility=Visibility.PUBLIC.value,
+        provider=Provider.SYSTEM.value,
+        status=ImageStatus.PENDING.value,
+        transition_status=TransitionStatus.CREATING.value,
+    )
+    session.add(image)
+    session.flush()
+    return image

@@ -1,0 +1,137 @@
+"""Instances, as the compute service would report them.
+
+The image service only reads instances, through :class:`InstanceInventory`;
+the SQL table behind :class:`SqlInventory` stands in for the compute
+service's inventory until a real backend replaces it. The operator's
+``imagesvc instance`` commands write it with :func:`add_instance` and
+:func:`set_instance_status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from models import ids
+from models.db import Database
+from models.errors import ResourceNotFound, StateConflict
+from models.scoping import Caller, owned_instances
+from models.states import InstanceStatus, Platform, ProcessorType
+from models.tables import Account, Instance
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    instance_id: str
+    zone: str
+    owner: str
+    instance_name: str
+    status: InstanceStatus
+    disk_path: str
+    disk_format: str
+    os_family: str
+    platform: str
+    processor_type: str
+    default_user: str
+    recommended_type: str
+
+
+class InstanceInventory(Protocol):
+    """What the image service needs to know about instances."""
+
+    def find_owned(self, caller: Caller, instance_id: str) -> InstanceInfo | None:
+        """The caller's instance, or None if it does not exist or is not theirs."""
+
+    def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
+        """Any instance, for workers acting on a job already authorised."""
+
+
+class SqlInventory:
+    """The stand-in inventory: the ``instances`` table."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def find_owned(self, caller: Caller, instance_id: str) -> InstanceInfo | None:
+        stmt = owned_instances(caller).where(Instance.instance_id == instance_id)
+        with self._database.reading() as session:
+            row = session.scalars(stmt).one_or_none()
+            return _info(row) if row else None
+
+    def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
+        stmt = select(Instance).where(Instance.zone == zone, Instance.instance_id == instance_id)
+        with self._database.reading() as session:
+            row = session.scalars(stmt).one_or_none()
+            return _info(row) if row else None
+
+
+def _info(row: Instance) -> InstanceInfo:
+    return InstanceInfo(
+        instance_id=row.instance_id,
+        zone=row.zone,
+        owner=row.owner,
+        instance_name=row.instance_name,
+        status=InstanceStatus(row.status),
+        disk_path=row.disk_path,
+        disk_format=row.disk_format,
+        os_family=row.os_family,
+        platform=row.platform,
+        processor_type=row.processor_type,
+        default_user=row.default_user,
+        recommended_type=row.recommended_type,
+    )
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """What the operator gives when registering an instance."""
+
+    zone: str
+    owner: str
+    disk_path: str
+    disk_format: str
+    status: InstanceStatus = InstanceStatus.STOPPED
+    instance_name: str = ""
+    os_family: str = "linux"
+    platform: Platform = Platform.LINUX
+    processor_type: ProcessorType = ProcessorType.BIT64
+    default_user: str = "root"
+    recommended_type: str = ""
+
+
+def add_instance(session: Session, new: NewInstance) -> Instance:
+    if session.get(Account, new.owner) is None:
+        raise ResourceNotFound(f"account {new.owner} not found")
+    row = Instance(
+        instance_id=ids.instance_id(),
+        zone=new.zone,
+        owner=new.owner,
+        instance_name=new.instance_name,
+        status=new.status.value,
+        disk_path=new.disk_path,
+        disk_format=new.disk_format,
+        os_family=new.os_family,
+        platform=new.platform.value,
+        processor_type=new.processor_type.value,
+        default_user=new.default_user,
+        recommended_type=new.recommended_type,
+    )
+    session.add(row)
+    return row
+
+
+def set_instance_status(session: Session, instance_id: str, status: InstanceStatus) -> None:
+    stmt = update(Instance).where(Instance.instance_id == instance_id).values(status=status.value)
+    if session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise ResourceNotFound(f"instance {instance_id} not found")
+
+
+def require_stopped(instance: InstanceInfo) -> None:
+    if instance.status is not InstanceStatus.STOPPED:
+        raise StateConflict(
+            f"instance {instance.instance_id} is {instance.status.value}; "
+            "only a stopped instance can be captured"
+        )

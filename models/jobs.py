@@ -1,0 +1,129 @@
+"""Jobs: creation, compare-and-set moves, and the caller's queries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import Session
+
+from models import ids
+from models.errors import ResourceNotFound
+from models.scoping import Caller, owned_jobs
+from models.states import JOB_MOVES, JobAction, JobStatus
+from models.tables import Job, utcnow
+
+
+def new_job(
+    session: Session,
+    caller: Caller,
+    action: JobAction,
+    resource_ids: list[str],
+    status: JobStatus = JobStatus.PENDING,
+) -> Job:
+    now = utcnow()
+    done = now if status.is_terminal else None
+    job = Job(
+        job_id=ids.job_id(),
+        zone=caller.zone,
+        owner=caller.account_id,
+        action=action.value,
+        status=status.value,
+        resource_ids=resource_ids,
+        progress=100 if status.is_terminal else 0,
+        create_time=now,
+        status_time=now,
+        begin_time=done,
+        finished_time=done,
+        dispatched_at=None if status.is_terminal else now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def move_job(session: Session, job_id: str, target: JobStatus, **values: Any) -> bool:
+    """Move a job to ``target`` if its current status allows it; False if not."""
+    move = JOB_MOVES[target]
+    now = utcnow()
+    values.setdefault("status_time", now)
+    if target.is_terminal:
+        values.setdefault("finished_time", now)
+    stmt = (
+        update(Job)
+        .where(Job.job_id == job_id, Job.status.in_([s.value for s in move.sources]))
+        .values(status=target.value, **values)
+        .execution_options(synchronize_session=False)
+    )
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def claim_job(session: Session, job_id: str) -> Job | None:
+    """Take a pending job for this worker; None if someone else has it or it is done."""
+    now = utcnow()
+    claimed = move_job(
+        session, job_id, JobStatus.WORKING, begin_time=now, attempts=Job.attempts + 1
+    )
+    return session.get(Job, job_id, populate_existing=True) if claimed else None
+
+
+def fail_job(session: Session, job_id: str, code: str, message: str) -> bool:
+    return move_job(session, job_id, JobStatus.FAILED, error_code=code, error_message=message)
+
+
+def record_progress(session: Session, job_id: str, percent: int) -> None:
+    stmt = (
+        update(Job)
+        .where(Job.job_id == job_id, Job.status == JobStatus.WORKING.value)
+        .values(progress=max(0, min(100, percent)))
+    )
+    session.execute(stmt)
+
+
+def get_job(session: Session, caller: Caller, job_id: str) -> Job:
+    job = session.scalars(owned_jobs(caller).where(Job.job_id == job_id)).one_or_none()
+    if job is None:
+        raise ResourceNotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    caller: Caller,
+    *,
+    jobs: Sequence[str] = (),
+    status: Sequence[JobStatus] = (),
+    action: Sequence[JobAction] = (),
+    offset: int = 0,
+    limit: int = 10,
+) -> tuple[list[Job], int]:
+    stmt = owned_jobs(caller)
+    if jobs:
+        stmt = stmt.where(Job.job_id.in_(jobs))
+    if status:
+        stmt = stmt.where(Job.status.in_([s.value for s in status]))
+    if action:
+        stmt = stmt.where(Job.action.in_([a.value for a in action]))
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = stmt.order_by(Job.create_time.desc(), Job.job_id.desc()).offset(offset).limit(limit)
+    return list(session.scalars(page)), total
+
+
+def undispatched_jobs(session: Session, grace: float, now: datetime | None = None) -> list[str]:
+    """Pending jobs nobody claimed within ``grace`` seconds; marks them re-dispatched."""
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=grace)
+    stale = select(Job.job_id).where(
+        Job.status == JobStatus.PENDING.value, Job.dispatched_at < cutoff
+    )
+    job_ids = list(session.scalars(stale.limit(500)))
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.job_id.in_(job_ids), Job.status == JobStatus.PENDING.value)
+            .values(dispatched_at=now)
+        )
+    return job_ids

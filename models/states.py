@@ -1,0 +1,142 @@
+"""Statuses, and the tables of moves between them.
+
+Every status change goes through :func:`models.transitions.move_images` or
+:func:`models.jobs.move_job`, which turn one row of these tables into a
+compare-and-set ``UPDATE``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ImageStatus(enum.StrEnum):
+    PENDING = "pending"
+    AVAILABLE = "available"
+    DEPRECATED = "deprecated"
+    SUSPENDED = "suspended"
+    DELETED = "deleted"
+    CEASED = "ceased"
+
+
+class TransitionStatus(enum.StrEnum):
+    NONE = ""
+    CREATING = "creating"
+    DELETING = "deleting"
+    RECOVERING = "recovering"
+    SUSPENDING = "suspending"
+    RESUMING = "resuming"
+
+
+class Provider(enum.StrEnum):
+    SYSTEM = "system"
+    SELF = "self"
+
+
+class Visibility(enum.StrEnum):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class ProcessorType(enum.StrEnum):
+    BIT64 = "64bit"
+    BIT32 = "32bit"
+
+
+class Platform(enum.StrEnum):
+    LINUX = "linux"
+    WINDOWS = "windows"
+
+
+class InstanceStatus(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class JobStatus(enum.StrEnum):
+    PENDING = "pending"
+    WORKING = "working"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    DONE_WITH_FAILURE = "done with failure"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATUSES
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.DONE_WITH_FAILURE}
+)
+
+
+class JobAction(enum.StrEnum):
+    CAPTURE_INSTANCE = "CaptureInstance"
+    DELETE_IMAGES = "DeleteImages"
+    MODIFY_IMAGE_ATTRIBUTES = "ModifyImageAttributes"
+
+
+class ImageAction(enum.StrEnum):
+    """What can happen to an image; each is one row of :data:`IMAGE_MOVES`."""
+
+    FINISH_CAPTURE = "finish capture"
+    FAIL_CAPTURE = "fail capture"
+    BEGIN_DELETE = "delete"
+    FINISH_DELETE = "finish delete"
+    MODIFY = "modify"
+
+
+@dataclass(frozen=True)
+class Move:
+    """From any of ``sources`` with ``source_transition``, to ``target``.
+
+    A ``target`` of ``None`` keeps the status (a move that only starts a
+    transition, or changes attributes).
+    """
+
+    sources: frozenset[ImageStatus]
+    source_transition: TransitionStatus
+    target: ImageStatus | None
+    target_transition: TransitionStatus
+
+
+_OWNER_DELETABLE = frozenset({ImageStatus.AVAILABLE, ImageStatus.DEPRECATED})
+_MODIFIABLE = frozenset(
+    {ImageStatus.PENDING, ImageStatus.AVAILABLE, ImageStatus.DEPRECATED, ImageStatus.SUSPENDED}
+)
+_T = TransitionStatus
+
+IMAGE_MOVES: dict[ImageAction, Move] = {
+    ImageAction.FINISH_CAPTURE: Move(
+        frozenset({ImageStatus.PENDING}), _T.CREATING, ImageStatus.AVAILABLE, _T.NONE
+    ),
+    ImageAction.FAIL_CAPTURE: Move(
+        frozenset({ImageStatus.PENDING}), _T.CREATING, ImageStatus.CEASED, _T.NONE
+    ),
+    ImageAction.BEGIN_DELETE: Move(_OWNER_DELETABLE, _T.NONE, None, _T.DELETING),
+    ImageAction.FINISH_DELETE: Move(_OWNER_DELETABLE, _T.DELETING, ImageStatus.DELETED, _T.NONE),
+    # Attributes may change while a capture runs, never while a status moves.
+    ImageAction.MODIFY: Move(_MODIFIABLE, _T.NONE, None, _T.NONE),
+}
+
+
+def allowed_sources(action: ImageAction) -> str:
+    """The statuses an action starts from, for error messages."""
+    return " or ".join(sorted(IMAGE_MOVES[action].sources))
+
+
+@dataclass(frozen=True)
+class JobMove:
+    sources: frozenset[JobStatus]
+    target: JobStatus
+
+
+JOB_MOVES: dict[JobStatus, JobMove] = {
+    JobStatus.WORKING: JobMove(frozenset({JobStatus.PENDING}), JobStatus.WORKING),
+    JobStatus.SUCCESSFUL: JobMove(frozenset({JobStatus.WORKING}), JobStatus.SUCCESSFUL),
+    JobStatus.DONE_WITH_FAILURE: JobMove(
+        frozenset({JobStatus.WORKING}), JobStatus.DONE_WITH_FAILURE
+    ),
+    JobStatus.FAILED: JobMove(frozenset({JobStatus.PENDING, JobStatus.WORKING}), JobStatus.FAILED),
+}

@@ -1,0 +1,161 @@
+"""The tables. Statuses are stored as their string values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    api_key: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class AccessToken(Base):
+    __tablename__ = "access_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.account_id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Instance(Base):
+    """The compute service's inventory, as far as this service needs it."""
+
+    __tablename__ = "instances"
+
+    instance_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    instance_name: Mapped[str] = mapped_column(String(128), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    disk_path: Mapped[str] = mapped_column(Text)
+    disk_format: Mapped[str] = mapped_column(String(16))
+    os_family: Mapped[str] = mapped_column(String(64), default="")
+    platform: Mapped[str] = mapped_column(String(16), default="linux")
+    processor_type: Mapped[str] = mapped_column(String(16), default="64bit")
+    default_user: Mapped[str] = mapped_column(String(64), default="")
+    recommended_type: Mapped[str] = mapped_column(String(64), default="")
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_zone_create_time", "zone", "create_time", "image_id"),
+        # One capture of an instance at a time: the database refuses the second.
+        Index(
+            "uq_images_capturing_instance",
+            "source_instance_id",
+            unique=True,
+            sqlite_where=text("transition_status = 'creating'"),
+            postgresql_where=text("transition_status = 'creating'"),
+        ),
+    )
+
+    image_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(32), index=True)
+    image_name: Mapped[str] = mapped_column(String(256), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    virtual_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    byte_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk_format: Mapped[str] = mapped_column(String(16), default="")
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    file_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    processor_type: Mapped[str] = mapped_column(String(16))
+    platform: Mapped[str] = mapped_column(String(16))
+    os_family: Mapped[str] = mapped_column(String(64))
+    visibility: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(16))
+    recommended_type: Mapped[str] = mapped_column(String(64), default="")
+    default_user: Mapped[str] = mapped_column(String(64), default="")
+    default_passwd: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    transition_status: Mapped[str] = mapped_column(String(16), default="")
+    source_instance_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_owner_create_time", "owner", "create_time", "job_id"),
+        Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(32))
+    owner: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    resource_ids: Mapped[list[str]] = mapped_column(JSON)
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    create_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    begin_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    status_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -1,0 +1,43 @@
+"""Image status changes as compare-and-set updates over :data:`IMAGE_MOVES`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import CursorResult, update
+from sqlalchemy.orm import Session
+
+from models.states import IMAGE_MOVES, ImageAction
+from models.tables import Image, utcnow
+
+
+def move_images(
+    session: Session, image_ids: Sequence[str], action: ImageAction, **values: Any
+) -> int:
+    """Apply ``action`` to every image still in a state it allows; the number moved.
+
+    The ``WHERE`` clause repeats the move's source states, so a row that
+    changed since it was read is left alone and not counted.
+    """
+    move = IMAGE_MOVES[action]
+    if move.target is not None:
+        values.update(status=move.target.value, status_time=utcnow())
+    values["transition_status"] = move.target_transition.value
+    stmt = (
+        update(Image)
+        .where(
+            Image.image_id.in_(list(image_ids)),
+            Image.status.in_([s.value for s in move.sources]),
+            Image.transition_status == move.source_transition.value,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return int(result.rowcount)
+
+
+def can_move(image: Image, action: ImageAction) -> bool:
+    move = IMAGE_MOVES[action]
+    return image.status in move.sources and image.transition_status == move.source_transition

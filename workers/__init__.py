@@ -1,0 +1,1 @@
+"""Celery entry points and the disk work behind them."""

@@ -1,0 +1,85 @@
+"""The embedded broker: kombu's filesystem transport, made safe for several processes.
+
+``imagesvc up`` runs the API, a worker and the scheduler as separate
+processes with no broker server. kombu's filesystem transport almost fits;
+two changes make it safe: a message file appears in the queue folder only
+once it is fully written (write, fsync, rename), and a consumer claims a
+message by renaming it into a folder on the same filesystem, so two workers
+never read the same file and a reader never sees half a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES, filesystem
+from kombu.utils.json import dumps, loads
+
+SCHEME = "embedded"
+
+
+class Channel(filesystem.Channel):
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        folder = Path(self.data_folder_out)
+        name = f"{_sequence()}_{uuid.uuid4().hex}.{queue}.msg"
+        staging = folder.parent / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        temp = staging / name
+        with open(temp, "wb") as stream:
+            stream.write(dumps(payload).encode())  # type: ignore[no-untyped-call]
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, folder / name)
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        folder = Path(self.data_folder_in)
+        claimed = folder.parent / "claimed"
+        claimed.mkdir(parents=True, exist_ok=True)
+        suffix = f".{queue}.msg"
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(suffix) or name.partition(".")[2] != suffix[1:]:
+                continue
+            mine = claimed / f"{os.getpid()}-{name}"
+            try:
+                os.rename(folder / name, mine)
+            except FileNotFoundError:
+                continue  # another consumer took it first
+            payload = mine.read_bytes()
+            with contextlib.suppress(FileNotFoundError):
+                mine.unlink()
+            return loads(payload)  # type: ignore[no-untyped-call]
+        raise Empty()
+
+
+class Transport(filesystem.Transport):
+    Channel = Channel
+    driver_type = SCHEME
+    driver_name = SCHEME
+
+
+def _sequence() -> str:
+    # Nanoseconds since the epoch, zero-padded: file names sort in send order.
+    return f"{time.time_ns():020d}"
+
+
+def register() -> None:
+    """Make ``embedded://`` a broker URL kombu understands."""
+    TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")
+
+
+def transport_options(broker_dir: Path, polling_interval: float) -> dict[str, Any]:
+    queue_dir = broker_dir / "queue"
+    for folder in (queue_dir, broker_dir / "control"):
+        folder.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "control_folder": str(broker_dir / "control"),
+        "polling_interval": polling_interval,
+    }
