@@ -198,7 +198,7 @@ def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
     from models.db import Database
     from models.instances import NewInstance, add_instance
     from models.states import InstanceStatus, Platform, ProcessorType
-    from workers.disk import detect_format
+    from workers.imports import disk_format_of
 
     _require_zone(settings, args.zone)
     disk = args.disk.resolve()
@@ -206,7 +206,7 @@ def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
         zone=args.zone,
         owner=args.owner,
         disk_path=str(disk),
-        disk_format=detect_format(disk).value,
+        disk_format=disk_format_of(disk).value,
         status=InstanceStatus(args.status),
         instance_name=args.name,
         os_family=args.os_family,

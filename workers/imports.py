@@ -16,7 +16,7 @@ def import_system_image(
     database: Database, image_dir: Path, disk: Path, spec: SystemImageSpec
 ) -> str:
     """Copy ``disk`` into the store as a public, available system image; its id."""
-    disk_format = _format_of(disk)
+    disk_format = disk_format_of(disk)
     with database.transaction() as session:
         image_id = new_system_image(session, spec).image_id
     try:
@@ -45,7 +45,8 @@ def import_system_image(
     return image_id
 
 
-def _format_of(disk: Path) -> DiskFormat:
+def disk_format_of(disk: Path) -> DiskFormat:
+    """The format of an operator-given disk; InvalidParameter naming it if unreadable."""
     try:
         return detect_format(disk)
     except DiskError as exc:

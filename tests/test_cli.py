@@ -1,0 +1,215 @@
+"""The operator's ``imagesvc`` command, and ``imagesvc up`` running the whole service."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imagesvc.settings import Settings
+from tests.conftest import MiB, Tenant, make_raw_disk
+from tests.support import (
+    ServiceProcess,
+    make_settings,
+    require_qemu_img,
+    scratch_database,
+    settings_env,
+)
+
+
+def imagesvc(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "imagesvc", *argv],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def imagesvc_json(settings: Settings, *argv: str) -> dict[str, Any]:
+    result = imagesvc(settings, *argv, "--json")
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def test_account_create_prints_credentials_that_get_a_token(service_settings: Settings) -> None:
+    created = imagesvc_json(service_settings, "account", "create", "alice")
+    assert set(created) == {"account_id", "api_key", "secret"}
+    assert created["account_id"].startswith("usr-")
+
+
+async def test_instance_commands_drive_what_can_be_captured(
+    tenant: Tenant, raw_disk: Path, service_settings: Settings
+) -> None:
+    added = imagesvc_json(
+        service_settings,
+        "instance", "add", "--zone", "ac1", "--owner", tenant.account_id,
+        "--disk", str(raw_disk), "--status", "running", "--os-family", "debian",
+    )  # fmt: skip
+    instance_id = added["instance_id"]
+    assert (await tenant.capture(instance_id)).status == 409
+    assert (
+        imagesvc(service_settings, "instance", "set-status", instance_id, "stopped").returncode == 0
+    )
+    reply = await tenant.capture(instance_id)
+    assert reply.status == 202, reply
+    assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
+    assert (await tenant.image(reply.body["image_id"]))["os_family"] == "debian"
+
+
+def test_instance_add_refuses_unknown_owners_zones_and_disks(
+    service_settings: Settings, raw_disk: Path, tmp_path: Path
+) -> None:
+    base = ["instance", "add", "--disk", str(raw_disk)]
+    no_owner = imagesvc(service_settings, *base, "--zone", "ac1", "--owner", "usr-nobody")
+    assert no_owner.returncode != 0 and "usr-nobody" in no_owner.stderr
+    assert "Traceback" not in no_owner.stderr
+    bad_zone = imagesvc(service_settings, *base, "--zone", "zz", "--owner", "usr-nobody")
+    assert bad_zone.returncode != 0 and "zz" in bad_zone.stderr
+    missing = imagesvc(
+        service_settings, "instance", "add", "--zone", "ac1", "--owner", "usr-x",
+        "--disk", str(tmp_path / "nothere.raw"),
+    )  # fmt: skip
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    unknown = imagesvc(service_settings, "instance", "set-status", "i-nothere", "running")
+    assert unknown.returncode != 0 and "i-nothere" in unknown.stderr
+
+
+async def test_image_import_makes_a_public_system_image(
+    tenant: Tenant, raw_disk: Path, service_settings: Settings
+) -> None:
+    imported = imagesvc_json(
+        service_settings,
+        "image", "import", "--zone", "ac1", "--disk", str(raw_disk), "--name", "ubuntu-24.04",
+        "--os-family", "ubuntu", "--default-user", "ubuntu",
+    )  # fmt: skip
+    image = await tenant.image(imported["image_id"])
+    assert (image["provider"], image["visibility"], image["status"]) == (
+        "system",
+        "public",
+        "available",
+    )
+    assert (image["image_name"], image["os_family"]) == ("ubuntu-24.04", "ubuntu")
+    stored = service_settings.image_dir / f"{imported['image_id']}.raw"
+    assert stored.read_bytes() == raw_disk.read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Http:
+    """A plain HTTP client, as a newcomer's curl would be."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.token = ""
+
+    def request(self, method: str, path: str, body: str = "", **headers: str) -> Any:
+        if self.token:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
+        request = urllib.request.Request(
+            self.base + path, data=body.encode() or None, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"{method} {path}: {error.code} {error.read()!r}") from None
+
+    def wait_until_up(self, service: ServiceProcess, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=2):
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise AssertionError(f"the API never came up:\n{service.log()}")
+
+
+def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """The README's walk-through, against ``imagesvc up`` on the configured backends."""
+    data_dir = tmp_path / "var"
+    with scratch_database(tmp_path) as url:
+        settings = make_settings(data_dir, url)
+        port = free_port()
+        service = ServiceProcess(settings, "up", "--port", str(port))
+        try:
+            http = Http(port)
+            http.wait_until_up(service)
+            _walkthrough(settings, http, tmp_path)
+        finally:
+            # Ctrl-C in a terminal signals the whole foreground process group.
+            os.killpg(service.process.pid, signal.SIGINT)
+            code = service.stop(timeout=90)
+        assert code == 0, service.log()
+        assert "Traceback" not in service.log(), service.log()
+
+
+def _walkthrough(settings: Settings, http: Http, tmp_path: Path) -> None:
+    account = imagesvc_json(settings, "account", "create", "alice")
+    disk = make_raw_disk(tmp_path / "vm.raw", size=1024 * MiB + 512 * MiB, regions=8)
+    instance = imagesvc_json(
+        settings, "instance", "add", "--zone", "ac1", "--owner", account["account_id"],
+        "--disk", str(disk),
+    )  # fmt: skip
+    basic = b64encode(f"{account['api_key']}:{account['secret']}".encode()).decode()
+    token = http.request(
+        "POST", "/v2/oauth2/token", "grant_type=client_credentials",
+        Authorization=f"Basic {basic}", **{"Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    http.token = token["access_token"]
+    capture = http.request(
+        "POST", "/v2/zone/ac1/images",
+        f'{{"instance":"{instance["instance_id"]}","image_name":"TEST"}}',
+    )  # fmt: skip
+    job = _poll(http, capture["job_id"])
+    assert job["status"] == "successful", job
+    image = http.request("GET", "/v2/zone/ac1/images", "\n")["images"][0]
+    assert image["image_id"] == capture["image_id"] and image["status"] == "available"
+    stored = settings.image_dir / f"{image['image_id']}.raw"
+    assert stored.stat().st_size == disk.stat().st_size
+    assert image["size"] == math.ceil(disk.stat().st_size / 1024**3) == 2
+    _check_with_qemu_img(stored, image["size"])
+
+
+def _poll(http: Http, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = http.request("GET", f"/v2/zone/ac1/job/{job_id}")
+        if job["status"] in ("successful", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never finished")
+
+
+def _check_with_qemu_img(stored: Path, size_gb: int) -> None:
+    try:
+        qemu_img = require_qemu_img()
+    except pytest.skip.Exception:
+        return
+    info = json.loads(
+        subprocess.run(
+            [qemu_img, "info", "--output=json", "-f", "raw", str(stored)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    assert math.ceil(info["virtual-size"] / 1024**3) == size_gb
