@@ -18,10 +18,8 @@ RUN groupadd --gid 10001 imagesvc \
         --home-dir /var/lib/imagesvc --shell /usr/sbin/nologin imagesvc \
     && install -d -o imagesvc -g imagesvc -m 0750 /var/lib/imagesvc
 
-# pyproject declares readme = "README.md"; the glob keeps the build working while
-# README.md does not exist yet (setuptools only warns about a missing readme).
 WORKDIR /src
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 COPY api/ api/
 COPY workers/ workers/
 COPY models/ models/

@@ -59,6 +59,8 @@ async def _body_params(request: web.Request) -> dict[str, Any]:
         if request.content_type == FORM and not text.startswith(("{", "[")):
             return _form_params(text)
         raise InvalidParameter(f"request body is not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise InvalidParameter("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidParameter("request body must be a JSON object")
     return body

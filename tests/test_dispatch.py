@@ -1,0 +1,65 @@
+"""A job that never reached a worker is sent again by the scheduler; one sent twice runs once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+
+from imagesvc.settings import Settings
+from models.db import Database
+from models.images import capture_instance
+from models.instances import SqlInventory
+from models.scoping import Caller
+from models.tables import Job, utcnow
+from tests.conftest import Tenant
+from tests.support import ServiceProcess
+from workers.celery_app import create_celery
+from workers.dispatch import JobDispatcher
+
+
+def undispatched_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:
+    """A capture recorded as the API does, as if the API died before sending it."""
+    instance = SqlInventory(database).find(tenant.zone, tenant.add_instance(disk))
+    assert instance is not None
+    with database.transaction() as session:
+        capture = capture_instance(session, Caller(tenant.account_id, tenant.zone), instance, "x")
+        job_id, image_id = capture.job.job_id, capture.image.image_id
+        session.execute(
+            update(Job)
+            .where(Job.job_id == job_id)
+            .values(dispatched_at=utcnow() - timedelta(minutes=5))
+        )
+    return job_id, image_id
+
+
+async def test_the_scheduler_sends_a_job_the_api_never_sent(
+    tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
+) -> None:
+    job_id, image_id = undispatched_capture(tenant, database, raw_disk)
+    scheduler = ServiceProcess(service_settings, "scheduler")
+    try:
+        job = await tenant.wait_job(job_id, timeout=60)
+    finally:
+        scheduler.stop()
+    assert job["status"] == "successful", job
+    assert (await tenant.image(image_id))["status"] == "available"
+
+
+async def test_a_job_delivered_twice_runs_once(
+    tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
+) -> None:
+    job_id, image_id = undispatched_capture(tenant, database, raw_disk)
+    celery = create_celery(service_settings)
+    try:
+        dispatcher = JobDispatcher(celery)
+        assert all(dispatcher.dispatch(job_id) for _ in range(5))
+    finally:
+        celery.close()
+    job = await tenant.wait_job(job_id)
+    assert job["status"] == "successful", job
+    with database.reading() as session:
+        assert session.get(Job, job_id).attempts == 1  # type: ignore[union-attr]
+    stored = list(service_settings.image_dir.glob(f"{image_id}*"))
+    assert [p.name for p in stored] == [f"{image_id}.raw"]
