@@ -7,7 +7,8 @@ import queue
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Exchange, Queue
+from kombu.connection import Connection
+from kombu.entity import Exchange, Queue
 
 from workers import embedded_broker
 
@@ -17,11 +18,12 @@ MESSAGES = 300
 def _connection(broker_dir: Path) -> Connection:
     embedded_broker.register()
     options = embedded_broker.transport_options(broker_dir, polling_interval=0.01)
-    return Connection(f"{embedded_broker.SCHEME}://", transport_options=options)
+    return Connection(f"{embedded_broker.SCHEME}://", transport_options=options)  # type: ignore[no-untyped-call]
 
 
 def _jobs_queue() -> Queue:
-    return Queue("jobs", Exchange("jobs", type="direct"), routing_key="jobs")
+    jobs = Exchange("jobs", type="direct")  # type: ignore[no-untyped-call]
+    return Queue("jobs", jobs, routing_key="jobs")  # type: ignore[no-untyped-call]
 
 
 def _consume(broker_dir: Path, results: Any) -> None:
