@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.caller import caller_of, in_reading, in_transaction
-from api.keys import DISPATCHER, INVENTORY
+from api.keys import DISPATCHER, INVENTORY, SETTINGS
 from api.params import parse_params, validate_params
 from api.responses import json
 from api.schemas import (
@@ -19,9 +19,11 @@ from api.schemas import (
     ListImagesParams,
     ModifyParams,
     Params,
+    RecoverParams,
 )
 from models import images
 from models.errors import ResourceNotFound
+from models.quotas import Quota
 
 routes = web.RouteTableDef()
 
@@ -36,7 +38,7 @@ async def capture_instance(request: web.Request) -> web.Response:
     if instance is None:
         raise ResourceNotFound(f"instance {params.instance} not found")
     capture = await in_transaction(
-        request, images.capture_instance, caller, instance, params.image_name
+        request, images.capture_instance, caller, instance, params.image_name, _quota(request)
     )
     await dispatch(request, capture.job.job_id)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
@@ -50,6 +52,17 @@ async def delete_images(request: web.Request) -> web.Response:
     params = validate_params(DeleteParams, {"images": request.match_info["ids"]})
     await parse_params(request, Params)  # the seed sends an empty body; refuse a malformed one
     job = await in_transaction(request, images.delete_images, caller, params.images)
+    await dispatch(request, job.job_id)
+    return json(JobOut.from_row(job), status=202)
+
+
+@routes.post("/v2/zone/{zone}/images/recover")
+async def recover_images(request: web.Request) -> web.Response:
+    """Bring deleted images back while they are within the retention window."""
+    caller = caller_of(request)
+    params = await parse_params(request, RecoverParams)
+    retention = request.app[SETTINGS].deleted_retention
+    job = await in_transaction(request, images.recover_images, caller, params.images, retention)
     await dispatch(request, job.job_id)
     return json(JobOut.from_row(job), status=202)
 
@@ -72,6 +85,11 @@ async def list_images(request: web.Request) -> web.Response:
     params = await parse_params(request, ListImagesParams)
     rows, total = await in_reading(request, images.list_images, caller, **params.model_dump())
     return json(ImagesPage.from_rows(rows, total))
+
+
+def _quota(request: web.Request) -> Quota:
+    settings = request.app[SETTINGS]
+    return Quota(images=settings.quota_images, gb=settings.quota_gb)
 
 
 async def dispatch(request: web.Request, job_id: str) -> None:

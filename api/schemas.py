@@ -24,6 +24,7 @@ from models.tables import Image, Job
 
 MAX_LIMIT = 100
 MAX_IDS = 100
+MAX_OFFSET = 2**31 - 1
 
 
 def _as_list(value: Any) -> Any:
@@ -54,7 +55,7 @@ def _at_most_100(value: int) -> int:
 ListOf = BeforeValidator(_as_list)
 ResourceId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
 IdList = Annotated[list[ResourceId], ListOf, Field(max_length=MAX_IDS)]
-Offset = Annotated[int, Field(ge=0)]
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 Limit = Annotated[int, Field(ge=0), AfterValidator(_at_most_100)]
 IsoTime = Annotated[
     datetime, PlainSerializer(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str)
@@ -74,6 +75,10 @@ class CaptureParams(Params):
 
 
 class DeleteParams(Params):
+    images: Annotated[IdList, Field(min_length=1)]
+
+
+class RecoverParams(Params):
     images: Annotated[IdList, Field(min_length=1)]
 
 

@@ -77,6 +77,12 @@ def _add_account_commands(sub: Any) -> None:
     create.add_argument("name")
     create.add_argument("--json", action="store_true")
     create.set_defaults(command=cmd_account_create)
+    quota = account.add_parser("set-quota", help="override the default quota of one account")
+    quota.add_argument("account_id")
+    quota.add_argument("--images", type=int, default=None, help="most non-ceased images")
+    quota.add_argument("--gb", type=int, default=None, help="most GB of non-ceased images")
+    quota.add_argument("--json", action="store_true")
+    quota.set_defaults(command=cmd_account_set_quota)
 
 
 def _add_instance_commands(sub: Any) -> None:
@@ -113,9 +119,14 @@ def _add_image_commands(sub: Any) -> None:
     _add_image_attribute_args(imp, os_required=True)
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(command=cmd_image_import)
+    for action in ("deprecate", "suspend", "resume"):
+        move = image.add_parser(action, help=f"{action} an image (operator)")
+        move.add_argument("image_id")
+        move.add_argument("--json", action="store_true")
+        move.set_defaults(command=cmd_image_move, action=action)
 
 
-def _print(data: dict[str, str], as_json: bool) -> None:
+def _print(data: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps(data))
     else:
@@ -198,15 +209,17 @@ def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
     from models.db import Database
     from models.instances import NewInstance, add_instance
     from models.states import InstanceStatus, Platform, ProcessorType
-    from workers.imports import disk_format_of
+    from workers.imports import inspect_disk
 
     _require_zone(settings, args.zone)
     disk = args.disk.resolve()
+    disk_format, disk_size = inspect_disk(disk)
     new = NewInstance(
         zone=args.zone,
         owner=args.owner,
         disk_path=str(disk),
-        disk_format=disk_format_of(disk).value,
+        disk_format=disk_format.value,
+        disk_size=disk_size,
         status=InstanceStatus(args.status),
         instance_name=args.name,
         os_family=args.os_family,
@@ -250,4 +263,47 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
     database = Database(settings.resolved_database_url)
     image_id = import_system_image(database, settings.image_dir, args.disk.resolve(), spec)
     _print({"image_id": image_id}, args.json)
+    return 0
+
+
+def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
+    from models.db import Database
+    from models.quotas import Quota, quota_of, set_quota, usage_of
+
+    if (args.images is not None and args.images < 0) or (args.gb is not None and args.gb < 0):
+        raise SystemExit("imagesvc: quotas are counts, 0 or more")
+    default = Quota(images=settings.quota_images, gb=settings.quota_gb)
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        set_quota(session, args.account_id, args.images, args.gb)
+        quota = quota_of(session, args.account_id, default)
+        usage = usage_of(session, args.account_id)
+    _print(
+        {
+            "account_id": args.account_id,
+            "quota_images": quota.images,
+            "quota_gb": quota.gb,
+            "images": usage.images,
+            "gb": usage.gb,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_image_move(args: argparse.Namespace, settings: Settings) -> int:
+    from api.schemas import ImageOut
+    from models.db import Database
+    from models.lifecycle import operator_move
+    from models.states import ImageAction
+
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        image = ImageOut.model_validate(
+            operator_move(session, args.image_id, ImageAction(args.action))
+        )
+    if args.json:
+        print(image.model_dump_json())
+    else:
+        print(f"{image.image_id}: {image.status}")
     return 0

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds a pending job may wait before re-dispatch"
     )
     sweep_interval: float = Field(default=10.0, gt=0, description="Scheduler period, seconds")
+    deleted_retention: float = Field(
+        default=7200.0, ge=0, description="Seconds a deleted image stays recoverable"
+    )
+    ceased_retention: float = Field(
+        default=30 * 86400.0, ge=0, description="Seconds a ceased row stays listable for audit"
+    )
+    quota_images: int = Field(default=100, ge=0, description="Non-ceased images per account")
+    quota_gb: int = Field(default=2000, ge=0, description="GB of non-ceased images per account")
     broker_polling_interval: float = Field(default=0.2, gt=0)
 
     @field_validator("zones", mode="before")

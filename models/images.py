@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from models import ids
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_stopped
 from models.jobs import new_job
+from models.quotas import Quota, require_room
 from models.scoping import Caller, visible_images
 from models.states import (
     ImageAction,
@@ -28,10 +30,9 @@ from models.states import (
     Provider,
     TransitionStatus,
     Visibility,
-    allowed_sources,
 )
-from models.tables import Image, Job
-from models.transitions import can_move, move_images
+from models.tables import Image, Job, utcnow
+from models.transitions import can_move, move_images, refusal
 
 GIB = 1024**3
 DEFAULT_HIDDEN = (ImageStatus.CEASED,)
@@ -44,16 +45,27 @@ class Capture:
 
 
 def capture_instance(
-    session: Session, caller: Caller, instance: InstanceInfo, image_name: str | None
+    session: Session,
+    caller: Caller,
+    instance: InstanceInfo,
+    image_name: str | None,
+    default_quota: Quota,
 ) -> Capture:
-    """Record a pending image of a stopped instance and its job."""
+    """Record a pending image of a stopped instance and its job.
+
+    The image's ``size`` is reserved from the instance's disk size at once, so
+    that concurrent captures count against the quota before any copy ends.
+    """
     require_stopped(instance)
     _refuse_concurrent_capture(session, instance.instance_id)
+    size = size_in_gb(instance.disk_size)
+    require_room(session, caller.account_id, default_quota, size)
     image = Image(
         image_id=ids.image_id(),
         zone=caller.zone,
         owner=caller.account_id,
         image_name=image_name or "",
+        size=size,
         processor_type=instance.processor_type,
         platform=instance.platform,
         os_family=instance.os_family,
@@ -94,20 +106,61 @@ def _already_capturing(instance_id: str, image_id: str | None = None) -> StateCo
 
 def delete_images(session: Session, caller: Caller, image_ids: Sequence[str]) -> Job:
     """Start deleting the caller's images: all of them, or none."""
-    wanted = list(dict.fromkeys(image_ids))
-    rows = _lock_visible(session, caller, wanted)
-    _require_found(wanted, rows)
-    _require_own(rows, "delete")
-    blocked = [row for row in rows.values() if not can_move(row, ImageAction.BEGIN_DELETE)]
-    if blocked:
-        raise StateConflict(
-            "cannot delete "
-            + ", ".join(_state_of(row) for row in blocked)
-            + f"; only {allowed_sources(ImageAction.BEGIN_DELETE)} images can be deleted"
-        )
-    if move_images(session, wanted, ImageAction.BEGIN_DELETE) != len(wanted):
-        raise StateConflict("images changed while being deleted; retry")
+    wanted = _start_batch(session, caller, image_ids, ImageAction.BEGIN_DELETE)
     return new_job(session, caller, JobAction.DELETE_IMAGES, wanted)
+
+
+def recover_images(
+    session: Session, caller: Caller, image_ids: Sequence[str], retention: float
+) -> Job:
+    """Start bringing the caller's deleted images back, if still within ``retention`` seconds."""
+    cutoff = utcnow() - timedelta(seconds=retention)
+    wanted = list(dict.fromkeys(image_ids))
+    rows = _lock_own(session, caller, wanted, "recover")
+    gone = [row for row in rows.values() if _is_ceased(row, cutoff)]
+    if gone:
+        names = ", ".join(row.image_id for row in gone)
+        raise StateConflict(
+            f"cannot recover image {names}: it is ceased, its storage freed "
+            f"(deleted images can be recovered for {retention:.0f} s)"
+        )
+    _require_movable(rows, ImageAction.BEGIN_RECOVER)
+    within_window = Image.status_time > cutoff
+    if move_images(session, wanted, ImageAction.BEGIN_RECOVER, within_window) != len(wanted):
+        raise StateConflict("images changed while being recovered; retry")
+    return new_job(session, caller, JobAction.RECOVER_IMAGES, wanted)
+
+
+def _is_ceased(image: Image, cutoff: datetime) -> bool:
+    expired = image.status == ImageStatus.DELETED and image.status_time <= cutoff
+    return expired or image.status == ImageStatus.CEASED
+
+
+def _start_batch(
+    session: Session, caller: Caller, image_ids: Sequence[str], action: ImageAction
+) -> list[str]:
+    """Begin ``action`` on all the caller's images, or refuse naming the offenders."""
+    wanted = list(dict.fromkeys(image_ids))
+    rows = _lock_own(session, caller, wanted, action.value)
+    _require_movable(rows, action)
+    if move_images(session, wanted, action) != len(wanted):
+        raise StateConflict(f"images changed during {action.value}; retry")
+    return wanted
+
+
+def _lock_own(
+    session: Session, caller: Caller, image_ids: list[str], verb: str
+) -> dict[str, Image]:
+    rows = _lock_visible(session, caller, image_ids)
+    _require_found(image_ids, rows)
+    _require_own(rows, verb)
+    return rows
+
+
+def _require_movable(rows: dict[str, Image], action: ImageAction) -> None:
+    blocked = [row for row in rows.values() if not can_move(row, action)]
+    if blocked:
+        raise refusal(action, blocked)
 
 
 def modify_image(
@@ -120,16 +173,12 @@ def modify_image(
     """Change an image's name and/or description; the job is already successful."""
     if image_name is None and description is None:
         raise InvalidParameter("give image_name or description (or both) to modify")
-    rows = _lock_visible(session, caller, [image_id])
-    _require_found([image_id], rows)
-    _require_own(rows, "modify")
+    rows = _lock_own(session, caller, [image_id], "modify")
+    _require_movable(rows, ImageAction.MODIFY)
     changes = {"image_name": image_name, "description": description}
     values = {key: value for key, value in changes.items() if value is not None}
     if move_images(session, [image_id], ImageAction.MODIFY, **values) != 1:
-        raise StateConflict(
-            f"cannot modify {_state_of(rows[image_id])}; "
-            f"only {allowed_sources(ImageAction.MODIFY)} images can be modified"
-        )
+        raise StateConflict(f"image {image_id} changed while being modified; retry")
     return new_job(
         session,
         caller,
@@ -155,11 +204,6 @@ def _require_own(rows: dict[str, Image], verb: str) -> None:
     if foreign:
         names = ", ".join(f"{row.image_id} (provider {row.provider})" for row in foreign)
         raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")
-
-
-def _state_of(image: Image) -> str:
-    transition = f" ({image.transition_status})" if image.transition_status else ""
-    return f"image {image.image_id}, which is {image.status}{transition}"
 
 
 def list_images(

@@ -32,6 +32,7 @@ class InstanceInfo:
     status: InstanceStatus
     disk_path: str
     disk_format: str
+    disk_size: int
     os_family: str
     platform: str
     processor_type: str
@@ -77,6 +78,7 @@ def _info(row: Instance) -> InstanceInfo:
         status=InstanceStatus(row.status),
         disk_path=row.disk_path,
         disk_format=row.disk_format,
+        disk_size=row.disk_size,
         os_family=row.os_family,
         platform=row.platform,
         processor_type=row.processor_type,
@@ -93,6 +95,7 @@ class NewInstance:
     owner: str
     disk_path: str
     disk_format: str
+    disk_size: int
     status: InstanceStatus = InstanceStatus.STOPPED
     instance_name: str = ""
     os_family: str = "linux"
@@ -113,6 +116,7 @@ def add_instance(session: Session, new: NewInstance) -> Instance:
         status=new.status.value,
         disk_path=new.disk_path,
         disk_format=new.disk_format,
+        disk_size=new.disk_size,
         os_family=new.os_family,
         platform=new.platform.value,
         processor_type=new.processor_type.value,

@@ -74,6 +74,7 @@ TERMINAL_JOB_STATUSES = frozenset(
 class JobAction(enum.StrEnum):
     CAPTURE_INSTANCE = "CaptureInstance"
     DELETE_IMAGES = "DeleteImages"
+    RECOVER_IMAGES = "RecoverImages"
     MODIFY_IMAGE_ATTRIBUTES = "ModifyImageAttributes"
 
 
@@ -84,7 +85,14 @@ class ImageAction(enum.StrEnum):
     FAIL_CAPTURE = "fail capture"
     BEGIN_DELETE = "delete"
     FINISH_DELETE = "finish delete"
+    BEGIN_RECOVER = "recover"
+    FINISH_RECOVER = "finish recover"
+    CEASE = "cease"
     MODIFY = "modify"
+    DEPRECATE = "deprecate"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    RESUME_DEPRECATED = "resume deprecated"
 
 
 @dataclass(frozen=True)
@@ -101,23 +109,33 @@ class Move:
     target_transition: TransitionStatus
 
 
-_OWNER_DELETABLE = frozenset({ImageStatus.AVAILABLE, ImageStatus.DEPRECATED})
-_MODIFIABLE = frozenset(
-    {ImageStatus.PENDING, ImageStatus.AVAILABLE, ImageStatus.DEPRECATED, ImageStatus.SUSPENDED}
-)
+_S = ImageStatus
 _T = TransitionStatus
+_OWNER_DELETABLE = frozenset({_S.AVAILABLE, _S.DEPRECATED})
+_MODIFIABLE = frozenset({_S.PENDING, _S.AVAILABLE, _S.DEPRECATED, _S.SUSPENDED})
+_USABLE = frozenset({_S.AVAILABLE, _S.DEPRECATED})
+
+
+def _only(status: ImageStatus) -> frozenset[ImageStatus]:
+    return frozenset({status})
+
 
 IMAGE_MOVES: dict[ImageAction, Move] = {
-    ImageAction.FINISH_CAPTURE: Move(
-        frozenset({ImageStatus.PENDING}), _T.CREATING, ImageStatus.AVAILABLE, _T.NONE
-    ),
-    ImageAction.FAIL_CAPTURE: Move(
-        frozenset({ImageStatus.PENDING}), _T.CREATING, ImageStatus.CEASED, _T.NONE
-    ),
+    ImageAction.FINISH_CAPTURE: Move(_only(_S.PENDING), _T.CREATING, _S.AVAILABLE, _T.NONE),
+    ImageAction.FAIL_CAPTURE: Move(_only(_S.PENDING), _T.CREATING, _S.CEASED, _T.NONE),
     ImageAction.BEGIN_DELETE: Move(_OWNER_DELETABLE, _T.NONE, None, _T.DELETING),
-    ImageAction.FINISH_DELETE: Move(_OWNER_DELETABLE, _T.DELETING, ImageStatus.DELETED, _T.NONE),
+    ImageAction.FINISH_DELETE: Move(_OWNER_DELETABLE, _T.DELETING, _S.DELETED, _T.NONE),
+    ImageAction.BEGIN_RECOVER: Move(_only(_S.DELETED), _T.NONE, None, _T.RECOVERING),
+    ImageAction.FINISH_RECOVER: Move(_only(_S.DELETED), _T.RECOVERING, _S.AVAILABLE, _T.NONE),
+    # Past the retention window; the sweep frees the file after the row has moved.
+    ImageAction.CEASE: Move(_only(_S.DELETED), _T.NONE, _S.CEASED, _T.NONE),
     # Attributes may change while a capture runs, never while a status moves.
     ImageAction.MODIFY: Move(_MODIFIABLE, _T.NONE, None, _T.NONE),
+    ImageAction.DEPRECATE: Move(_only(_S.AVAILABLE), _T.NONE, _S.DEPRECATED, _T.NONE),
+    ImageAction.SUSPEND: Move(_USABLE, _T.NONE, _S.SUSPENDED, _T.NONE),
+    ImageAction.RESUME: Move(_only(_S.SUSPENDED), _T.NONE, _S.AVAILABLE, _T.NONE),
+    # A deprecated image that was suspended goes back to deprecated.
+    ImageAction.RESUME_DEPRECATED: Move(_only(_S.SUSPENDED), _T.NONE, _S.DEPRECATED, _T.NONE),
 }
 
 

@@ -64,6 +64,9 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(128))
     api_key: Mapped[str] = mapped_column(String(64), unique=True)
     secret_hash: Mapped[str] = mapped_column(String(256))
+    # None: the deployment's default (IMAGESVC_QUOTA_IMAGES / IMAGESVC_QUOTA_GB).
+    quota_images: Mapped[int | None] = mapped_column(Integer, default=None)
+    quota_gb: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -89,6 +92,8 @@ class Instance(Base):
     status: Mapped[str] = mapped_column(String(16))
     disk_path: Mapped[str] = mapped_column(Text)
     disk_format: Mapped[str] = mapped_column(String(16))
+    # The disk's virtual size in bytes, as the compute service knows it.
+    disk_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     os_family: Mapped[str] = mapped_column(String(64), default="")
     platform: Mapped[str] = mapped_column(String(16), default="linux")
     processor_type: Mapped[str] = mapped_column(String(16), default="64bit")
@@ -101,6 +106,7 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         Index("ix_images_zone_create_time", "zone", "create_time", "image_id"),
+        Index("ix_images_status_status_time", "status", "status_time"),
         # One capture of an instance at a time: the database refuses the second.
         Index(
             "uq_images_capturing_instance",
@@ -135,6 +141,8 @@ class Image(Base):
     source_instance_id: Mapped[str | None] = mapped_column(String(32), default=None)
     create_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     status_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set by the operator; kept while the image is suspended so resume restores it.
+    deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class Job(Base):

@@ -5,20 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, update
+from sqlalchemy import ColumnElement, CursorResult, update
 from sqlalchemy.orm import Session
 
-from models.states import IMAGE_MOVES, ImageAction
+from models.errors import StateConflict
+from models.states import IMAGE_MOVES, ImageAction, allowed_sources
 from models.tables import Image, utcnow
 
 
 def move_images(
-    session: Session, image_ids: Sequence[str], action: ImageAction, **values: Any
+    session: Session,
+    image_ids: Sequence[str],
+    action: ImageAction,
+    *conditions: ColumnElement[bool],
+    **values: Any,
 ) -> int:
     """Apply ``action`` to every image still in a state it allows; the number moved.
 
-    The ``WHERE`` clause repeats the move's source states, so a row that
-    changed since it was read is left alone and not counted.
+    The ``WHERE`` clause repeats the move's source states (and any extra
+    ``conditions``), so a row that changed since it was read is left alone
+    and not counted.
     """
     move = IMAGE_MOVES[action]
     if move.target is not None:
@@ -30,6 +36,7 @@ def move_images(
             Image.image_id.in_(list(image_ids)),
             Image.status.in_([s.value for s in move.sources]),
             Image.transition_status == move.source_transition.value,
+            *conditions,
         )
         .values(**values)
         .execution_options(synchronize_session=False)
@@ -41,3 +48,17 @@ def move_images(
 def can_move(image: Image, action: ImageAction) -> bool:
     move = IMAGE_MOVES[action]
     return image.status in move.sources and image.transition_status == move.source_transition
+
+
+def describe_state(image: Image) -> str:
+    transition = f" ({image.transition_status})" if image.transition_status else ""
+    return f"image {image.image_id}, which is {image.status}{transition}"
+
+
+def refusal(action: ImageAction, images: Sequence[Image]) -> StateConflict:
+    """The 409 for an illegal move: names the images, their states and the action."""
+    verb = action.value.split()[0]  # "resume deprecated" is a resume to the user
+    described = ", ".join(describe_state(image) for image in images)
+    return StateConflict(
+        f"cannot {verb} {described}; {verb} needs an image that is {allowed_sources(action)}"
+    )

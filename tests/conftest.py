@@ -22,8 +22,11 @@ from api.app import create_app
 from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
-from models.instances import NewInstance, add_instance
+from models.images import capture_instance
+from models.instances import NewInstance, SqlInventory, add_instance
 from models.migrate import upgrade
+from models.quotas import Quota
+from models.scoping import Caller
 from models.states import InstanceStatus, JobStatus
 from tests.support import (
     TEST_REDIS_URL,
@@ -32,9 +35,10 @@ from tests.support import (
     make_settings,
     scratch_database,
 )
-from workers.disk import detect_format
+from workers.imports import inspect_disk
 
 MiB = 1 << 20
+UNLIMITED = Quota(images=10**6, gb=10**6)
 TERMINAL = {s.value for s in JobStatus if s.is_terminal}
 
 
@@ -133,16 +137,27 @@ class Tenant:
         return dict(reply.body["images"][0])
 
     def add_instance(self, disk: Path, status: str = "stopped", **attrs: Any) -> str:
+        disk_format, disk_size = inspect_disk(disk)
         new = NewInstance(
             zone=self.zone,
             owner=self.account_id,
             disk_path=str(disk),
-            disk_format=detect_format(disk).value,
+            disk_format=disk_format.value,
+            disk_size=disk_size,
             status=InstanceStatus(status),
             **attrs,
         )
         with self.database.transaction() as session:
             return add_instance(session, new).instance_id
+
+    def record_capture(self, disk: Path) -> tuple[str, str]:
+        """A capture recorded as the API records it, but never sent to a worker."""
+        instance = SqlInventory(self.database).find(self.zone, self.add_instance(disk))
+        assert instance is not None
+        caller = Caller(self.account_id, self.zone)
+        with self.database.transaction() as session:
+            capture = capture_instance(session, caller, instance, "recorded", UNLIMITED)
+            return capture.job.job_id, capture.image.image_id
 
     async def capture(self, instance_id: str, name: str = "img") -> Reply:
         return await self.call(

@@ -7,9 +7,7 @@ from typing import Any
 
 from imagesvc.settings import Settings
 from models.db import Database
-from models.images import SystemImageSpec, capture_instance
-from models.instances import SqlInventory
-from models.scoping import Caller
+from models.images import SystemImageSpec
 from tests.conftest import Tenant, TenantFactory
 from workers.imports import import_system_image
 
@@ -90,11 +88,7 @@ async def test_a_pending_image_cannot_be_deleted(
     tenant: Tenant, raw_disk: Path, database: Database
 ) -> None:
     # Recorded but never dispatched, so it stays pending for as long as the test needs.
-    instance = SqlInventory(database).find(tenant.zone, tenant.add_instance(raw_disk))
-    assert instance is not None
-    caller = Caller(tenant.account_id, tenant.zone)
-    with database.transaction() as session:
-        image_id = capture_instance(session, caller, instance, "slow").image.image_id
+    _, image_id = tenant.record_capture(raw_disk)
     reply = await tenant.call("DELETE", f"/images/{image_id}")
     assert (reply.status, reply.body["ret_code"]) == (409, 1400), reply
     assert image_id in reply.body["message"]

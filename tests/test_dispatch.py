@@ -9,9 +9,6 @@ from sqlalchemy import update
 
 from imagesvc.settings import Settings
 from models.db import Database
-from models.images import capture_instance
-from models.instances import SqlInventory
-from models.scoping import Caller
 from models.tables import Job, utcnow
 from tests.conftest import Tenant
 from tests.support import ServiceProcess
@@ -21,11 +18,8 @@ from workers.dispatch import JobDispatcher
 
 def undispatched_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:
     """A capture recorded as the API does, as if the API died before sending it."""
-    instance = SqlInventory(database).find(tenant.zone, tenant.add_instance(disk))
-    assert instance is not None
+    job_id, image_id = tenant.record_capture(disk)
     with database.transaction() as session:
-        capture = capture_instance(session, Caller(tenant.account_id, tenant.zone), instance, "x")
-        job_id, image_id = capture.job.job_id, capture.image.image_id
         session.execute(
             update(Job)
             .where(Job.job_id == job_id)

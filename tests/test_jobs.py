@@ -261,3 +261,14 @@ async def test_a_failed_job_carries_its_error(tenant: Tenant, tmp_path: Path) ->
     assert again.body["error"] == error and again.body["status"] == "failed"
     listed = await jobs_listed(tenant, {"status": "failed"})
     assert ids_of(listed) == [job_id] and listed.body["jobs"][0]["error"] == error
+
+
+async def test_a_jobs_offset_beyond_any_database_integer_is_not_a_server_error(
+    tenant: Tenant,
+) -> None:
+    reply = await tenant.call("GET", "/jobs", params={"offset": "99999999999999999999"})
+    assert reply.status in (200, 400), reply
+    if reply.status == 400:
+        assert reply.body["ret_code"] == 1100 and "offset" in reply.body["message"], reply
+    else:
+        assert reply.body["jobs"] == [], reply

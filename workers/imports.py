@@ -9,14 +9,14 @@ from models.errors import InvalidParameter
 from models.images import SystemImageSpec, new_system_image, size_in_gb
 from models.states import ImageAction
 from models.transitions import move_images
-from workers.disk import DiskError, DiskFormat, detect_format, store_disk
+from workers.disk import DiskError, DiskFormat, detect_format, store_disk, virtual_size
 
 
 def import_system_image(
     database: Database, image_dir: Path, disk: Path, spec: SystemImageSpec
 ) -> str:
     """Copy ``disk`` into the store as a public, available system image; its id."""
-    disk_format = disk_format_of(disk)
+    disk_format, _ = inspect_disk(disk)
     with database.transaction() as session:
         image_id = new_system_image(session, spec).image_id
     try:
@@ -45,9 +45,10 @@ def import_system_image(
     return image_id
 
 
-def disk_format_of(disk: Path) -> DiskFormat:
-    """The format of an operator-given disk; InvalidParameter naming it if unreadable."""
+def inspect_disk(disk: Path) -> tuple[DiskFormat, int]:
+    """Format and virtual size of an operator-given disk; InvalidParameter if unreadable."""
     try:
-        return detect_format(disk)
+        disk_format = detect_format(disk)
+        return disk_format, virtual_size(disk, disk_format)
     except DiskError as exc:
         raise InvalidParameter(f"disk {disk}: {exc}") from exc

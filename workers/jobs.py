@@ -134,22 +134,31 @@ def abandon_capture(context: WorkerContext, job: ClaimedJob, code: str, message:
 
 def run_delete(context: WorkerContext, job: ClaimedJob) -> None:
     """Finish deleting; the files stay until the image is ceased."""
+    _finish_batch(context, job, ImageAction.FINISH_DELETE)
+
+
+def run_recover(context: WorkerContext, job: ClaimedJob) -> None:
+    """Finish recovering: the images are available again, their files untouched."""
+    _finish_batch(context, job, ImageAction.FINISH_RECOVER)
+
+
+def _finish_batch(context: WorkerContext, job: ClaimedJob, action: ImageAction) -> None:
     with context.database.transaction() as session:
-        deleted = move_images(session, job.resource_ids, ImageAction.FINISH_DELETE)
-        if deleted == len(job.resource_ids):
+        moved = move_images(session, job.resource_ids, action)
+        if moved == len(job.resource_ids):
             move_job(session, job.job_id, JobStatus.SUCCESSFUL, progress=100)
-        else:
-            move_job(
-                session,
-                job.job_id,
-                JobStatus.DONE_WITH_FAILURE,
-                progress=100,
-                error_code="ImagesChanged",
-                error_message=f"{len(job.resource_ids) - deleted} image(s) changed meanwhile",
-            )
+            return
+        move_job(
+            session,
+            job.job_id,
+            JobStatus.DONE_WITH_FAILURE,
+            progress=100,
+            error_code="ImagesChanged",
+            error_message=f"{len(job.resource_ids) - moved} image(s) changed meanwhile",
+        )
 
 
-def abandon_delete(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
+def abandon_batch(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
     with context.database.transaction() as session:
         fail_job(session, job.job_id, code, message)
 
@@ -178,8 +187,10 @@ Abandon = Callable[[WorkerContext, ClaimedJob, str, str], None]
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
     JobAction.DELETE_IMAGES: run_delete,
+    JobAction.RECOVER_IMAGES: run_recover,
 }
 _ABANDON: dict[JobAction, Abandon] = {
     JobAction.CAPTURE_INSTANCE: abandon_capture,
-    JobAction.DELETE_IMAGES: abandon_delete,
+    JobAction.DELETE_IMAGES: abandon_batch,
+    JobAction.RECOVER_IMAGES: abandon_batch,
 }

@@ -11,10 +11,12 @@ from models.jobs import undispatched_jobs
 from workers.context import LazyContext
 from workers.dispatch import RUN_JOB
 from workers.jobs import execute_job
+from workers.lifecycle import sweep_images
 
 log = logging.getLogger(__name__)
 
 REDISPATCH_JOBS = "imagesvc.redispatch_jobs"
+SWEEP_IMAGES = "imagesvc.sweep_images"
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
@@ -34,3 +36,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         if job_ids:
             log.info("re-dispatched %d pending job(s)", len(job_ids))
         return len(job_ids)
+
+    @app.task(name=SWEEP_IMAGES)  # type: ignore[untyped-decorator]
+    def sweep() -> None:
+        sweep_images(context.get())

@@ -1,0 +1,73 @@
+"""Per-account limits on images: how many, and how many GB, not counting ceased ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from models.errors import QuotaExceeded, ResourceNotFound
+from models.states import ImageStatus
+from models.tables import Account, Image
+
+
+@dataclass(frozen=True)
+class Quota:
+    images: int
+    gb: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    images: int
+    gb: int
+
+
+def quota_of(session: Session, account_id: str, default: Quota, *, lock: bool = False) -> Quota:
+    """The account's quota. With ``lock``, holds the account row until commit so that
+    concurrent captures by one account are counted one after the other."""
+    stmt = select(Account.quota_images, Account.quota_gb).where(Account.account_id == account_id)
+    row = session.execute(stmt.with_for_update() if lock else stmt).one_or_none()
+    if row is None:
+        raise ResourceNotFound(f"account {account_id} not found")
+    images, gb = row
+    return Quota(
+        images=default.images if images is None else images,
+        gb=default.gb if gb is None else gb,
+    )
+
+
+def usage_of(session: Session, account_id: str) -> Usage:
+    stmt = select(func.count(), func.coalesce(func.sum(Image.size), 0)).where(
+        Image.owner == account_id, Image.status != ImageStatus.CEASED.value
+    )
+    images, gb = session.execute(stmt).one()
+    return Usage(images=int(images), gb=int(gb))
+
+
+def require_room(session: Session, account_id: str, default: Quota, adding_gb: int) -> None:
+    """Refuse (429) a new image of ``adding_gb`` that would exceed the account's quota."""
+    quota = quota_of(session, account_id, default, lock=True)
+    used = usage_of(session, account_id)
+    if used.images + 1 > quota.images:
+        raise QuotaExceeded(f"image quota exceeded: {used.images} of {quota.images} images in use")
+    if used.gb + adding_gb > quota.gb:
+        raise QuotaExceeded(
+            f"size quota exceeded: this image needs {adding_gb} GB and "
+            f"{used.gb} of {quota.gb} GB are in use"
+        )
+
+
+def set_quota(session: Session, account_id: str, images: int | None, gb: int | None) -> None:
+    """Override the defaults for one account; None leaves that limit as it is."""
+    values = {
+        key: value
+        for key, value in (("quota_images", images), ("quota_gb", gb))
+        if value is not None
+    }
+    stmt = update(Account).where(Account.account_id == account_id).values(**values)
+    if values and session.execute(stmt).rowcount != 1:  # type: ignore[attr-defined]
+        raise ResourceNotFound(f"account {account_id} not found")
+    if not values and session.get(Account, account_id) is None:
+        raise ResourceNotFound(f"account {account_id} not found")
