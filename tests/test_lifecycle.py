@@ -171,6 +171,20 @@ async def test_resume_of_a_never_deprecated_image_makes_it_available(
     assert unknown.returncode != 0 and "img-nothere" in unknown.stderr
 
 
+async def test_a_recovered_image_is_no_longer_deprecated(
+    tenant: Tenant, raw_disk: Path, service_settings: Settings
+) -> None:
+    image_id = await tenant.captured_image(raw_disk)
+    _operator(service_settings, "deprecate", image_id)
+    delete = await tenant.call("DELETE", f"/images/{image_id}")
+    await tenant.wait_job(delete.body["job_id"])
+    recover = await tenant.call("POST", "/images/recover", json={"images": image_id})
+    assert (await tenant.wait_job(recover.body["job_id"]))["status"] == "successful"
+    assert (await tenant.image(image_id))["status"] == "available"
+    _operator(service_settings, "suspend", image_id)
+    assert _operator(service_settings, "resume", image_id)["status"] == "available"
+
+
 def _operator(settings: Settings, action: str, image_id: str) -> dict[str, Any]:
     result = imagesvc(settings, "image", action, image_id, "--json")
     assert result.returncode == 0, result.stderr

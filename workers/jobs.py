@@ -138,13 +138,15 @@ def run_delete(context: WorkerContext, job: ClaimedJob) -> None:
 
 
 def run_recover(context: WorkerContext, job: ClaimedJob) -> None:
-    """Finish recovering: the images are available again, their files untouched."""
-    _finish_batch(context, job, ImageAction.FINISH_RECOVER)
+    """Finish recovering: the images are available again (not deprecated), files untouched."""
+    _finish_batch(context, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
 
 
-def _finish_batch(context: WorkerContext, job: ClaimedJob, action: ImageAction) -> None:
+def _finish_batch(
+    context: WorkerContext, job: ClaimedJob, action: ImageAction, **values: object
+) -> None:
     with context.database.transaction() as session:
-        moved = move_images(session, job.resource_ids, action)
+        moved = move_images(session, job.resource_ids, action, **values)
         if moved == len(job.resource_ids):
             move_job(session, job.job_id, JobStatus.SUCCESSFUL, progress=100)
             return
