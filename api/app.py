@@ -11,6 +11,7 @@ from celery import Celery
 from sqlalchemy import text
 
 from api import auth, images, jobs
+from api.dispatch import drain_dispatches
 from api.errors import error_middleware
 from api.keys import CELERY, DATABASE, DISPATCHER, INVENTORY, SETTINGS
 from imagesvc.settings import Settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(drain_dispatches)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_get("/healthz", healthz)
     app.add_routes(images.routes)

@@ -10,6 +10,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from api.keys import ACCOUNT_ID, DATABASE, SETTINGS
+from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
 from models.scoping import Caller
 
@@ -55,3 +56,17 @@ async def in_reading(
             return work(session, *args, **kwargs)
 
     return await asyncio.to_thread(unit)
+
+
+async def in_idempotent_transaction(
+    request: web.Request,
+    work: Callable[Concatenate[Session, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Like :func:`in_transaction`; a request that lost a race for its ``request_id``
+    runs once more, and then finds and returns the winner's job."""
+    try:
+        return await in_transaction(request, work, *args, **kwargs)
+    except DuplicateRequest:
+        return await in_transaction(request, work, *args, **kwargs)

@@ -6,8 +6,9 @@ import asyncio
 
 from aiohttp import web
 
-from api.caller import caller_of, in_reading, in_transaction
-from api.keys import DISPATCHER, INVENTORY, SETTINGS
+from api.caller import caller_of, in_idempotent_transaction, in_reading, in_transaction
+from api.dispatch import dispatch
+from api.keys import INVENTORY, SETTINGS
 from api.params import parse_params, validate_params
 from api.responses import json
 from api.schemas import (
@@ -18,8 +19,8 @@ from api.schemas import (
     JobOut,
     ListImagesParams,
     ModifyParams,
-    Params,
     RecoverParams,
+    RequestIdParams,
 )
 from models import images
 from models.errors import ResourceNotFound
@@ -37,10 +38,16 @@ async def capture_instance(request: web.Request) -> web.Response:
     instance = await asyncio.to_thread(inventory.find_owned, caller, params.instance)
     if instance is None:
         raise ResourceNotFound(f"instance {params.instance} not found")
-    capture = await in_transaction(
-        request, images.capture_instance, caller, instance, params.image_name, _quota(request)
+    capture = await in_idempotent_transaction(
+        request,
+        images.capture_instance,
+        caller,
+        instance,
+        params.image_name,
+        _quota(request),
+        request_id_of(request, params.request_id),
     )
-    await dispatch(request, capture.job.job_id)
+    dispatch(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
     return json(out, status=202)
 
@@ -50,9 +57,12 @@ async def delete_images(request: web.Request) -> web.Response:
     """Delete images, ``ids`` comma-joined: all of them or none."""
     caller = caller_of(request)
     params = validate_params(DeleteParams, {"images": request.match_info["ids"]})
-    await parse_params(request, Params)  # the seed sends an empty body; refuse a malformed one
-    job = await in_transaction(request, images.delete_images, caller, params.images)
-    await dispatch(request, job.job_id)
+    body = await parse_params(request, RequestIdParams)  # the seed sends an empty body
+    request_id = request_id_of(request, body.request_id)
+    job = await in_idempotent_transaction(
+        request, images.delete_images, caller, params.images, request_id
+    )
+    dispatch(request, job)
     return json(JobOut.from_row(job), status=202)
 
 
@@ -63,7 +73,7 @@ async def recover_images(request: web.Request) -> web.Response:
     params = await parse_params(request, RecoverParams)
     retention = request.app[SETTINGS].deleted_retention
     job = await in_transaction(request, images.recover_images, caller, params.images, retention)
-    await dispatch(request, job.job_id)
+    dispatch(request, job)
     return json(JobOut.from_row(job), status=202)
 
 
@@ -92,5 +102,9 @@ def _quota(request: web.Request) -> Quota:
     return Quota(images=settings.quota_images, gb=settings.quota_gb)
 
 
-async def dispatch(request: web.Request, job_id: str) -> None:
-    await asyncio.to_thread(request.app[DISPATCHER].dispatch, job_id)
+def request_id_of(request: web.Request, from_params: str | None) -> str | None:
+    """The client's idempotency key: the ``request_id`` parameter or ``X-Request-Id``."""
+    header = request.headers.get("X-Request-Id")
+    if from_params or not header:
+        return from_params
+    return validate_params(RequestIdParams, {"request_id": header}).request_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from celery import Celery
 
@@ -15,6 +17,7 @@ DATABASE = web.AppKey("database", Database)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 DISPATCHER = web.AppKey("dispatcher", JobDispatcher)
+IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.
 ACCOUNT_ID = web.RequestKey("account_id", str)

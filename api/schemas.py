@@ -69,9 +69,17 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
 class CaptureParams(Params):
     instance: ResourceId
     image_name: ImageName | None = None
+    request_id: RequestId | None = None
+
+
+class RequestIdParams(Params):
+    request_id: RequestId | None = None
 
 
 class DeleteParams(Params):

@@ -31,6 +31,18 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds a pending job may wait before re-dispatch"
     )
     sweep_interval: float = Field(default=10.0, gt=0, description="Scheduler period, seconds")
+    heartbeat_interval: float = Field(
+        default=2.0, gt=0, description="Seconds between a working job's heartbeats"
+    )
+    heartbeat_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds of silence after which a working job is lost"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Runs of a job before it fails")
+    orphan_grace: float = Field(
+        default=3600.0, ge=0, description="Age in seconds before an unowned file is removed"
+    )
+    # Tests only: the API process exits between committing a job and sending it.
+    fault_after_commit: bool = False
     deleted_retention: float = Field(
         default=7200.0, ge=0, description="Seconds a deleted image stays recoverable"
     )

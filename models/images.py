@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ids
+from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_stopped
 from models.jobs import new_job
@@ -50,12 +51,19 @@ def capture_instance(
     instance: InstanceInfo,
     image_name: str | None,
     default_quota: Quota,
+    request_id: str | None = None,
 ) -> Capture:
     """Record a pending image of a stopped instance and its job.
 
     The image's ``size`` is reserved from the instance's disk size at once, so
     that concurrent captures count against the quota before any copy ends.
+    With a ``request_id`` already used in the last 24 h, the earlier capture.
     """
+    action = JobAction.CAPTURE_INSTANCE
+    job_id = ids.job_id()
+    earlier = _replay_or_remember(session, caller, request_id, action, job_id)
+    if earlier is not None:
+        return Capture(earlier, _image_of(session, earlier))
     require_stopped(instance)
     _refuse_concurrent_capture(session, instance.instance_id)
     size = size_in_gb(instance.disk_size)
@@ -82,10 +90,28 @@ def capture_instance(
         session.flush()
     except IntegrityError as exc:  # the partial unique index: a capture raced us
         raise _already_capturing(instance.instance_id) from exc
-    job = new_job(
-        session, caller, JobAction.CAPTURE_INSTANCE, [image.image_id, instance.instance_id]
-    )
+    job = new_job(session, caller, action, [image.image_id, instance.instance_id], job_id=job_id)
     return Capture(job, image)
+
+
+def _replay_or_remember(
+    session: Session, caller: Caller, request_id: str | None, action: JobAction, job_id: str
+) -> Job | None:
+    """The earlier job of a repeated ``request_id``; else the key is taken for ``job_id``."""
+    if not request_id:
+        return None
+    earlier = replay(session, caller, request_id, action)
+    if earlier is None:
+        remember(session, caller, request_id, action, job_id)
+    return earlier
+
+
+def _image_of(session: Session, capture_job: Job) -> Image:
+    image_id = capture_job.resource_ids[0]
+    image = session.get(Image, image_id)
+    if image is None:
+        raise ResourceNotFound(f"image {image_id} of that request has been purged")
+    return image
 
 
 def _refuse_concurrent_capture(session: Session, instance_id: str) -> None:
@@ -104,10 +130,20 @@ def _already_capturing(instance_id: str, image_id: str | None = None) -> StateCo
     return StateConflict(f"instance {instance_id} is already being captured{into}; wait for it")
 
 
-def delete_images(session: Session, caller: Caller, image_ids: Sequence[str]) -> Job:
-    """Start deleting the caller's images: all of them, or none."""
+def delete_images(
+    session: Session, caller: Caller, image_ids: Sequence[str], request_id: str | None = None
+) -> Job:
+    """Start deleting the caller's images: all of them, or none.
+
+    With a ``request_id`` already used in the last 24 h, the earlier job.
+    """
+    action = JobAction.DELETE_IMAGES
+    job_id = ids.job_id()
+    earlier = _replay_or_remember(session, caller, request_id, action, job_id)
+    if earlier is not None:
+        return earlier
     wanted = _start_batch(session, caller, image_ids, ImageAction.BEGIN_DELETE)
-    return new_job(session, caller, JobAction.DELETE_IMAGES, wanted)
+    return new_job(session, caller, action, wanted, job_id=job_id)
 
 
 def recover_images(

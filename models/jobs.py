@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,11 +23,12 @@ def new_job(
     action: JobAction,
     resource_ids: list[str],
     status: JobStatus = JobStatus.PENDING,
+    job_id: str | None = None,
 ) -> Job:
     now = utcnow()
     done = now if status.is_terminal else None
     job = Job(
-        job_id=ids.job_id(),
+        job_id=job_id or ids.job_id(),
         zone=caller.zone,
         owner=caller.account_id,
         action=action.value,
@@ -44,16 +46,30 @@ def new_job(
     return job
 
 
-def move_job(session: Session, job_id: str, target: JobStatus, **values: Any) -> bool:
-    """Move a job to ``target`` if its current status allows it; False if not."""
+def move_job(
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    *,
+    attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job to ``target`` if its current status allows it; False if not.
+
+    With ``attempt``, only that run of the job may move it: a worker that was
+    given up for lost and comes back cannot settle a job another run now owns.
+    """
     move = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
+    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in move.sources])]
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
     stmt = (
         update(Job)
-        .where(Job.job_id == job_id, Job.status.in_([s.value for s in move.sources]))
+        .where(*conditions)
         .values(status=target.value, **values)
         .execution_options(synchronize_session=False)
     )
@@ -61,26 +77,71 @@ def move_job(session: Session, job_id: str, target: JobStatus, **values: Any) ->
     return result.rowcount == 1
 
 
-def claim_job(session: Session, job_id: str) -> Job | None:
+def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
     """Take a pending job for this worker; None if someone else has it or it is done."""
     now = utcnow()
     claimed = move_job(
-        session, job_id, JobStatus.WORKING, begin_time=now, attempts=Job.attempts + 1
+        session,
+        job_id,
+        JobStatus.WORKING,
+        begin_time=func.coalesce(Job.begin_time, now),
+        heartbeat_at=now,
+        worker=worker,
+        attempts=Job.attempts + 1,
     )
     return session.get(Job, job_id, populate_existing=True) if claimed else None
 
 
-def fail_job(session: Session, job_id: str, code: str, message: str) -> bool:
-    return move_job(session, job_id, JobStatus.FAILED, error_code=code, error_message=message)
+def fail_job(
+    session: Session, job_id: str, code: str, message: str, attempt: int | None = None
+) -> bool:
+    return move_job(
+        session, job_id, JobStatus.FAILED, attempt=attempt, error_code=code, error_message=message
+    )
 
 
-def record_progress(session: Session, job_id: str, percent: int) -> None:
+def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
+    """Record that this run of the job is alive; False if the job is no longer its own."""
     stmt = (
         update(Job)
-        .where(Job.job_id == job_id, Job.status == JobStatus.WORKING.value)
-        .values(progress=max(0, min(100, percent)))
+        .where(
+            Job.job_id == job_id,
+            Job.status == JobStatus.WORKING.value,
+            Job.attempts == attempt,
+        )
+        .values(heartbeat_at=utcnow(), progress=max(0, min(99, progress)))
     )
-    session.execute(stmt)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class LostJob:
+    job_id: str
+    action: JobAction
+    attempt: int
+    resource_ids: list[str]
+
+
+def lost_jobs(session: Session, timeout: float, now: datetime | None = None) -> list[LostJob]:
+    """Working jobs whose worker has been silent for ``timeout`` seconds."""
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout)
+    stmt = (
+        select(Job)
+        .where(Job.status == JobStatus.WORKING.value, Job.heartbeat_at < cutoff)
+        .limit(500)
+    )
+    return [
+        LostJob(job.job_id, JobAction(job.action), job.attempts, list(job.resource_ids))
+        for job in session.scalars(stmt)
+    ]
+
+
+def requeue_job(session: Session, job_id: str, attempt: int) -> bool:
+    """Give a lost run's job back to the queue, to be dispatched again at once."""
+    return move_job(
+        session, job_id, JobStatus.PENDING, attempt=attempt, dispatched_at=utcnow(), progress=0
+    )
 
 
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:

@@ -88,6 +88,8 @@ class ImageAction(enum.StrEnum):
     BEGIN_RECOVER = "recover"
     FINISH_RECOVER = "finish recover"
     CEASE = "cease"
+    CANCEL_DELETE = "cancel delete"
+    CANCEL_RECOVER = "cancel recover"
     MODIFY = "modify"
     DEPRECATE = "deprecate"
     SUSPEND = "suspend"
@@ -127,6 +129,9 @@ IMAGE_MOVES: dict[ImageAction, Move] = {
     ImageAction.FINISH_DELETE: Move(_OWNER_DELETABLE, _T.DELETING, _S.DELETED, _T.NONE),
     ImageAction.BEGIN_RECOVER: Move(_only(_S.DELETED), _T.NONE, None, _T.RECOVERING),
     ImageAction.FINISH_RECOVER: Move(_only(_S.DELETED), _T.RECOVERING, _S.AVAILABLE, _T.NONE),
+    # A job that could not finish gives the image back as it was.
+    ImageAction.CANCEL_DELETE: Move(_OWNER_DELETABLE, _T.DELETING, None, _T.NONE),
+    ImageAction.CANCEL_RECOVER: Move(_only(_S.DELETED), _T.RECOVERING, None, _T.NONE),
     # Past the retention window; the sweep frees the file after the row has moved.
     ImageAction.CEASE: Move(_only(_S.DELETED), _T.NONE, _S.CEASED, _T.NONE),
     # Attributes may change while a capture runs, never while a status moves.
@@ -151,6 +156,8 @@ class JobMove:
 
 
 JOB_MOVES: dict[JobStatus, JobMove] = {
+    # Back to pending: its worker was lost, and it will be run again.
+    JobStatus.PENDING: JobMove(frozenset({JobStatus.WORKING}), JobStatus.PENDING),
     JobStatus.WORKING: JobMove(frozenset({JobStatus.PENDING}), JobStatus.WORKING),
     JobStatus.SUCCESSFUL: JobMove(frozenset({JobStatus.WORKING}), JobStatus.SUCCESSFUL),
     JobStatus.DONE_WITH_FAILURE: JobMove(

@@ -150,6 +150,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_create_time", "owner", "create_time", "job_id"),
         Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
+        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
     )
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -167,3 +168,17 @@ class Job(Base):
     finished_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     status_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
+
+
+class ClientRequest(Base):
+    """A caller's ``request_id``, remembered so that a retried request gets the same job."""
+
+    __tablename__ = "client_requests"
+
+    owner: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

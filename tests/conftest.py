@@ -199,6 +199,17 @@ async def tenant(new_tenant: TenantFactory) -> Tenant:
     return await new_tenant()
 
 
+def stored_files(image_dir: Path, image_id: str) -> list[Path]:
+    """The files in the store that belong to an image (one run's copy, named by its attempt)."""
+    return sorted(image_dir.glob(f"{image_id}.*"))
+
+
+def stored_file(image_dir: Path, image_id: str) -> Path:
+    files = stored_files(image_dir, image_id)
+    assert len(files) == 1, f"{image_id} should have exactly one file, has {files}"
+    return files[0]
+
+
 def make_raw_disk(path: Path, size: int = 64 * MiB, regions: int = 3) -> Path:
     """A sparse raw disk with ``regions`` chunks of random data and holes between them."""
     with open(path, "wb") as disk:

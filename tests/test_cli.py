@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from imagesvc.settings import Settings
-from tests.conftest import MiB, Tenant, make_raw_disk
+from tests.conftest import MiB, Tenant, make_raw_disk, stored_file
 from tests.support import (
     ServiceProcess,
     make_settings,
@@ -184,7 +184,7 @@ def _walkthrough(settings: Settings, http: Http, tmp_path: Path) -> None:
     assert job["status"] == "successful", job
     image = http.request("GET", "/v2/zone/ac1/images", "\n")["images"][0]
     assert image["image_id"] == capture["image_id"] and image["status"] == "available"
-    stored = settings.image_dir / f"{image['image_id']}.raw"
+    stored = stored_file(settings.image_dir, image["image_id"])
     assert stored.stat().st_size == disk.stat().st_size
     assert image["size"] == math.ceil(disk.stat().st_size / 1024**3) == 2
     _check_with_qemu_img(stored, image["size"])

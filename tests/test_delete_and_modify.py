@@ -8,7 +8,7 @@ from typing import Any
 from imagesvc.settings import Settings
 from models.db import Database
 from models.images import SystemImageSpec
-from tests.conftest import Tenant, TenantFactory
+from tests.conftest import Tenant, TenantFactory, stored_file
 from workers.imports import import_system_image
 
 
@@ -31,7 +31,7 @@ async def test_delete_moves_images_to_deleted_and_keeps_their_files(
     for image_id in (first, second):
         image = await tenant.image(image_id)
         assert (image["status"], image["transition_status"]) == ("deleted", "")
-        assert (service_settings.image_dir / f"{image_id}.raw").exists()
+        assert stored_file(service_settings.image_dir, image_id).exists()
 
 
 async def test_delete_is_all_or_nothing_and_names_the_missing_ids(

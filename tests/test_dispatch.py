@@ -10,7 +10,7 @@ from sqlalchemy import update
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Job, utcnow
-from tests.conftest import Tenant
+from tests.conftest import Tenant, stored_file
 from tests.support import ServiceProcess
 from workers.celery_app import create_celery
 from workers.dispatch import JobDispatcher
@@ -55,5 +55,4 @@ async def test_a_job_delivered_twice_runs_once(
     assert job["status"] == "successful", job
     with database.reading() as session:
         assert session.get(Job, job_id).attempts == 1  # type: ignore[union-attr]
-    stored = list(service_settings.image_dir.glob(f"{image_id}*"))
-    assert [p.name for p in stored] == [f"{image_id}.raw"]
+    assert stored_file(service_settings.image_dir, image_id).name == f"{image_id}.1.raw"

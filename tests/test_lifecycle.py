@@ -15,7 +15,7 @@ from sqlalchemy import update
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Image, utcnow
-from tests.conftest import MiB, Tenant, TenantFactory
+from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
 from tests.support import ServiceProcess, settings_env
 
 
@@ -61,7 +61,7 @@ async def test_a_deleted_image_is_recovered_within_the_window(
     image = await tenant.image(image_id)
     assert (image["status"], image["transition_status"]) == ("available", "")
     assert image["status_time"] >= deleted_at
-    assert (service_settings.image_dir / f"{image_id}.raw").read_bytes() == raw_disk.read_bytes()
+    assert stored_file(service_settings.image_dir, image_id).read_bytes() == raw_disk.read_bytes()
 
 
 async def test_recover_refuses_images_that_are_not_deleted_or_are_ceased(
@@ -108,8 +108,8 @@ async def test_the_sweep_ceases_expired_images_frees_their_files_and_purges_old_
 
     image = await tenant.image(expired)
     assert (image["status"], image["transition_status"]) == ("ceased", "")
-    assert not (service_settings.image_dir / f"{expired}.raw").exists(), "storage not freed"
-    assert (service_settings.image_dir / f"{recent}.raw").exists()
+    assert not stored_files(service_settings.image_dir, expired), "storage not freed"
+    assert stored_file(service_settings.image_dir, recent).exists()
     assert (await tenant.image(recent))["status"] == "deleted"
     listed = await tenant.call("GET", "/images", params={"provider": "self"})
     assert {i["image_id"] for i in listed.body["images"]} == {recent}, "ceased are hidden"

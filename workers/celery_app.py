@@ -8,7 +8,7 @@ from celery import Celery
 
 from imagesvc.settings import Settings
 from workers import embedded_broker
-from workers.tasks import REDISPATCH_JOBS, SWEEP_IMAGES, register_tasks
+from workers.tasks import SWEEP_IMAGES, SWEEP_JOBS, register_tasks
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -49,7 +49,7 @@ def _config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
         "beat_schedule": {
-            "redispatch-jobs": {"task": REDISPATCH_JOBS, "schedule": settings.sweep_interval},
+            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": settings.sweep_interval},
             "sweep-images": {"task": SWEEP_IMAGES, "schedule": settings.sweep_interval},
         },
     }

@@ -1,27 +1,32 @@
 """Running a job: claim it, do the work, record the outcome in one transaction.
 
-Every step is a compare-and-set on the job and image rows, so a duplicate
-delivery of the same job does nothing and a job is never finished twice.
+Every step is a compare-and-set on the job and image rows, fenced by the
+run's attempt number: a duplicate delivery does nothing, a run given up for
+lost cannot settle the job another run now owns, and a job is never
+finished twice. Each run writes files named by its attempt, so two runs
+never touch each other's files.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from models.images import size_in_gb
-from models.jobs import claim_job, fail_job, move_job, record_progress
+from models.jobs import claim_job, fail_job, move_job
 from models.states import ImageAction, JobAction, JobStatus
 from models.transitions import move_images
 from workers.context import WorkerContext
-from workers.disk import DiskError, DiskFormat, StoredDisk, store_disk
+from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
+from workers.heartbeat import Heartbeat, Superseded
 
 log = logging.getLogger(__name__)
-
-PROGRESS_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,47 +53,74 @@ def execute_job(context: WorkerContext, job_id: str) -> None:
     if job is None:
         log.info("job %s is not pending; nothing to do", job_id)
         return
-    handler = _HANDLERS[job.action]
+    interval = context.settings.heartbeat_interval
     try:
-        handler(context, job)
+        with Heartbeat(context.database, job.job_id, job.attempt, interval) as heartbeat:
+            _HANDLERS[job.action](context, job, heartbeat)
+    except Superseded:
+        log.warning("job %s attempt %d stopped: another run owns it", job_id, job.attempt)
+    except DBAPIError:
+        # The database went away mid-job: the job stays working, its heartbeat
+        # stops, and the sweep gives it to another run once the database is back.
+        log.exception("job %s attempt %d lost its database", job_id, job.attempt)
+        raise
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
         _ABANDON[job.action](context, job, "InternalError", "internal error; see the worker log")
 
 
 def _claim(context: WorkerContext, job_id: str) -> ClaimedJob | None:
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     with context.database.transaction() as session:
-        job = claim_job(session, job_id)
+        job = claim_job(session, job_id, worker)
         if job is None:
             return None
         return ClaimedJob(job_id, JobAction(job.action), job.zone, job.resource_ids, job.attempts)
 
 
-def run_capture(context: WorkerContext, job: ClaimedJob) -> None:
+def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: DiskFormat) -> Path:
+    """Where one run of a capture stores the image: named by the image and the run."""
+    return image_dir / f"{image_id}.{attempt}.{disk_format.value}"
+
+
+def run_capture(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     image_id, instance_id = job.resource_ids
+    _remove_earlier_runs(context, job, image_id)
     try:
-        stored = _copy_instance_disk(context, job, image_id, instance_id)
+        stored = _copy_instance_disk(context, job, heartbeat, image_id, instance_id)
     except JobFailure as failure:
         abandon_capture(context, job, failure.code, failure.message)
         return
     _finish_capture(context, job, image_id, stored)
 
 
+def _remove_earlier_runs(context: WorkerContext, job: ClaimedJob, image_id: str) -> None:
+    """A retry first removes what lost runs of this job left: they can never be used."""
+    image_dir = context.settings.image_dir
+    for attempt in range(1, job.attempt):
+        (partial_dir(image_dir / image_id) / f"{job.job_id}.{attempt}.part").unlink(missing_ok=True)
+        for disk_format in DiskFormat:
+            capture_file(image_dir, image_id, attempt, disk_format).unlink(missing_ok=True)
+
+
 def _copy_instance_disk(
-    context: WorkerContext, job: ClaimedJob, image_id: str, instance_id: str
+    context: WorkerContext,
+    job: ClaimedJob,
+    heartbeat: Heartbeat,
+    image_id: str,
+    instance_id: str,
 ) -> StoredDisk:
     instance = context.inventory.find(job.zone, instance_id)
     if instance is None:
         raise JobFailure("InstanceNotFound", f"instance {instance_id} no longer exists")
     disk_format = DiskFormat(instance.disk_format)
-    target = context.settings.image_dir / f"{image_id}.{disk_format.value}"
     try:
         return store_disk(
             Path(instance.disk_path),
             disk_format,
-            target,
+            capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
-            on_progress=ProgressReporter(context, job.job_id),
+            on_progress=heartbeat.progress,
         )
     except DiskError as exc:
         raise JobFailure(exc.code, f"capture of instance {instance_id} failed: {exc}") from exc
@@ -103,7 +135,10 @@ def _finish_capture(
 ) -> None:
     try:
         with context.database.transaction() as session:
-            available = move_images(
+            done = move_job(
+                session, job.job_id, JobStatus.SUCCESSFUL, attempt=job.attempt, progress=100
+            )
+            available = done and move_images(
                 session,
                 [image_id],
                 ImageAction.FINISH_CAPTURE,
@@ -114,30 +149,37 @@ def _finish_capture(
                 checksum=stored.checksum,
                 file_name=stored.path.name,
             )
-            if available != 1 or not move_job(
-                session, job.job_id, JobStatus.SUCCESSFUL, progress=100
-            ):
+            if not available:
                 raise _Superseded
     except _Superseded:
-        # Someone else settled this image or job meanwhile: the copy is nobody's.
+        # Another run or action settled this job or image meanwhile: this copy is nobody's.
+        # (If the commit itself failed, whether it happened is unknown: the file stays, and
+        # the orphan sweep removes it later if no image row names it.)
         stored.path.unlink(missing_ok=True)
-        log.warning("capture job %s finished after its image %s moved on", job.job_id, image_id)
+        log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
 def abandon_capture(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
-    """Fail the job and cease the image it was creating."""
-    image_id = job.resource_ids[0]
+    """Fail the job and cease the image it was creating, if this run still owns the job."""
+    fail_capture(context, job.job_id, job.resource_ids[0], job.attempt, code, message)
+
+
+def fail_capture(
+    context: WorkerContext, job_id: str, image_id: str, attempt: int, code: str, message: str
+) -> bool:
     with context.database.transaction() as session:
+        if not fail_job(session, job_id, code, message, attempt=attempt):
+            return False
         move_images(session, [image_id], ImageAction.FAIL_CAPTURE)
-        fail_job(session, job.job_id, code, message)
+    return True
 
 
-def run_delete(context: WorkerContext, job: ClaimedJob) -> None:
+def run_delete(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish deleting; the files stay until the image is ceased."""
     _finish_batch(context, job, ImageAction.FINISH_DELETE)
 
 
-def run_recover(context: WorkerContext, job: ClaimedJob) -> None:
+def run_recover(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish recovering: the images are available again (not deprecated), files untouched."""
     _finish_batch(context, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
 
@@ -148,42 +190,47 @@ def _finish_batch(
     with context.database.transaction() as session:
         moved = move_images(session, job.resource_ids, action, **values)
         if moved == len(job.resource_ids):
-            move_job(session, job.job_id, JobStatus.SUCCESSFUL, progress=100)
+            move_job(session, job.job_id, JobStatus.SUCCESSFUL, attempt=job.attempt, progress=100)
             return
         move_job(
             session,
             job.job_id,
             JobStatus.DONE_WITH_FAILURE,
+            attempt=job.attempt,
             progress=100,
             error_code="ImagesChanged",
             error_message=f"{len(job.resource_ids) - moved} image(s) changed meanwhile",
         )
 
 
+CANCEL_BATCH = {
+    JobAction.DELETE_IMAGES: ImageAction.CANCEL_DELETE,
+    JobAction.RECOVER_IMAGES: ImageAction.CANCEL_RECOVER,
+}
+
+
 def abandon_batch(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
+    fail_batch(context, job.job_id, job.action, job.resource_ids, job.attempt, code, message)
+
+
+def fail_batch(
+    context: WorkerContext,
+    job_id: str,
+    action: JobAction,
+    image_ids: list[str],
+    attempt: int,
+    code: str,
+    message: str,
+) -> bool:
+    """Fail the job and give its images back as they were before it started."""
     with context.database.transaction() as session:
-        fail_job(session, job.job_id, code, message)
+        if not fail_job(session, job_id, code, message, attempt=attempt):
+            return False
+        move_images(session, image_ids, CANCEL_BATCH[action])
+    return True
 
 
-class ProgressReporter:
-    """Records copy progress on the job row, at most every few seconds."""
-
-    def __init__(self, context: WorkerContext, job_id: str) -> None:
-        self._context = context
-        self._job_id = job_id
-        self._last = 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
-            return
-        self._last = now
-        percent = 99 if total == 0 else min(99, done * 100 // total)
-        with self._context.database.transaction() as session:
-            record_progress(session, self._job_id, percent)
-
-
-Handler = Callable[[WorkerContext, ClaimedJob], None]
+Handler = Callable[[WorkerContext, ClaimedJob, Heartbeat], None]
 Abandon = Callable[[WorkerContext, ClaimedJob, str, str], None]
 
 _HANDLERS: dict[JobAction, Handler] = {

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
 
 from models.lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
+from models.tables import Image
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -16,6 +21,7 @@ class SweepReport:
     ceased: int
     freed: int
     purged: int
+    orphans: int
 
 
 def sweep_images(context: WorkerContext) -> SweepReport:
@@ -30,10 +36,41 @@ def sweep_images(context: WorkerContext) -> SweepReport:
     freed = _free_files(context)
     with context.database.transaction() as session:
         purged = purge_ceased(session, settings.ceased_retention)
-    report = SweepReport(len(ceased), freed, purged)
-    if ceased or freed or purged:
+    orphans = remove_orphans(context)
+    report = SweepReport(len(ceased), freed, purged, len(orphans))
+    if ceased or freed or purged or orphans:
         log.info("image sweep: %s", report)
     return report
+
+
+def remove_orphans(context: WorkerContext) -> list[str]:
+    """Remove store files no image row names, and stale partial copies, once past the grace.
+
+    A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched: a copy
+    being written, or renamed into place but not yet recorded, is younger than that.
+    """
+    image_dir = context.settings.image_dir
+    cutoff = time.time() - context.settings.orphan_grace
+    with context.database.reading() as session:
+        owned = set(session.scalars(select(Image.file_name).where(Image.file_name.is_not(None))))
+    candidates = [p for p in image_dir.iterdir() if p.is_file() and p.name not in owned]
+    partials = image_dir / ".partial"
+    if partials.is_dir():
+        candidates += [p for p in partials.iterdir() if p.is_file()]
+    removed = [p.name for p in candidates if _remove_if_older(p, cutoff)]
+    if removed:
+        log.warning("removed %d orphaned file(s) from the store: %s", len(removed), removed)
+    return removed
+
+
+def _remove_if_older(path: Path, cutoff: float) -> bool:
+    try:
+        if path.stat().st_mtime >= cutoff:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _free_files(context: WorkerContext) -> int:

@@ -7,15 +7,15 @@ import logging
 from celery import Celery
 
 from imagesvc.settings import Settings
-from models.jobs import undispatched_jobs
 from workers.context import LazyContext
 from workers.dispatch import RUN_JOB
 from workers.jobs import execute_job
 from workers.lifecycle import sweep_images
+from workers.recovery import sweep_jobs
 
 log = logging.getLogger(__name__)
 
-REDISPATCH_JOBS = "imagesvc.redispatch_jobs"
+SWEEP_JOBS = "imagesvc.sweep_jobs"
 SWEEP_IMAGES = "imagesvc.sweep_images"
 
 
@@ -26,17 +26,10 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     def run_job(job_id: str) -> None:
         execute_job(context.get(), job_id)
 
-    @app.task(name=REDISPATCH_JOBS)  # type: ignore[untyped-decorator]
-    def redispatch_jobs() -> int:
-        current = context.get()
-        with current.database.transaction() as session:
-            job_ids = undispatched_jobs(session, current.settings.dispatch_grace)
-        for job_id in job_ids:
-            current.dispatcher.dispatch(job_id)
-        if job_ids:
-            log.info("re-dispatched %d pending job(s)", len(job_ids))
-        return len(job_ids)
+    @app.task(name=SWEEP_JOBS)  # type: ignore[untyped-decorator]
+    def sweep() -> None:
+        sweep_jobs(context.get())
 
     @app.task(name=SWEEP_IMAGES)  # type: ignore[untyped-decorator]
-    def sweep() -> None:
+    def sweep_store() -> None:
         sweep_images(context.get())

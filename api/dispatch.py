@@ -1,0 +1,46 @@
+"""Sending committed jobs to the workers, off the request's path.
+
+The job row is committed before it is sent, so a slow or absent broker never
+delays a response and never loses a job: whatever is not sent now, the
+scheduler's sweep sends later. Sends still in flight finish before the API
+process stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from api.keys import DISPATCHER, IN_FLIGHT, SETTINGS
+from models.states import JobStatus
+from models.tables import Job
+
+log = logging.getLogger(__name__)
+
+FAULT_EXIT_CODE = 70
+
+
+def dispatch(request: web.Request, job: Job) -> None:
+    """Send a pending job to the workers in the background."""
+    if job.status != JobStatus.PENDING.value:
+        return
+    if request.app[SETTINGS].fault_after_commit:
+        log.critical("fault injection: exiting between commit and dispatch of %s", job.job_id)
+        os._exit(FAULT_EXIT_CODE)
+    sender = request.app[DISPATCHER]
+    task = asyncio.create_task(asyncio.to_thread(sender.dispatch, job.job_id))
+    in_flight = request.app[IN_FLIGHT]
+    in_flight.add(task)
+    task.add_done_callback(in_flight.discard)
+
+
+async def drain_dispatches(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: wait for sends in flight when the app stops."""
+    app[IN_FLIGHT] = set()
+    yield
+    if app[IN_FLIGHT]:
+        await asyncio.gather(*app[IN_FLIGHT], return_exceptions=True)
