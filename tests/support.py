@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from imagesvc.settings import Settings
 
@@ -51,7 +52,8 @@ def scratch_database(data_dir: Path) -> Iterator[str]:
         return
     server = make_url(TEST_DATABASE_URL)
     name = f"imagesvc_test_{secrets.token_hex(4)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    # No pool: a chaos test may restart the server while the database exists.
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))

@@ -1,0 +1,95 @@
+"""With PostgreSQL or Redis down the API answers at once, says what is down, and recovers."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from models.migrate import upgrade
+from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, make_disk
+from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings, scratch_database
+
+pytestmark = pytest.mark.skipif(
+    not (TEST_DATABASE_URL and TEST_REDIS_URL),
+    reason="stops PostgreSQL and Redis: runs in the PostgreSQL + Redis tier",
+)
+
+
+def service(action: str, name: str) -> None:
+    subprocess.run(["bash", "tests/restart-service", name, action], check=True, timeout=120)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
+    with scratch_database(tmp_path) as url:
+        settings = make_settings(tmp_path / "var", url, **CHAOS_SETTINGS)
+        settings.ensure_dirs()
+        upgrade(url)
+        env = ChaosEnv(settings, tmp_path)
+        try:
+            env.start("scheduler")
+            env.start_worker()
+            env.start_api()
+            env.sign_up()
+            yield env
+        finally:
+            service("start", "postgresql")
+            service("start", "redis")
+            env.close()
+
+
+def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv) -> None:
+    client = deployment.client()
+    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    instance_id = deployment.add_instances(disk, 1)[0]
+    service("stop", "postgresql")
+    try:
+        started = time.monotonic()
+        reply = client.call("GET", "/v2/zone/ac1/images")
+        assert time.monotonic() - started < 1.0, "the API must not hang"
+        assert (reply.status, reply.body["ret_code"]) == (503, 5100), reply
+        assert "database" in reply.body["message"]
+        health = client.call("GET", "/healthz")
+        assert health.status == 503 and health.body["database"] == "down", health
+        assert health.body["broker"] == "ok"
+    finally:
+        service("start", "postgresql")
+    reply = _retry(lambda: client.call("POST", "/v2/zone/ac1/images", {"instance": instance_id}))
+    assert reply.status == 202, reply
+    deployment.wait_for_status(reply.body["job_id"], {"successful"})
+    assert client.call("GET", "/healthz").status == 200
+
+
+def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: ChaosEnv) -> None:
+    client = deployment.client()
+    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    instance_id = deployment.add_instances(disk, 1)[0]
+    service("stop", "redis")
+    try:
+        started = time.monotonic()
+        reply = client.call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
+        assert time.monotonic() - started < 1.0, "the API must not wait for the broker"
+        assert reply.status == 202, "the job row is the truth; it is sent when Redis is back"
+        health = client.call("GET", "/healthz")
+        assert health.status == 503 and health.body["broker"] == "down", health
+        time.sleep(2)
+        assert deployment.job_status(reply.body["job_id"]) == "pending"
+    finally:
+        service("start", "redis")
+    deployment.wait_for_status(reply.body["job_id"], {"successful"}, timeout=90)
+    assert _retry(lambda: client.call("GET", "/healthz")).status == 200
+
+
+def _retry(call: Callable[[], Reply], attempts: int = 50) -> Reply:
+    """As a client does while a dependency comes back."""
+    reply = call()
+    for _ in range(attempts):
+        if reply.status not in (0, 503):
+            break
+        time.sleep(0.2)
+        reply = call()
+    return reply
