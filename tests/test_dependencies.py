@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.migrate import upgrade
-from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, make_disk
+from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, Reply, make_disk
 from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings, scratch_database
 
 pytestmark = pytest.mark.skipif(
