@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from imagesvc.settings import Settings
@@ -315,3 +316,11 @@ def _capture_disagreement(job: Job, image: Image, image_dir: Path) -> list[str]:
     if job.status == JobStatus.FAILED.value and image.status != "ceased":
         return [f"job {job.job_id} failed but image {image.image_id} is {image.status}"]
     return []
+
+
+def show_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    """Print the scenario's summary lines past pytest's capture, so CI logs show them."""
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chaos ")]
+    with capsys.disabled():
+        for line in lines:
+            print(f"\n{line}", end="")

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from imagesvc.settings import Settings
 from models.migrate import upgrade
 from models.tables import Job
-from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, make_disk
+from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, make_disk, show_summaries
 from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings, scratch_database
 
 needs_services = pytest.mark.skipif(
@@ -38,16 +39,7 @@ def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosE
             yield env
         finally:
             env.close()
-            with capsys.disabled():
-                print(
-                    "\n"
-                    + "".join(
-                        line
-                        for line in capsys.readouterr().out.splitlines(True)
-                        if line.startswith("chaos ")
-                    ),
-                    end="",
-                )
+            show_summaries(capsys)
 
 
 def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
@@ -169,3 +161,29 @@ def test_redis_restarts_during_two_hundred_jobs(chaos: ChaosEnv) -> None:
 @needs_services
 def test_postgresql_restarts_during_two_hundred_jobs(chaos: ChaosEnv) -> None:
     _run_two_hundred(chaos, ["bash", "tests/restart-service", "postgresql"], "postgresql-restart")
+
+
+def test_up_killed_whole_mid_capture_finishes_the_job_after_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``imagesvc up`` on the embedded default: SQLite, the file broker, one process group."""
+    settings = Settings(data_dir=tmp_path / "var", **CHAOS_SETTINGS)
+    env = ChaosEnv(settings, tmp_path)
+    try:
+        up = env.start("up", "--port", str(env.port))
+        up.wait_for_output("Running on", timeout=60)
+        env.sign_up()
+        disk = make_disk(tmp_path / "big.raw", size=2048 * MiB, data=512 * MiB)
+        instance_id = env.add_instances(disk, 1)[0]
+        reply = env.client().call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
+        assert reply.status == 202, reply
+        env.wait_for_status(reply.body["job_id"], {"working"})
+        env.kill(up)  # the whole process group: API, worker, scheduler, supervisor
+        assert env.job_status(reply.body["job_id"]) == "working"
+        env.start("up", "--port", str(env.port)).wait_for_output("Running on", timeout=60)
+        outcome = env.settle("up-killed-and-restarted", [reply.body["job_id"]])
+    finally:
+        env.close()
+        show_summaries(capsys)
+    outcome.assert_clean()
+    assert outcome.succeeded == 1
