@@ -323,4 +323,4 @@ def show_summaries(capsys: pytest.CaptureFixture[str]) -> None:
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("chaos ")]
     with capsys.disabled():
         for line in lines:
-            print(f"\n{line}", end="")
+            print(f"\n{line}")
