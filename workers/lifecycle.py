@@ -1,4 +1,5 @@
-"""The image sweep: cease deleted images past retention, free their files, purge old rows."""
+"""The image sweep: cease deleted images past retention, free their files, purge old rows,
+remove orphaned files and forget expired request ids."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from models.client_requests import forget_expired
 from models.lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
 from models.tables import Image
 from workers.context import WorkerContext
@@ -36,6 +38,7 @@ def sweep_images(context: WorkerContext) -> SweepReport:
     freed = _free_files(context)
     with context.database.transaction() as session:
         purged = purge_ceased(session, settings.ceased_retention)
+        forget_expired(session)
     orphans = remove_orphans(context)
     report = SweepReport(len(ceased), freed, purged, len(orphans))
     if ceased or freed or purged or orphans:
