@@ -24,6 +24,8 @@ import urllib.error
 import urllib.request
 from base64 import b64encode
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,10 @@ from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
 from models.instances import NewInstance, add_instance
+from models.migrate import upgrade
 from models.states import JobAction, JobStatus
 from models.tables import Image, Job
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, make_settings, scratch_database
 from workers.imports import inspect_disk
 
 MiB = 1 << 20
@@ -132,6 +135,20 @@ class Outcome:
         assert not self.duplicated, f"captured twice: {self.duplicated}"
         assert not self.orphans, f"files nobody owns: {self.orphans}"
         assert not self.disagreements, "\n".join(self.disagreements)
+
+
+@contextmanager
+def scratch_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
+    """A deployment of its own: a fresh database, queue and data dir; no process yet."""
+    with scratch_database(tmp_path) as url:
+        settings = make_settings(tmp_path / "var", url, **CHAOS_SETTINGS)
+        settings.ensure_dirs()
+        upgrade(url)
+        env = ChaosEnv(settings, tmp_path)
+        try:
+            yield env
+        finally:
+            env.close()
 
 
 class ChaosEnv:

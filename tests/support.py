@@ -102,6 +102,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def run_imagesvc(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
+    """One ``imagesvc`` command, as the operator runs it, against ``settings``."""
+    return subprocess.run(
+        [sys.executable, "-m", "imagesvc", *argv],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class ServiceProcess:
     """An ``imagesvc`` subcommand in a child process, its output kept for failures."""
 

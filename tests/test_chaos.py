@@ -17,10 +17,16 @@ import pytest
 from sqlalchemy import select
 
 from imagesvc.settings import Settings
-from models.migrate import upgrade
 from models.tables import Job
-from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, make_disk, show_summaries
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings, scratch_database
+from tests.chaos import (
+    CHAOS_SETTINGS,
+    ChaosEnv,
+    MiB,
+    make_disk,
+    scratch_deployment,
+    show_summaries,
+)
+from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
 
 needs_services = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -30,16 +36,11 @@ needs_services = pytest.mark.skipif(
 
 @pytest.fixture
 def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
-    with scratch_database(tmp_path) as url:
-        settings = make_settings(tmp_path / "var", url, **CHAOS_SETTINGS)
-        settings.ensure_dirs()
-        upgrade(url)
-        env = ChaosEnv(settings, tmp_path)
-        try:
+    try:
+        with scratch_deployment(tmp_path) as env:
             yield env
-        finally:
-            env.close()
-            show_summaries(capsys)
+    finally:
+        show_summaries(capsys)
 
 
 def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,24 +23,13 @@ from tests.support import (
     ServiceProcess,
     make_settings,
     require_qemu_img,
+    run_imagesvc,
     scratch_database,
-    settings_env,
 )
 
 
-def imagesvc(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagesvc", *argv],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def imagesvc_json(settings: Settings, *argv: str) -> dict[str, Any]:
-    result = imagesvc(settings, *argv, "--json")
+    result = run_imagesvc(settings, *argv, "--json")
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 
@@ -63,7 +51,8 @@ async def test_instance_commands_drive_what_can_be_captured(
     instance_id = added["instance_id"]
     assert (await tenant.capture(instance_id)).status == 409
     assert (
-        imagesvc(service_settings, "instance", "set-status", instance_id, "stopped").returncode == 0
+        run_imagesvc(service_settings, "instance", "set-status", instance_id, "stopped").returncode
+        == 0
     )
     reply = await tenant.capture(instance_id)
     assert reply.status == 202, reply
@@ -75,17 +64,17 @@ def test_instance_add_refuses_unknown_owners_zones_and_disks(
     service_settings: Settings, raw_disk: Path, tmp_path: Path
 ) -> None:
     base = ["instance", "add", "--disk", str(raw_disk)]
-    no_owner = imagesvc(service_settings, *base, "--zone", "ac1", "--owner", "usr-nobody")
+    no_owner = run_imagesvc(service_settings, *base, "--zone", "ac1", "--owner", "usr-nobody")
     assert no_owner.returncode != 0 and "usr-nobody" in no_owner.stderr
     assert "Traceback" not in no_owner.stderr
-    bad_zone = imagesvc(service_settings, *base, "--zone", "zz", "--owner", "usr-nobody")
+    bad_zone = run_imagesvc(service_settings, *base, "--zone", "zz", "--owner", "usr-nobody")
     assert bad_zone.returncode != 0 and "zz" in bad_zone.stderr
-    missing = imagesvc(
+    missing = run_imagesvc(
         service_settings, "instance", "add", "--zone", "ac1", "--owner", "usr-x",
         "--disk", str(tmp_path / "nothere.raw"),
     )  # fmt: skip
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
-    unknown = imagesvc(service_settings, "instance", "set-status", "i-nothere", "running")
+    unknown = run_imagesvc(service_settings, "instance", "set-status", "i-nothere", "running")
     assert unknown.returncode != 0 and "i-nothere" in unknown.stderr
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.migrate import upgrade
-from tests.chaos import CHAOS_SETTINGS, ChaosEnv, MiB, Reply, make_disk
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL, make_settings, scratch_database
+from tests.chaos import ChaosEnv, MiB, Reply, make_disk, scratch_deployment
+from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
 
 pytestmark = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -25,11 +24,7 @@ def service(action: str, name: str) -> None:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
-    with scratch_database(tmp_path) as url:
-        settings = make_settings(tmp_path / "var", url, **CHAOS_SETTINGS)
-        settings.ensure_dirs()
-        upgrade(url)
-        env = ChaosEnv(settings, tmp_path)
+    with scratch_deployment(tmp_path) as env:
         try:
             env.start("scheduler")
             env.start_worker()
@@ -39,7 +34,6 @@ def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
         finally:
             service("start", "postgresql")
             service("start", "redis")
-            env.close()
 
 
 def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv) -> None:

@@ -250,9 +250,7 @@ async def test_a_repeated_delete_with_a_request_id_gets_the_same_job(
     assert [j["job_id"] for j in delete_jobs.body["jobs"]] == [job_id]
 
 
-async def test_an_invalid_request_id_is_refused_naming_it(
-    tenant: Tenant, raw_disk: Path
-) -> None:
+async def test_an_invalid_request_id_is_refused_naming_it(tenant: Tenant, raw_disk: Path) -> None:
     instance_id = tenant.add_instance(raw_disk)
     for bad in ("r" * 65, "has space", "", "semi;colon", "ünïcode"):
         assert_invalid_request_id(await capture(tenant, instance_id, bad))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,18 +14,7 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Image, utcnow
 from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
-from tests.support import ServiceProcess, settings_env
-
-
-def imagesvc(settings: Settings, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imagesvc", *argv],
-        env=settings_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support import ServiceProcess, run_imagesvc
 
 
 def age(database: Database, image_id: str, seconds: float) -> None:
@@ -146,7 +133,7 @@ async def test_operator_moves_deprecate_suspend_and_resume(
     listed = await tenant.call("GET", "/images", params={"status": "deprecated"})
     assert [i["image_id"] for i in listed.body["images"]] == [image_id]
 
-    again = imagesvc(service_settings, "image", "deprecate", image_id)
+    again = run_imagesvc(service_settings, "image", "deprecate", image_id)
     assert again.returncode != 0 and "Traceback" not in again.stderr
     assert image_id in again.stderr and "deprecated" in again.stderr
 
@@ -167,7 +154,7 @@ async def test_resume_of_a_never_deprecated_image_makes_it_available(
     image_id = await tenant.captured_image(raw_disk)
     assert _operator(service_settings, "suspend", image_id)["status"] == "suspended"
     assert _operator(service_settings, "resume", image_id)["status"] == "available"
-    unknown = imagesvc(service_settings, "image", "suspend", "img-nothere")
+    unknown = run_imagesvc(service_settings, "image", "suspend", "img-nothere")
     assert unknown.returncode != 0 and "img-nothere" in unknown.stderr
 
 
@@ -186,7 +173,7 @@ async def test_a_recovered_image_is_no_longer_deprecated(
 
 
 def _operator(settings: Settings, action: str, image_id: str) -> dict[str, Any]:
-    result = imagesvc(settings, "image", action, image_id, "--json")
+    result = run_imagesvc(settings, "image", action, image_id, "--json")
     assert result.returncode == 0, result.stderr
     image: dict[str, Any] = json.loads(result.stdout)
     assert image["image_id"] == image_id and image["transition_status"] == ""
@@ -194,7 +181,7 @@ def _operator(settings: Settings, action: str, image_id: str) -> dict[str, Any]:
 
 
 def _set_quota(settings: Settings, account_id: str, *limits: str) -> dict[str, Any]:
-    result = imagesvc(settings, "account", "set-quota", account_id, *limits, "--json")
+    result = run_imagesvc(settings, "account", "set-quota", account_id, *limits, "--json")
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 
@@ -256,5 +243,5 @@ async def test_concurrent_captures_cannot_race_past_the_quota(
 
 
 def test_set_quota_refuses_unknown_accounts(service_settings: Settings) -> None:
-    result = imagesvc(service_settings, "account", "set-quota", "usr-nobody", "--images", "1")
+    result = run_imagesvc(service_settings, "account", "set-quota", "usr-nobody", "--images", "1")
     assert result.returncode != 0 and "usr-nobody" in result.stderr
