@@ -30,11 +30,14 @@ def replay(session: Session, caller: Caller, request_id: str, action: JobAction)
     row = session.get(ClientRequest, (caller.account_id, request_id))
     if row is None or row.created_at <= utcnow() - REQUEST_TTL:
         return None
-    if row.action != action.value:
+    job = session.get(Job, row.job_id)
+    if row.action != action.value or job is None or job.zone != caller.zone:
+        where = job.zone if job else "another zone"
         raise InvalidParameter(
-            f"invalid parameter 'request_id': {request_id} was used for a {row.action} request"
+            f"invalid parameter 'request_id': {request_id} was used for a "
+            f"{row.action} request in zone {where}"
         )
-    return session.get(Job, row.job_id)
+    return job
 
 
 def remember(

@@ -8,6 +8,7 @@ kept when the request it came with was accepted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -305,3 +306,16 @@ async def test_a_key_from_a_refused_delete_is_free_for_a_capture(
     accepted = await capture(tenant, tenant.add_instance(raw_disk), request_id)
     assert accepted.status == 202, accepted
     assert (await tenant.wait_job(accepted.body["job_id"]))["status"] == "successful"
+
+
+async def test_a_request_id_is_not_replayed_into_another_zone(
+    tenant: Tenant, disk_factory: Any
+) -> None:
+    request_id = new_request_id()
+    first = await capture(tenant, tenant.add_instance(disk_factory()), request_id)
+    assert first.status == 202, first
+    elsewhere = dataclasses.replace(tenant, zone="ac2")
+    reply = await capture(elsewhere, elsewhere.add_instance(disk_factory()), request_id)
+    assert (reply.status, reply.body["ret_code"]) == (400, 1100), reply
+    assert "request_id" in reply.body["message"] and "ac1" in reply.body["message"]
+    await tenant.wait_job(first.body["job_id"])

@@ -60,7 +60,7 @@ def remove_orphans(context: WorkerContext) -> list[str]:
     partials = image_dir / ".partial"
     if partials.is_dir():
         candidates += [p for p in partials.iterdir() if p.is_file()]
-    removed = [p.name for p in candidates if _remove_if_older(p, cutoff)]
+    removed = [str(p.relative_to(image_dir)) for p in candidates if _remove_if_older(p, cutoff)]
     if removed:
         log.warning("removed %d orphaned file(s) from the store: %s", len(removed), removed)
     return removed

@@ -1,0 +1,152 @@
+"""SIGTERM to a worker finishes its running job (Celery's warm shutdown), then exits 0.
+
+The test has its own database, store, queue and worker, so stopping the worker does not
+disturb the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from base64 import b64encode
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from api.app import create_app
+from imagesvc.settings import Settings
+from models.accounts import create_account
+from models.db import Database
+from models.migrate import upgrade
+from tests.conftest import MiB, Tenant, stored_file
+from tests.support import (
+    TEST_REDIS_URL,
+    ServiceProcess,
+    check_redis,
+    make_settings,
+    scratch_database,
+)
+
+GiB = 1024 * MiB
+BLOCK = 8 * MiB
+
+
+@pytest.fixture
+def scratch_settings(tmp_path: Path) -> Iterator[Settings]:
+    """A service of its own: data dir, database and (with Redis) queue."""
+    check_redis()
+    data_dir = tmp_path / "service"
+    data_dir.mkdir()
+    with scratch_database(data_dir) as url:
+        settings = make_settings(data_dir, url)
+        settings.ensure_dirs()
+        upgrade(url)
+        try:
+            yield settings
+        finally:
+            if TEST_REDIS_URL:
+                import redis
+
+                redis.Redis.from_url(TEST_REDIS_URL).delete(settings.queue)
+
+
+@pytest.fixture
+def scratch_db(scratch_settings: Settings) -> Iterator[Database]:
+    database = Database(scratch_settings.resolved_database_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def lone_worker(scratch_settings: Settings) -> Iterator[ServiceProcess]:
+    worker = ServiceProcess(scratch_settings, "worker", "--concurrency", "1")
+    try:
+        worker.wait_for_output(" ready.")
+        yield worker
+    finally:
+        worker.stop()
+
+
+async def scratch_tenant(client: TestClient[Any, Any], database: Database, disks: Path) -> Tenant:
+    with database.transaction() as session:
+        credentials = create_account(session, f"shutdown-{secrets.token_hex(3)}")
+    basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
+    response = await client.post(
+        "/v2/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert response.status == 200, await response.text()
+    token = (await response.json())["access_token"]
+    return Tenant(client, database, credentials.account_id, token, disks=disks)
+
+
+def large_sparse_disk(path: Path, size: int = 3 * GiB // 2, data: int = 600 * MiB) -> Path:
+    """A sparse raw disk of ``size`` bytes with ``data`` bytes of random data in 4 regions."""
+    block = os.urandom(BLOCK)
+    regions = 4
+    per_region = data // regions // BLOCK
+    with open(path, "wb") as disk:
+        disk.truncate(size)
+        for index in range(regions):
+            disk.seek(index * (size // regions))
+            for _ in range(per_region):
+                disk.write(block)
+    return path
+
+
+async def wait_until_working(tenant: Tenant, job_id: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        reply = await tenant.call("GET", f"/job/{job_id}")
+        assert reply.status == 200, reply
+        status = reply.body["status"]
+        if status == "working":
+            return
+        assert status == "pending", f"the job should still be running: {reply.body}"
+        assert asyncio.get_running_loop().time() < deadline, f"never started: {reply.body}"
+        await asyncio.sleep(0.02)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+async def test_sigterm_lets_the_running_capture_finish_and_the_worker_exit_cleanly(
+    scratch_settings: Settings,
+    scratch_db: Database,
+    lone_worker: ServiceProcess,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    tmp_path: Path,
+) -> None:
+    client = await aiohttp_client(create_app(scratch_settings))
+    tenant = await scratch_tenant(client, scratch_db, tmp_path)
+    disk = large_sparse_disk(tmp_path / "large.raw")
+    reply = await tenant.capture(tenant.add_instance(disk), "big")
+    assert reply.status == 202, reply
+    job_id, image_id = reply.body["job_id"], reply.body["image_id"]
+    await wait_until_working(tenant, job_id)
+
+    signalled = datetime.now(UTC).replace(microsecond=0)
+    code = await asyncio.to_thread(lone_worker.stop, signal.SIGTERM, 60.0)
+    assert code == 0, f"the worker exited {code}:\n{lone_worker.log()}"
+
+    # The worker is gone: whatever the job is now, no worker will change it.
+    job = (await tenant.call("GET", f"/job/{job_id}")).body
+    assert job["status"] == "successful", f"{job}\n{lone_worker.log()}"
+    assert job["error"] is None and job["progress"] == 100
+    assert parse_time(job["begin_time"]) <= signalled <= parse_time(job["finished_time"]), job
+    image = await tenant.image(image_id)
+    assert (image["status"], image["transition_status"]) == ("available", ""), image
+    assert image["size"] == 2
+    stored = stored_file(scratch_settings.image_dir, image_id)
+    assert stored.stat().st_size == disk.stat().st_size
+    partials = scratch_settings.image_dir / ".partial"
+    assert not list(partials.glob("*")), "the copy left a partial file"
+    assert not any(p.is_file() for p in scratch_settings.image_dir.iterdir() if p != stored)
