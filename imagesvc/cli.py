@@ -7,11 +7,15 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagesvc.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -126,6 +130,19 @@ def _add_image_commands(sub: Any) -> None:
         move.set_defaults(command=cmd_image_move, action=action)
 
 
+@contextmanager
+def _transaction(settings: Settings) -> Iterator[Session]:
+    """One unit of work for an operator command, on its own short-lived engine."""
+    from models.db import Database
+
+    database = Database(settings.resolved_database_url)
+    try:
+        with database.transaction() as session:
+            yield session
+    finally:
+        database.close()
+
+
 def _print(data: dict[str, object], as_json: bool) -> None:
     if as_json:
         print(json.dumps(data))
@@ -189,10 +206,8 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
     from models.accounts import create_account
-    from models.db import Database
 
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
+    with _transaction(settings) as session:
         credentials = create_account(session, args.name)
     _print(
         {
@@ -206,7 +221,6 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
-    from models.db import Database
     from models.instances import NewInstance, add_instance
     from models.states import InstanceStatus, Platform, ProcessorType
     from workers.imports import inspect_disk
@@ -227,20 +241,17 @@ def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
         processor_type=ProcessorType(args.processor_type),
         default_user=args.default_user,
     )
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
+    with _transaction(settings) as session:
         instance_id = add_instance(session, new).instance_id
     _print({"instance_id": instance_id}, args.json)
     return 0
 
 
 def cmd_instance_set_status(args: argparse.Namespace, settings: Settings) -> int:
-    from models.db import Database
     from models.instances import set_instance_status
     from models.states import InstanceStatus
 
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
+    with _transaction(settings) as session:
         set_instance_status(session, args.instance_id, InstanceStatus(args.status))
     return 0
 
@@ -261,20 +272,21 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
         default_user=args.default_user,
     )
     database = Database(settings.resolved_database_url)
-    image_id = import_system_image(database, settings.image_dir, args.disk.resolve(), spec)
+    try:
+        image_id = import_system_image(database, settings.image_dir, args.disk.resolve(), spec)
+    finally:
+        database.close()
     _print({"image_id": image_id}, args.json)
     return 0
 
 
 def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
-    from models.db import Database
     from models.quotas import Quota, quota_of, set_quota, usage_of
 
     if (args.images is not None and args.images < 0) or (args.gb is not None and args.gb < 0):
         raise SystemExit("imagesvc: quotas are counts, 0 or more")
     default = Quota(images=settings.quota_images, gb=settings.quota_gb)
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
+    with _transaction(settings) as session:
         set_quota(session, args.account_id, args.images, args.gb)
         quota = quota_of(session, args.account_id, default)
         usage = usage_of(session, args.account_id)
@@ -293,12 +305,10 @@ def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_image_move(args: argparse.Namespace, settings: Settings) -> int:
     from api.schemas import ImageOut
-    from models.db import Database
     from models.lifecycle import operator_move
     from models.states import ImageAction
 
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
+    with _transaction(settings) as session:
         image = ImageOut.model_validate(
             operator_move(session, args.image_id, ImageAction(args.action))
         )

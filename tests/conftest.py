@@ -176,20 +176,25 @@ class Tenant:
 TenantFactory = Callable[[], Awaitable[Tenant]]
 
 
+async def sign_up(client: TestClient[Any, Any], database: Database, disks: Path) -> Tenant:
+    """A new account, with a token got the SDK's way (Basic credentials, client_credentials)."""
+    with database.transaction() as session:
+        credentials = create_account(session, f"tenant-{secrets.token_hex(3)}")
+    basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
+    response = await client.post(
+        "/v2/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
+    )
+    assert response.status == 200, await response.text()
+    token = (await response.json())["access_token"]
+    return Tenant(client, database, credentials.account_id, token, disks=disks)
+
+
 @pytest.fixture
 def new_tenant(client: TestClient[Any, Any], database: Database, tmp_path: Path) -> TenantFactory:
     async def make() -> Tenant:
-        with database.transaction() as session:
-            credentials = create_account(session, f"tenant-{secrets.token_hex(3)}")
-        basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
-        response = await client.post(
-            "/v2/oauth2/token",
-            data={"grant_type": "client_credentials"},
-            headers={"Authorization": f"Basic {basic}"},
-        )
-        assert response.status == 200, await response.text()
-        token = (await response.json())["access_token"]
-        return Tenant(client, database, credentials.account_id, token, disks=tmp_path)
+        return await sign_up(client, database, tmp_path)
 
     return make
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
-from base64 import b64encode
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from imagesvc.settings import Settings
-from models.accounts import create_account
 from models.db import Database
 from models.migrate import upgrade
-from tests.conftest import MiB, Tenant, stored_file
+from tests.conftest import MiB, Tenant, sign_up, stored_file
 from tests.support import (
     TEST_REDIS_URL,
     ServiceProcess,
@@ -73,20 +70,6 @@ def lone_worker(scratch_settings: Settings) -> Iterator[ServiceProcess]:
         worker.stop()
 
 
-async def scratch_tenant(client: TestClient[Any, Any], database: Database, disks: Path) -> Tenant:
-    with database.transaction() as session:
-        credentials = create_account(session, f"shutdown-{secrets.token_hex(3)}")
-    basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
-    response = await client.post(
-        "/v2/oauth2/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    assert response.status == 200, await response.text()
-    token = (await response.json())["access_token"]
-    return Tenant(client, database, credentials.account_id, token, disks=disks)
-
-
 def large_sparse_disk(path: Path, size: int = 3 * GiB // 2, data: int = 600 * MiB) -> Path:
     """A sparse raw disk of ``size`` bytes with ``data`` bytes of random data in 4 regions."""
     block = os.urandom(BLOCK)
@@ -126,7 +109,7 @@ async def test_sigterm_lets_the_running_capture_finish_and_the_worker_exit_clean
     tmp_path: Path,
 ) -> None:
     client = await aiohttp_client(create_app(scratch_settings))
-    tenant = await scratch_tenant(client, scratch_db, tmp_path)
+    tenant = await sign_up(client, scratch_db, tmp_path)
     disk = large_sparse_disk(tmp_path / "large.raw")
     reply = await tenant.capture(tenant.add_instance(disk), "big")
     assert reply.status == 202, reply
