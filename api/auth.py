@@ -16,6 +16,14 @@ from models.accounts import authenticate, issue_token
 from models.errors import AuthenticationFailed, InvalidParameter
 
 TOKEN_PATH = "/v2/oauth2/token"
+
+
+class ClientAuthenticationFailed(AuthenticationFailed):
+    """The client's own credentials were refused: the challenge is Basic (RFC 6749 §5.2)."""
+
+    challenge = 'Basic realm="imagesvc"'
+
+
 PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz"})
 
 
@@ -23,16 +31,18 @@ async def create_token(request: web.Request) -> web.Response:
     params = await parse_params(request, TokenParams)
     if params.grant_type != "client_credentials":
         raise InvalidParameter("invalid parameter 'grant_type': must be client_credentials")
-    api_key, secret = _client_credentials(request, params)
     database = request.app[DATABASE]
     ttl = request.app[SETTINGS].token_ttl
 
-    def issue() -> TokenOut:
+    def issue(api_key: str, secret: str) -> TokenOut:
         with database.transaction() as session:
             token = issue_token(session, api_key, secret, ttl)
         return TokenOut(access_token=token.access_token, expires_in=token.expires_in)
 
-    token = await asyncio.to_thread(issue)
+    try:
+        token = await asyncio.to_thread(issue, *_client_credentials(request, params))
+    except AuthenticationFailed as refused:
+        raise ClientAuthenticationFailed(refused.message) from None
     return web.json_response(
         text=token.model_dump_json(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
     )

@@ -24,7 +24,8 @@ def error_response(status: int, ret_code: int, message: str) -> web.Response:
 def service_error_response(error: ServiceError) -> web.Response:
     response = error_response(error.http_status, error.ret_code, error.message)
     if error.http_status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="imagesvc"'
+        challenge = getattr(error, "challenge", 'Bearer realm="imagesvc"')
+        response.headers["WWW-Authenticate"] = challenge
     return response
 
 

@@ -131,6 +131,7 @@ async def test_bad_client_credentials_are_401(
     answer = await send(client, "POST", TOKEN, headers[case], data=GRANT)
     assert_failure(answer, 401, 1200)
     assert "access_token" not in answer.body
+    assert answer.headers["WWW-Authenticate"].startswith("Basic"), answer.headers
 
 
 @pytest.mark.parametrize(
