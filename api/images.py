@@ -23,7 +23,6 @@ from api.schemas import (
     RequestIdParams,
 )
 from models import images
-from models.errors import ResourceNotFound
 from models.quotas import Quota
 
 routes = web.RouteTableDef()
@@ -35,17 +34,14 @@ async def capture_instance(request: web.Request) -> web.Response:
     caller = caller_of(request)
     params = await parse_params(request, CaptureParams)
     inventory = request.app[INVENTORY]
-    instance = await asyncio.to_thread(inventory.find_owned, caller, params.instance)
-    if instance is None:
-        raise ResourceNotFound(f"instance {params.instance} not found")
+    wanted = images.CaptureRequest(
+        instance_id=params.instance,
+        instance=await asyncio.to_thread(inventory.find_owned, caller, params.instance),
+        image_name=params.image_name,
+        request_id=request_id_of(request, params.request_id),
+    )
     capture = await in_idempotent_transaction(
-        request,
-        images.capture_instance,
-        caller,
-        instance,
-        params.image_name,
-        _quota(request),
-        request_id_of(request, params.request_id),
+        request, images.capture_instance, caller, wanted, _quota(request)
     )
     dispatch(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)

@@ -45,25 +45,34 @@ class Capture:
     image: Image
 
 
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What a caller asked to capture; ``instance`` is None if the inventory has no such one."""
+
+    instance_id: str
+    instance: InstanceInfo | None
+    image_name: str | None = None
+    request_id: str | None = None
+
+
 def capture_instance(
-    session: Session,
-    caller: Caller,
-    instance: InstanceInfo,
-    image_name: str | None,
-    default_quota: Quota,
-    request_id: str | None = None,
+    session: Session, caller: Caller, wanted: CaptureRequest, default_quota: Quota
 ) -> Capture:
     """Record a pending image of a stopped instance and its job.
 
     The image's ``size`` is reserved from the instance's disk size at once, so
     that concurrent captures count against the quota before any copy ends.
-    With a ``request_id`` already used in the last 24 h, the earlier capture.
+    A ``request_id`` already used in the last 24 h gets the earlier capture,
+    whatever has become of the instance since.
     """
     action = JobAction.CAPTURE_INSTANCE
     job_id = ids.job_id()
-    earlier = _replay_or_remember(session, caller, request_id, action, job_id)
+    earlier = _replay_or_remember(session, caller, wanted.request_id, action, job_id)
     if earlier is not None:
         return Capture(earlier, _image_of(session, earlier))
+    instance = wanted.instance
+    if instance is None:
+        raise ResourceNotFound(f"instance {wanted.instance_id} not found")
     require_stopped(instance)
     _refuse_concurrent_capture(session, instance.instance_id)
     size = size_in_gb(instance.disk_size)
@@ -72,7 +81,7 @@ def capture_instance(
         image_id=ids.image_id(),
         zone=caller.zone,
         owner=caller.account_id,
-        image_name=image_name or "",
+        image_name=wanted.image_name or "",
         size=size,
         processor_type=instance.processor_type,
         platform=instance.platform,

@@ -22,7 +22,7 @@ from api.app import create_app
 from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
-from models.images import capture_instance
+from models.images import CaptureRequest, capture_instance
 from models.instances import NewInstance, SqlInventory, add_instance
 from models.migrate import upgrade
 from models.quotas import Quota
@@ -156,7 +156,8 @@ class Tenant:
         assert instance is not None
         caller = Caller(self.account_id, self.zone)
         with self.database.transaction() as session:
-            capture = capture_instance(session, caller, instance, "recorded", UNLIMITED)
+            wanted = CaptureRequest(instance.instance_id, instance, "recorded")
+            capture = capture_instance(session, caller, wanted, UNLIMITED)
             return capture.job.job_id, capture.image.image_id
 
     async def capture(self, instance_id: str, name: str = "img") -> Reply:

@@ -14,13 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import select, update
 
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import set_instance_status
 from models.states import InstanceStatus
-from models.tables import ClientRequest, Job, utcnow
+from models.tables import ClientRequest, Instance, Job, utcnow
 from tests.conftest import Reply, Tenant, TenantFactory, stored_file
 
 
@@ -319,3 +320,21 @@ async def test_a_request_id_is_not_replayed_into_another_zone(
     assert (reply.status, reply.body["ret_code"]) == (400, 1100), reply
     assert "request_id" in reply.body["message"] and "ac1" in reply.body["message"]
     await tenant.wait_job(first.body["job_id"])
+
+
+async def test_a_repeat_after_the_instance_is_gone_still_gets_the_first_job(
+    tenant: Tenant, raw_disk: Path, database: Database
+) -> None:
+    request_id = new_request_id()
+    instance_id = tenant.add_instance(raw_disk)
+    first = await capture(tenant, instance_id, request_id)
+    assert first.status == 202, first
+    await tenant.wait_job(first.body["job_id"])
+    with database.transaction() as session:
+        session.execute(sa.delete(Instance).where(Instance.instance_id == instance_id))
+    again = await capture(tenant, instance_id, request_id)
+    assert (again.status, again.body["job_id"]) == (202, first.body["job_id"]), again
+    assert again.body["image_id"] == first.body["image_id"]
+    fresh = await capture(tenant, instance_id, new_request_id())
+    assert (fresh.status, fresh.body["ret_code"]) == (404, 2100), fresh
+    assert instance_id in fresh.body["message"]
