@@ -198,7 +198,7 @@ def _lock_own(
 ) -> dict[str, Image]:
     rows = _lock_visible(session, caller, image_ids)
     _require_found(image_ids, rows)
-    _require_own(rows, verb)
+    _require_own(caller, rows, verb)
     return rows
 
 
@@ -244,8 +244,13 @@ def _require_found(wanted: list[str], rows: dict[str, Image]) -> None:
         raise ResourceNotFound(f"image {', '.join(missing)} not found")
 
 
-def _require_own(rows: dict[str, Image], verb: str) -> None:
-    foreign = [row for row in rows.values() if row.provider != Provider.SELF.value]
+def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
+    """Users change only images they own and captured; visible is not enough."""
+    foreign = [
+        row
+        for row in rows.values()
+        if row.owner != caller.account_id or row.provider != Provider.SELF.value
+    ]
     if foreign:
         names = ", ".join(f"{row.image_id} (provider {row.provider})" for row in foreign)
         raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")

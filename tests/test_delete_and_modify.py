@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
 from imagesvc.settings import Settings
 from models.db import Database
 from models.images import SystemImageSpec
+from models.tables import Image
 from tests.conftest import Tenant, TenantFactory, stored_file
 from workers.imports import import_system_image
 
@@ -147,3 +150,19 @@ async def test_modify_is_validated_and_changes_nothing_on_error(
     assert (await tenant.image(image_id))["image_name"] == "keep"
     jobs = await tenant.call("GET", "/jobs", params={"action": "ModifyImageAttributes"})
     assert jobs.body["total_count"] == 0
+
+
+async def test_a_public_image_of_another_tenant_is_visible_but_not_theirs_to_change(
+    tenant: Tenant, new_tenant: TenantFactory, raw_disk: Path, database: Database
+) -> None:
+    other = await new_tenant()
+    theirs = await other.captured_image(raw_disk, "shared")
+    with database.transaction() as session:  # as if the operator had published it
+        session.execute(update(Image).where(Image.image_id == theirs).values(visibility="public"))
+    assert (await tenant.image(theirs))["owner"] == other.account_id
+    delete = await tenant.call("DELETE", f"/images/{theirs}")
+    assert (delete.status, delete.body["ret_code"]) == (403, 1400), delete
+    modify = await tenant.call("PUT", "/images", json={"image": theirs, "image_name": "mine"})
+    assert (modify.status, modify.body["ret_code"]) == (403, 1400), modify
+    image = await other.image(theirs)
+    assert (image["status"], image["image_name"]) == ("available", "shared")
