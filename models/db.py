@@ -7,7 +7,6 @@ writing units so that concurrent writers queue instead of failing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,15 +27,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _create_engine(url)
-        self._pid = os.getpid()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -49,12 +43,6 @@ class Database:
         """A read-only unit of work."""
         with self._reader() as session, session.begin():
             yield session
-
-    def after_fork(self) -> None:
-        """Drop connections inherited from a parent process (prefork workers)."""
-        if os.getpid() != self._pid:
-            self.engine.dispose(close=False)
-            self._pid = os.getpid()
 
     def close(self) -> None:
         self.engine.dispose()

@@ -29,11 +29,6 @@ def visible_images(caller: Caller) -> Select[Image]:
     )
 
 
-def owned_images(caller: Caller) -> Select[Image]:
-    """Images the caller owns, the only ones they may change."""
-    return select(Image).where(Image.zone == caller.zone, Image.owner == caller.account_id)
-
-
 def owned_jobs(caller: Caller) -> Select[Job]:
     return select(Job).where(Job.zone == caller.zone, Job.owner == caller.account_id)
 

@@ -103,14 +103,6 @@ class Client:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return Reply(0, None)
 
-    def wait_up(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.call("GET", "/healthz", timeout=2).status in (200, 503):
-                return
-            time.sleep(0.1)
-        raise AssertionError("the API never came up")
-
 
 @dataclass
 class Outcome:
@@ -191,6 +183,14 @@ class ChaosEnv:
         for process in reversed(self.processes):
             process.stop(timeout=90)
         self.database.close()
+
+    def start_deployment(self) -> Client:
+        """Scheduler, one worker and the API, and a signed-up tenant's client."""
+        self.start("scheduler")
+        self.start_worker()
+        self.start_api()
+        self.sign_up()
+        return self.client()
 
     # the tenant --------------------------------------------------------------
 

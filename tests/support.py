@@ -9,6 +9,7 @@ that is unreachable fails the run; it never turns into a skip.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -42,6 +43,17 @@ def require_qemu_img() -> str:
             pytest.fail("qemu-img is required in CI (install qemu-utils)")
         pytest.skip("qemu-img is not installed")
     return exe
+
+
+def qemu_img_info(path: Path, disk_format: str) -> dict[str, Any]:
+    """What ``qemu-img info`` says of a stored file (qemu-img must be present)."""
+    result = subprocess.run(
+        [require_qemu_img(), "info", "--output=json", "-f", disk_format, str(path)],
+        capture_output=True,
+        check=True,
+    )
+    info: dict[str, Any] = json.loads(result.stdout)
+    return info
 
 
 @contextmanager
@@ -120,7 +132,6 @@ class ServiceProcess:
     def __init__(self, settings: Settings, *argv: str) -> None:
         self.argv = argv
         self.output: list[str] = []
-        self._ready = threading.Event()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imagesvc", *argv],
             env=settings_env(settings),

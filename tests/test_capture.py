@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import math
 import subprocess
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 from imagesvc.settings import Settings
 from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
-from tests.support import require_qemu_img
+from tests.support import qemu_img_info, require_qemu_img
 
 
 def sha256_of(path: Path) -> str:
@@ -67,13 +66,7 @@ async def test_capture_of_a_qcow2_disk_goes_through_qemu_img(
     assert job["status"] == "successful", job
     image = await tenant.image(reply.body["image_id"])
     stored = stored_file(service_settings.image_dir, reply.body["image_id"])
-    info = json.loads(
-        subprocess.run(
-            [qemu_img, "info", "--output=json", "-f", "qcow2", str(stored)],
-            capture_output=True,
-            check=True,
-        ).stdout
-    )
+    info = qemu_img_info(stored, "qcow2")
     assert info["format"] == "qcow2"
     assert image["size"] == math.ceil(info["virtual-size"] / 1024**3) == 3
     assert image["disk_format"] == "qcow2"

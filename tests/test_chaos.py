@@ -89,11 +89,7 @@ def test_the_api_killed_between_commit_and_dispatch(chaos: ChaosEnv) -> None:
 
 
 def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
-    chaos.start("scheduler")
-    chaos.start_worker()
-    chaos.start_api()
-    chaos.sign_up()
-    client = chaos.client()
+    client = chaos.start_deployment()
     disk = make_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
     ready = []
     for instance_id in chaos.add_instances(disk, 20):
@@ -127,11 +123,7 @@ def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
 
 
 def _run_two_hundred(chaos: ChaosEnv, restart: list[str], scenario: str) -> None:
-    chaos.start("scheduler")
-    chaos.start_worker()
-    chaos.start_api()
-    chaos.sign_up()
-    client = chaos.client()
+    client = chaos.start_deployment()
     disk = make_disk(chaos.tmp / "tiny.raw", size=16 * MiB, data=8 * MiB)
     instances = chaos.add_instances(disk, 200)
 

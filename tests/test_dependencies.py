@@ -26,10 +26,7 @@ def service(action: str, name: str) -> None:
 def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
     with scratch_deployment(tmp_path) as env:
         try:
-            env.start("scheduler")
-            env.start_worker()
-            env.start_api()
-            env.sign_up()
+            env.start_deployment()
             yield env
         finally:
             service("start", "postgresql")
@@ -37,9 +34,7 @@ def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
 
 
 def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv) -> None:
-    client = deployment.client()
-    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
-    instance_id = deployment.add_instances(disk, 1)[0]
+    client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "postgresql")
     try:
         started = time.monotonic()
@@ -59,9 +54,7 @@ def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv
 
 
 def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: ChaosEnv) -> None:
-    client = deployment.client()
-    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
-    instance_id = deployment.add_instances(disk, 1)[0]
+    client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "redis")
     try:
         started = time.monotonic()
@@ -76,6 +69,11 @@ def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: 
         service("start", "redis")
     deployment.wait_for_status(reply.body["job_id"], {"successful"}, timeout=90)
     assert _retry(lambda: client.call("GET", "/healthz")).status == 200
+
+
+def stopped_instance(deployment: ChaosEnv) -> str:
+    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    return deployment.add_instances(disk, 1)[0]
 
 
 def _retry(call: Callable[[], Reply], attempts: int = 50) -> Reply:
