@@ -157,12 +157,22 @@ async def test_a_public_image_of_another_tenant_is_visible_but_not_theirs_to_cha
 ) -> None:
     other = await new_tenant()
     theirs = await other.captured_image(raw_disk, "shared")
-    with database.transaction() as session:  # as if the operator had published it
-        session.execute(update(Image).where(Image.image_id == theirs).values(visibility="public"))
-    assert (await tenant.image(theirs))["owner"] == other.account_id
-    delete = await tenant.call("DELETE", f"/images/{theirs}")
-    assert (delete.status, delete.body["ret_code"]) == (403, 1400), delete
-    modify = await tenant.call("PUT", "/images", json={"image": theirs, "image_name": "mine"})
-    assert (modify.status, modify.body["ret_code"]) == (403, 1400), modify
+    publish(database, theirs, "public")  # as if the operator had published it
+    try:
+        assert (await tenant.image(theirs))["owner"] == other.account_id
+        delete = await tenant.call("DELETE", f"/images/{theirs}")
+        assert (delete.status, delete.body["ret_code"]) == (403, 1400), delete
+        modify = await tenant.call("PUT", "/images", json={"image": theirs, "image_name": "mine"})
+        assert (modify.status, modify.body["ret_code"]) == (403, 1400), modify
+    finally:
+        # Public images are every tenant's to see: leave none behind for other tests.
+        publish(database, theirs, "private")
     image = await other.image(theirs)
     assert (image["status"], image["image_name"]) == ("available", "shared")
+
+
+def publish(database: Database, image_id: str, visibility: str) -> None:
+    with database.transaction() as session:
+        session.execute(
+            update(Image).where(Image.image_id == image_id).values(visibility=visibility)
+        )
