@@ -10,15 +10,13 @@ from aiohttp import web
 from celery import Celery
 from sqlalchemy import text
 
-from api import auth, images, jobs
-from api.dispatch import drain_dispatches
+from api import auth, image_routes, job_routes
 from api.errors import error_middleware
-from api.keys import CELERY, DATABASE, DISPATCHER, INVENTORY, SETTINGS
+from api.job_sending import drain_sends
+from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, SETTINGS
+from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
 from models.db import Database
-from models.instances import SqlInventory
-from workers.celery_app import create_celery
-from workers.dispatch import JobDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +30,24 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
-    app.cleanup_ctx.append(drain_dispatches)
+    app.cleanup_ctx.append(drain_sends)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_get("/healthz", healthz)
-    app.add_routes(images.routes)
-    app.add_routes(jobs.routes)
+    app.add_routes(image_routes.routes)
+    app.add_routes(job_routes.routes)
     return app
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     settings.ensure_dirs()
-    database = Database(settings.resolved_database_url)
-    celery = create_celery(settings)
-    app[DATABASE] = database
-    app[INVENTORY] = SqlInventory(database)
-    app[CELERY] = celery
-    app[DISPATCHER] = JobDispatcher(celery)
+    services = bootstrap(settings)
+    app[DATABASE] = services.database
+    app[INVENTORY] = services.inventory
+    app[CELERY] = services.celery
+    app[JOB_QUEUE] = services.job_queue
     yield
-    await asyncio.to_thread(celery.close)
-    await asyncio.to_thread(database.close)
+    await asyncio.to_thread(services.close)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -10,13 +10,13 @@ from celery import Celery
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory
-from workers.dispatch import JobDispatcher
+from workers.job_queue import JobQueue
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
-DISPATCHER = web.AppKey("dispatcher", JobDispatcher)
+JOB_QUEUE = web.AppKey("job_queue", JobQueue)
 IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.

@@ -132,15 +132,11 @@ def _add_image_commands(sub: Any) -> None:
 
 @contextmanager
 def _transaction(settings: Settings) -> Iterator[Session]:
-    """One unit of work for an operator command, on its own short-lived engine."""
-    from models.db import Database
+    """One unit of work for an operator command, on its own short-lived parts."""
+    from imagesvc.bootstrap import services_for
 
-    database = Database(settings.resolved_database_url)
-    try:
-        with database.transaction() as session:
-            yield session
-    finally:
-        database.close()
+    with services_for(settings) as services, services.database.transaction() as session:
+        yield session
 
 
 def _print(data: dict[str, object], as_json: bool) -> None:
@@ -176,23 +172,26 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.celery_app import create_celery
+    from imagesvc.bootstrap import bootstrap
+    from workers.tasks import register_tasks
 
     settings.ensure_dirs()
     concurrency = args.concurrency or settings.worker_concurrency
     argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", f"--concurrency={concurrency}"]
     argv += ["-Q", settings.queue, "-n", f"imagesvc-{os.getpid()}@%h"]
     argv += ["--without-gossip", "--without-mingle"]
-    create_celery(settings).worker_main(argv)
+    services = bootstrap(settings)
+    register_tasks(services.celery, lambda: bootstrap(settings))
+    services.celery.worker_main(argv)
     return 0
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.celery_app import create_celery
+    from imagesvc.bootstrap import bootstrap
 
     settings.ensure_dirs()
     schedule = settings.data_dir / "celerybeat-schedule"
-    create_celery(settings).Beat(schedule=str(schedule), loglevel="INFO").run()
+    bootstrap(settings).celery.Beat(schedule=str(schedule), loglevel="INFO").run()
     return 0
 
 
@@ -223,7 +222,7 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
     from models.instances import NewInstance, add_instance
     from models.states import InstanceStatus, Platform, ProcessorType
-    from workers.imports import inspect_disk
+    from workers.system_images import inspect_disk
 
     _require_zone(settings, args.zone)
     disk = args.disk.resolve()
@@ -257,9 +256,9 @@ def cmd_instance_set_status(args: argparse.Namespace, settings: Settings) -> int
 
 
 def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
-    from models.db import Database
+    from imagesvc.bootstrap import services_for
     from models.images import SystemImageSpec
-    from workers.imports import import_system_image
+    from workers.system_images import import_system_image
 
     _require_zone(settings, args.zone)
     settings.ensure_dirs()
@@ -271,11 +270,10 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
         processor_type=args.processor_type,
         default_user=args.default_user,
     )
-    database = Database(settings.resolved_database_url)
-    try:
-        image_id = import_system_image(database, settings.image_dir, args.disk.resolve(), spec)
-    finally:
-        database.close()
+    with services_for(settings) as services:
+        image_id = import_system_image(
+            services.database, settings.image_dir, args.disk.resolve(), spec
+        )
     _print({"image_id": image_id}, args.json)
     return 0
 
@@ -305,7 +303,7 @@ def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_image_move(args: argparse.Namespace, settings: Settings) -> int:
     from api.schemas import ImageOut
-    from models.lifecycle import operator_move
+    from models.image_lifecycle import operator_move
     from models.states import ImageAction
 
     with _transaction(settings) as session:

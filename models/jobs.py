@@ -39,7 +39,7 @@ def new_job(
         status_time=now,
         begin_time=done,
         finished_time=done,
-        dispatched_at=None if status.is_terminal else now,
+        send_requested_at=None if status.is_terminal else now,
     )
     session.add(job)
     session.flush()
@@ -140,7 +140,7 @@ def lost_jobs(session: Session, timeout: float, now: datetime | None = None) -> 
 def requeue_job(session: Session, job_id: str, attempt: int) -> bool:
     """Give a lost run's job back to the queue, to be dispatched again at once."""
     return move_job(
-        session, job_id, JobStatus.PENDING, attempt=attempt, dispatched_at=utcnow(), progress=0
+        session, job_id, JobStatus.PENDING, attempt=attempt, send_requested_at=utcnow(), progress=0
     )
 
 
@@ -173,18 +173,18 @@ def list_jobs(
     return list(session.scalars(page)), total
 
 
-def undispatched_jobs(session: Session, grace: float, now: datetime | None = None) -> list[str]:
+def take_jobs_to_resend(session: Session, grace: float, now: datetime | None = None) -> list[str]:
     """Pending jobs nobody claimed within ``grace`` seconds; marks them re-dispatched."""
     now = now or utcnow()
     cutoff = now - timedelta(seconds=grace)
     stale = select(Job.job_id).where(
-        Job.status == JobStatus.PENDING.value, Job.dispatched_at < cutoff
+        Job.status == JobStatus.PENDING.value, Job.send_requested_at < cutoff
     )
     job_ids = list(session.scalars(stale.limit(500)))
     if job_ids:
         session.execute(
             update(Job)
             .where(Job.job_id.in_(job_ids), Job.status == JobStatus.PENDING.value)
-            .values(dispatched_at=now)
+            .values(send_requested_at=now)
         )
     return job_ids

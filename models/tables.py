@@ -149,7 +149,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_owner_create_time", "owner", "create_time", "job_id"),
-        Index("ix_jobs_status_dispatched_at", "status", "dispatched_at"),
+        Index("ix_jobs_status_send_requested_at", "status", "send_requested_at"),
         Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
     )
 
@@ -167,7 +167,7 @@ class Job(Base):
     begin_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_time: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     status_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    send_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
 

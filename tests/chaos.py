@@ -33,15 +33,15 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
 from models.accounts import create_account
-from models.db import Database
 from models.instances import NewInstance, add_instance
 from models.migrate import upgrade
 from models.states import JobAction, JobStatus
 from models.tables import Image, Job
 from tests.support import ServiceProcess, make_settings, scratch_database
-from workers.imports import inspect_disk
+from workers.system_images import inspect_disk
 
 MiB = 1 << 20
 SETTLE_TIMEOUT_S = 240.0
@@ -149,7 +149,8 @@ class ChaosEnv:
     def __init__(self, settings: Settings, tmp: Path) -> None:
         self.settings = settings
         self.tmp = tmp
-        self.database = Database(settings.resolved_database_url)
+        self.services = bootstrap(settings)
+        self.database = self.services.database
         self.processes: list[ServiceProcess] = []
         self.account_id, self.token = "", ""
         self.port = free_port()
@@ -182,7 +183,7 @@ class ChaosEnv:
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop(timeout=90)
-        self.database.close()
+        self.services.close()
 
     def start_deployment(self) -> Client:
         """Scheduler, one worker and the API, and a signed-up tenant's client."""

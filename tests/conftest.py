@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
+from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
@@ -35,7 +36,7 @@ from tests.support import (
     make_settings,
     scratch_database,
 )
-from workers.imports import inspect_disk
+from workers.system_images import inspect_disk
 
 MiB = 1 << 20
 UNLIMITED = Quota(images=10**6, gb=10**6)
@@ -58,10 +59,15 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
 
 
 @pytest.fixture(scope="session")
-def database(service_settings: Settings) -> Iterator[Database]:
-    database = Database(service_settings.resolved_database_url)
-    yield database
-    database.close()
+def services(service_settings: Settings) -> Iterator[Services]:
+    """The parts the service's own entry points use, built by the one composition root."""
+    with services_for(service_settings) as services:
+        yield services
+
+
+@pytest.fixture(scope="session")
+def database(services: Services) -> Database:
+    return services.database
 
 
 @pytest.fixture(scope="session")

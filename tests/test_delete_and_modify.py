@@ -12,7 +12,7 @@ from models.db import Database
 from models.images import SystemImageSpec
 from models.tables import Image
 from tests.conftest import Tenant, TenantFactory, stored_file
-from workers.imports import import_system_image
+from workers.system_images import import_system_image
 
 
 def system_image(database: Database, settings: Settings, disk: Path) -> str:

@@ -7,23 +7,22 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Job, utcnow
 from tests.conftest import Tenant, stored_file
 from tests.support import ServiceProcess
-from workers.celery_app import create_celery
-from workers.dispatch import JobDispatcher
 
 
-def undispatched_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:
+def unsent_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:
     """A capture recorded as the API does, as if the API died before sending it."""
     job_id, image_id = tenant.record_capture(disk)
     with database.transaction() as session:
         session.execute(
             update(Job)
             .where(Job.job_id == job_id)
-            .values(dispatched_at=utcnow() - timedelta(minutes=5))
+            .values(send_requested_at=utcnow() - timedelta(minutes=5))
         )
     return job_id, image_id
 
@@ -31,7 +30,7 @@ def undispatched_capture(tenant: Tenant, database: Database, disk: Path) -> tupl
 async def test_the_scheduler_sends_a_job_the_api_never_sent(
     tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
 ) -> None:
-    job_id, image_id = undispatched_capture(tenant, database, raw_disk)
+    job_id, image_id = unsent_capture(tenant, database, raw_disk)
     scheduler = ServiceProcess(service_settings, "scheduler")
     try:
         job = await tenant.wait_job(job_id, timeout=60)
@@ -42,15 +41,11 @@ async def test_the_scheduler_sends_a_job_the_api_never_sent(
 
 
 async def test_a_job_delivered_twice_runs_once(
-    tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
+    tenant: Tenant, raw_disk: Path, services: Services, service_settings: Settings
 ) -> None:
-    job_id, image_id = undispatched_capture(tenant, database, raw_disk)
-    celery = create_celery(service_settings)
-    try:
-        dispatcher = JobDispatcher(celery)
-        assert all(dispatcher.dispatch(job_id) for _ in range(5))
-    finally:
-        celery.close()
+    database = services.database
+    job_id, image_id = unsent_capture(tenant, database, raw_disk)
+    assert all(services.job_queue.send(job_id) for _ in range(5))
     job = await tenant.wait_job(job_id)
     assert job["status"] == "successful", job
     with database.reading() as session:

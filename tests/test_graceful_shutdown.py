@@ -18,6 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
+from imagesvc.bootstrap import services_for
 from imagesvc.settings import Settings
 from models.db import Database
 from models.migrate import upgrade
@@ -55,9 +56,8 @@ def scratch_settings(tmp_path: Path) -> Iterator[Settings]:
 
 @pytest.fixture
 def scratch_db(scratch_settings: Settings) -> Iterator[Database]:
-    database = Database(scratch_settings.resolved_database_url)
-    yield database
-    database.close()
+    with services_for(scratch_settings) as services:
+        yield services.database
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from models.images import SystemImageSpec
 from models.states import ProcessorType
 from models.tables import Image
 from tests.conftest import MiB, Reply, Tenant, TenantFactory, make_raw_disk
-from workers.imports import import_system_image
+from workers.system_images import import_system_image
 
 IMAGE_FIELDS = {
     "image_id",

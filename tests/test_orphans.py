@@ -16,16 +16,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.db import Database
-from models.instances import SqlInventory
 from models.jobs import claim_job, requeue_job
 from models.tables import Image, Job
 from tests.conftest import Tenant, stored_file, stored_files
-from workers.celery_app import create_celery
-from workers.context import WorkerContext
-from workers.dispatch import JobDispatcher
-from workers.lifecycle import remove_orphans
+from workers.image_sweep import remove_orphans
 
 GRACE = 60.0
 # Older than GRACE but younger than the session's own orphan_grace (an hour), so a
@@ -34,13 +31,10 @@ OLD = 5 * GRACE
 
 
 @pytest.fixture
-def context(service_settings: Settings, database: Database) -> Iterator[WorkerContext]:
+def context(service_settings: Settings, database: Database) -> Iterator[Services]:
     settings = service_settings.model_copy(update={"orphan_grace": GRACE})
-    celery = create_celery(settings)
-    try:
-        yield WorkerContext(settings, database, SqlInventory(database), JobDispatcher(celery))
-    finally:
-        celery.close()
+    with services_for(settings) as services:
+        yield services
 
 
 def make_file(path: Path, age: float = 0.0) -> Path:
@@ -61,7 +55,7 @@ def stray_name(suffix: str = "raw") -> str:
 
 
 def test_a_stray_file_older_than_the_grace_is_removed_and_reported(
-    context: WorkerContext,
+    context: Services,
 ) -> None:
     image_dir = context.settings.image_dir
     old = make_file(image_dir / stray_name(), age=OLD)
@@ -84,7 +78,7 @@ def test_a_stray_file_older_than_the_grace_is_removed_and_reported(
 
 
 async def test_a_file_an_image_row_owns_stays_however_old(
-    tenant: Tenant, raw_disk: Path, context: WorkerContext, database: Database
+    tenant: Tenant, raw_disk: Path, context: Services, database: Database
 ) -> None:
     image_id = await tenant.captured_image(raw_disk)
     owned = stored_file(context.settings.image_dir, image_id)
@@ -103,7 +97,7 @@ async def test_a_file_an_image_row_owns_stays_however_old(
     assert (await tenant.image(image_id))["status"] == "available"
 
 
-def test_an_old_partial_copy_is_removed_and_a_young_one_stays(context: WorkerContext) -> None:
+def test_an_old_partial_copy_is_removed_and_a_young_one_stays(context: Services) -> None:
     partials = context.settings.image_dir / ".partial"
     old = make_file(partials / f"j-stale{secrets.token_hex(4)}.1.part", age=OLD)
     young = make_file(partials / f"j-busy{secrets.token_hex(4)}.1.part")
@@ -116,9 +110,10 @@ def test_an_old_partial_copy_is_removed_and_a_young_one_stays(context: WorkerCon
 
 
 async def test_a_retried_capture_leaves_one_file_and_none_of_the_dead_runs(
-    tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
+    tenant: Tenant, raw_disk: Path, services: Services, service_settings: Settings
 ) -> None:
     image_dir = service_settings.image_dir
+    database = services.database
     job_id, image_id = tenant.record_capture(raw_disk)
     # Attempt 1 is claimed by a worker that then dies mid-copy, leaving its files.
     with database.transaction() as session:
@@ -129,11 +124,7 @@ async def test_a_retried_capture_leaves_one_file_and_none_of_the_dead_runs(
     # The sweep gives the lost run's job back to the queue and sends it again.
     with database.transaction() as session:
         assert requeue_job(session, job_id, 1)
-    celery = create_celery(service_settings)
-    try:
-        assert JobDispatcher(celery).dispatch(job_id)
-    finally:
-        celery.close()
+    assert services.job_queue.send(job_id)
 
     job = await tenant.wait_job(job_id)
     assert job["status"] == "successful", job

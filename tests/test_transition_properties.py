@@ -31,8 +31,8 @@ from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
 from models.errors import StateConflict
+from models.image_lifecycle import cease_expired, operator_move
 from models.instances import NewInstance, add_instance
-from models.lifecycle import cease_expired, operator_move
 from models.states import IMAGE_MOVES, ImageAction, ImageStatus
 from models.tables import Image, utcnow
 from tests.conftest import MiB, make_raw_disk

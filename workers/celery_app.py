@@ -8,15 +8,18 @@ from celery import Celery
 
 from imagesvc.settings import Settings
 from workers import embedded_broker
-from workers.tasks import SWEEP_IMAGES, SWEEP_JOBS, register_tasks
+from workers.job_queue import SWEEP_IMAGES, SWEEP_JOBS
 
 
 def create_celery(settings: Settings) -> Celery:
-    """A Celery app configured for at-least-once delivery; the Job row is the truth."""
+    """A Celery app configured for at-least-once delivery; the Job row is the truth.
+
+    It carries no task bodies: a worker adds them with ``workers.tasks.register_tasks``,
+    so the API and the scheduler send by name without importing the disk code.
+    """
     embedded_broker.register()
     app = Celery("imagesvc", set_as_current=False)
     app.conf.update(_config(settings))
-    register_tasks(app, settings)
     return app
 
 

@@ -1,43 +1,23 @@
-"""What a worker process needs, opened once per process after any fork."""
+"""The parts a worker process uses, built once per process after any fork."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from celery import Celery
-
-from imagesvc.settings import Settings
-from models.db import Database
-from models.instances import InstanceInventory, SqlInventory
-from workers.dispatch import JobDispatcher
+from imagesvc.bootstrap import Services
 
 
-@dataclass
-class WorkerContext:
-    settings: Settings
-    database: Database
-    inventory: InstanceInventory
-    dispatcher: JobDispatcher
+class PerProcess:
+    """Builds the services on first use in each process (prefork children included)."""
 
-
-class LazyContext:
-    """Builds the context on first use in each process (prefork children included)."""
-
-    def __init__(self, app: Celery, settings: Settings) -> None:
-        self._app = app
-        self._settings = settings
-        self._context: WorkerContext | None = None
+    def __init__(self, build: Callable[[], Services]) -> None:
+        self._build = build
+        self._services: Services | None = None
         self._pid = 0
 
-    def get(self) -> WorkerContext:
-        if self._context is None or self._pid != os.getpid():
-            database = Database(self._settings.resolved_database_url)
-            self._context = WorkerContext(
-                settings=self._settings,
-                database=database,
-                inventory=SqlInventory(database),
-                dispatcher=JobDispatcher(self._app),
-            )
+    def get(self) -> Services:
+        if self._services is None or self._pid != os.getpid():
+            self._services = self._build()
             self._pid = os.getpid()
-        return self._context
+        return self._services

@@ -1,35 +1,31 @@
-"""Celery tasks: thin, they take ids and call the domain."""
+"""Celery tasks: thin, they take ids, get the process's services and call the job code."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 
 from celery import Celery
 
-from imagesvc.settings import Settings
-from workers.context import LazyContext
-from workers.dispatch import RUN_JOB
-from workers.jobs import execute_job
-from workers.lifecycle import sweep_images
-from workers.recovery import sweep_jobs
-
-log = logging.getLogger(__name__)
-
-SWEEP_JOBS = "imagesvc.sweep_jobs"
-SWEEP_IMAGES = "imagesvc.sweep_images"
+from imagesvc.bootstrap import Services
+from workers.context import PerProcess
+from workers.image_sweep import sweep_images
+from workers.job_queue import RUN_JOB, SWEEP_IMAGES, SWEEP_JOBS
+from workers.job_runner import execute_job
+from workers.job_sweep import sweep_jobs
 
 
-def register_tasks(app: Celery, settings: Settings) -> None:
-    context = LazyContext(app, settings)
+def register_tasks(app: Celery, build: Callable[[], Services]) -> None:
+    """Add the task bodies to a worker's Celery app; ``build`` makes each process's parts."""
+    services = PerProcess(build)
 
     @app.task(name=RUN_JOB)  # type: ignore[untyped-decorator]
     def run_job(job_id: str) -> None:
-        execute_job(context.get(), job_id)
+        execute_job(services.get(), job_id)
 
     @app.task(name=SWEEP_JOBS)  # type: ignore[untyped-decorator]
     def sweep() -> None:
-        sweep_jobs(context.get())
+        sweep_jobs(services.get())
 
     @app.task(name=SWEEP_IMAGES)  # type: ignore[untyped-decorator]
     def sweep_store() -> None:
-        sweep_images(context.get())
+        sweep_images(services.get())

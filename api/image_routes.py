@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.caller import caller_of, in_idempotent_transaction, in_reading, in_transaction
-from api.dispatch import dispatch
+from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.params import parse_params, validate_params
 from api.responses import json
@@ -43,7 +43,7 @@ async def capture_instance(request: web.Request) -> web.Response:
     capture = await in_idempotent_transaction(
         request, images.capture_instance, caller, wanted, _quota(request)
     )
-    dispatch(request, capture.job)
+    send_after_commit(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
     return json(out, status=202)
 
@@ -58,7 +58,7 @@ async def delete_images(request: web.Request) -> web.Response:
     job = await in_idempotent_transaction(
         request, images.delete_images, caller, params.images, request_id
     )
-    dispatch(request, job)
+    send_after_commit(request, job)
     return json(JobOut.from_row(job), status=202)
 
 
@@ -69,7 +69,7 @@ async def recover_images(request: web.Request) -> web.Response:
     params = await parse_params(request, RecoverParams)
     retention = request.app[SETTINGS].deleted_retention
     job = await in_transaction(request, images.recover_images, caller, params.images, retention)
-    dispatch(request, job)
+    send_after_commit(request, job)
     return json(JobOut.from_row(job), status=202)
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.jobs import claim_job, fail_job, move_job
 from models.states import ImageAction, JobAction, JobStatus
 from models.transitions import move_images
-from workers.context import WorkerContext
 from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
 from workers.heartbeat import Heartbeat, Superseded
 
@@ -47,7 +47,7 @@ class JobFailure(Exception):
         self.message = message
 
 
-def execute_job(context: WorkerContext, job_id: str) -> None:
+def execute_job(context: Services, job_id: str) -> None:
     """Run one job if it is still pending; a no-op for any other status."""
     job = _claim(context, job_id)
     if job is None:
@@ -69,7 +69,7 @@ def execute_job(context: WorkerContext, job_id: str) -> None:
         _ABANDON[job.action](context, job, "InternalError", "internal error; see the worker log")
 
 
-def _claim(context: WorkerContext, job_id: str) -> ClaimedJob | None:
+def _claim(context: Services, job_id: str) -> ClaimedJob | None:
     worker = f"{socket.gethostname()}:{os.getpid()}"
     with context.database.transaction() as session:
         job = claim_job(session, job_id, worker)
@@ -83,7 +83,7 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
     return image_dir / f"{image_id}.{attempt}.{disk_format.value}"
 
 
-def run_capture(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     image_id, instance_id = job.resource_ids
     _remove_earlier_runs(context, job, image_id)
     try:
@@ -94,7 +94,7 @@ def run_capture(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -
     _finish_capture(context, job, image_id, stored)
 
 
-def _remove_earlier_runs(context: WorkerContext, job: ClaimedJob, image_id: str) -> None:
+def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> None:
     """A retry first removes what lost runs of this job left: they can never be used."""
     image_dir = context.settings.image_dir
     for attempt in range(1, job.attempt):
@@ -104,7 +104,7 @@ def _remove_earlier_runs(context: WorkerContext, job: ClaimedJob, image_id: str)
 
 
 def _copy_instance_disk(
-    context: WorkerContext,
+    context: Services,
     job: ClaimedJob,
     heartbeat: Heartbeat,
     image_id: str,
@@ -126,13 +126,11 @@ def _copy_instance_disk(
         raise JobFailure(exc.code, f"capture of instance {instance_id} failed: {exc}") from exc
 
 
-class _Superseded(Exception):
+class _CaptureOvertaken(Exception):
     """The image or job moved on while the disk was being copied."""
 
 
-def _finish_capture(
-    context: WorkerContext, job: ClaimedJob, image_id: str, stored: StoredDisk
-) -> None:
+def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: StoredDisk) -> None:
     try:
         with context.database.transaction() as session:
             done = move_job(
@@ -150,8 +148,8 @@ def _finish_capture(
                 file_name=stored.path.name,
             )
             if not available:
-                raise _Superseded
-    except _Superseded:
+                raise _CaptureOvertaken
+    except _CaptureOvertaken:
         # Another run or action settled this job or image meanwhile: this copy is nobody's.
         # (If the commit itself failed, whether it happened is unknown: the file stays, and
         # the orphan sweep removes it later if no image row names it.)
@@ -159,13 +157,13 @@ def _finish_capture(
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
-def abandon_capture(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
+def abandon_capture(context: Services, job: ClaimedJob, code: str, message: str) -> None:
     """Fail the job and cease the image it was creating, if this run still owns the job."""
     fail_capture(context, job.job_id, job.resource_ids[0], job.attempt, code, message)
 
 
 def fail_capture(
-    context: WorkerContext, job_id: str, image_id: str, attempt: int, code: str, message: str
+    context: Services, job_id: str, image_id: str, attempt: int, code: str, message: str
 ) -> bool:
     with context.database.transaction() as session:
         if not fail_job(session, job_id, code, message, attempt=attempt):
@@ -174,18 +172,18 @@ def fail_capture(
     return True
 
 
-def run_delete(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_delete(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish deleting; the files stay until the image is ceased."""
     _finish_batch(context, job, ImageAction.FINISH_DELETE)
 
 
-def run_recover(context: WorkerContext, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_recover(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish recovering: the images are available again (not deprecated), files untouched."""
     _finish_batch(context, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
 
 
 def _finish_batch(
-    context: WorkerContext, job: ClaimedJob, action: ImageAction, **values: object
+    context: Services, job: ClaimedJob, action: ImageAction, **values: object
 ) -> None:
     with context.database.transaction() as session:
         moved = move_images(session, job.resource_ids, action, **values)
@@ -209,12 +207,12 @@ CANCEL_BATCH = {
 }
 
 
-def abandon_batch(context: WorkerContext, job: ClaimedJob, code: str, message: str) -> None:
+def abandon_batch(context: Services, job: ClaimedJob, code: str, message: str) -> None:
     fail_batch(context, job.job_id, job.action, job.resource_ids, job.attempt, code, message)
 
 
 def fail_batch(
-    context: WorkerContext,
+    context: Services,
     job_id: str,
     action: JobAction,
     image_ids: list[str],
@@ -230,8 +228,8 @@ def fail_batch(
     return True
 
 
-Handler = Callable[[WorkerContext, ClaimedJob, Heartbeat], None]
-Abandon = Callable[[WorkerContext, ClaimedJob, str, str], None]
+Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
+Abandon = Callable[[Services, ClaimedJob, str, str], None]
 
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,

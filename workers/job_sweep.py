@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import logging
 
-from models.jobs import LostJob, lost_jobs, requeue_job, undispatched_jobs
+from imagesvc.bootstrap import Services
+from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
 from models.states import JobAction
-from workers.context import WorkerContext
-from workers.jobs import fail_batch, fail_capture
+from workers.job_runner import fail_batch, fail_capture
 
 log = logging.getLogger(__name__)
 
 
-def sweep_jobs(context: WorkerContext) -> None:
+def sweep_jobs(context: Services) -> None:
     """One pass; safe to run concurrently with workers and with itself."""
-    redispatch_unclaimed(context)
+    resend_unclaimed(context)
     rescue_lost(context)
 
 
-def redispatch_unclaimed(context: WorkerContext) -> list[str]:
+def resend_unclaimed(context: Services) -> list[str]:
     with context.database.transaction() as session:
-        job_ids = undispatched_jobs(session, context.settings.dispatch_grace)
+        job_ids = take_jobs_to_resend(session, context.settings.dispatch_grace)
     for job_id in job_ids:
-        context.dispatcher.dispatch(job_id)
+        context.job_queue.send(job_id)
     if job_ids:
         log.info("re-dispatched %d unclaimed job(s): %s", len(job_ids), ", ".join(job_ids))
     return job_ids
 
 
-def rescue_lost(context: WorkerContext) -> list[str]:
+def rescue_lost(context: Services) -> list[str]:
     """Requeue working jobs whose heartbeat stopped; fail them after too many runs."""
     with context.database.reading() as session:
         lost = lost_jobs(session, context.settings.heartbeat_timeout)
@@ -41,12 +41,12 @@ def rescue_lost(context: WorkerContext) -> list[str]:
             requeued = requeue_job(session, job.job_id, job.attempt)
         if requeued:
             log.warning("job %s lost its worker on attempt %d; requeued", job.job_id, job.attempt)
-            context.dispatcher.dispatch(job.job_id)
+            context.job_queue.send(job.job_id)
             rescued.append(job.job_id)
     return rescued
 
 
-def _give_up(context: WorkerContext, job: LostJob) -> None:
+def _give_up(context: Services, job: LostJob) -> None:
     message = f"the job's worker was lost {job.attempt} times; giving up"
     if job.action is JobAction.CAPTURE_INSTANCE:
         image_id = job.resource_ids[0]

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from imagesvc.bootstrap import Services
 from models.client_requests import forget_expired
-from models.lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
+from models.image_lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
 from models.tables import Image
-from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class SweepReport:
     orphans: int
 
 
-def sweep_images(context: WorkerContext) -> SweepReport:
+def sweep_images(context: Services) -> SweepReport:
     """One pass; safe to run concurrently and again after a crash at any point.
 
     Rows move first and files go after, so a crash leaves at worst a ceased
@@ -46,7 +46,7 @@ def sweep_images(context: WorkerContext) -> SweepReport:
     return report
 
 
-def remove_orphans(context: WorkerContext) -> list[str]:
+def remove_orphans(context: Services) -> list[str]:
     """Remove store files no image row names, and stale partial copies, once past the grace.
 
     A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched: a copy
@@ -76,7 +76,7 @@ def _remove_if_older(path: Path, cutoff: float) -> bool:
     return True
 
 
-def _free_files(context: WorkerContext) -> int:
+def _free_files(context: Services) -> int:
     with context.database.reading() as session:
         held = files_of_ceased(session)
     for item in held:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api.keys import DISPATCHER, IN_FLIGHT, SETTINGS
+from api.keys import IN_FLIGHT, JOB_QUEUE, SETTINGS
 from models.states import JobStatus
 from models.tables import Job
 
@@ -24,21 +24,21 @@ log = logging.getLogger(__name__)
 FAULT_EXIT_CODE = 70
 
 
-def dispatch(request: web.Request, job: Job) -> None:
+def send_after_commit(request: web.Request, job: Job) -> None:
     """Send a pending job to the workers in the background."""
     if job.status != JobStatus.PENDING.value:
         return
     if request.app[SETTINGS].fault_after_commit:
         log.critical("fault injection: exiting between commit and dispatch of %s", job.job_id)
         os._exit(FAULT_EXIT_CODE)
-    sender = request.app[DISPATCHER]
-    task = asyncio.create_task(asyncio.to_thread(sender.dispatch, job.job_id))
+    sender = request.app[JOB_QUEUE]
+    task = asyncio.create_task(asyncio.to_thread(sender.send, job.job_id))
     in_flight = request.app[IN_FLIGHT]
     in_flight.add(task)
     task.add_done_callback(in_flight.discard)
 
 
-async def drain_dispatches(app: web.Application) -> AsyncIterator[None]:
+async def drain_sends(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: wait for sends in flight when the app stops."""
     app[IN_FLIGHT] = set()
     yield
