@@ -59,12 +59,12 @@ def move_job(
     With ``attempt``, only that run of the job may move it: a worker that was
     given up for lost and comes back cannot settle a job another run now owns.
     """
-    move = JOB_MOVES[target]
+    sources = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
-    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in move.sources])]
+    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in sources])]
     if attempt is not None:
         conditions.append(Job.attempts == attempt)
     stmt = (
@@ -110,6 +110,25 @@ def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
             Job.attempts == attempt,
         )
         .values(heartbeat_at=utcnow(), progress=max(0, min(99, progress)))
+    )
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def hold_job(session: Session, job_id: str, attempt: int) -> bool:
+    """Take the job's row for this run until the transaction ends; False if not its own.
+
+    The fenced update locks the row, so the sweep cannot requeue or fail the
+    job between this check and the run's commit.
+    """
+    stmt = (
+        update(Job)
+        .where(
+            Job.job_id == job_id,
+            Job.status == JobStatus.WORKING.value,
+            Job.attempts == attempt,
+        )
+        .values(heartbeat_at=utcnow())
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return result.rowcount == 1

@@ -20,7 +20,8 @@ from sqlalchemy.exc import DBAPIError
 
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
-from models.jobs import claim_job, fail_job, move_job
+from models.job_failures import FailedRun, fail_and_give_back
+from models.jobs import claim_job, hold_job, move_job
 from models.states import ImageAction, JobAction, JobStatus
 from models.transitions import move_images
 from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
@@ -66,7 +67,7 @@ def execute_job(context: Services, job_id: str) -> None:
         raise
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
-        _ABANDON[job.action](context, job, "InternalError", "internal error; see the worker log")
+        abandon(context, job, "InternalError", "internal error; see the worker log")
 
 
 def _claim(context: Services, job_id: str) -> ClaimedJob | None:
@@ -89,7 +90,7 @@ def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> Non
     try:
         stored = _copy_instance_disk(context, job, heartbeat, image_id, instance_id)
     except JobFailure as failure:
-        abandon_capture(context, job, failure.code, failure.message)
+        abandon(context, job, failure.code, failure.message)
         return
     _finish_capture(context, job, image_id, stored)
 
@@ -157,21 +158,6 @@ def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: S
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
-def abandon_capture(context: Services, job: ClaimedJob, code: str, message: str) -> None:
-    """Fail the job and cease the image it was creating, if this run still owns the job."""
-    fail_capture(context, job.job_id, job.resource_ids[0], job.attempt, code, message)
-
-
-def fail_capture(
-    context: Services, job_id: str, image_id: str, attempt: int, code: str, message: str
-) -> bool:
-    with context.database.transaction() as session:
-        if not fail_job(session, job_id, code, message, attempt=attempt):
-            return False
-        move_images(session, [image_id], ImageAction.FAIL_CAPTURE)
-    return True
-
-
 def run_delete(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish deleting; the files stay until the image is ceased."""
     _finish_batch(context, job, ImageAction.FINISH_DELETE)
@@ -183,61 +169,42 @@ def run_recover(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> Non
 
 
 def _finish_batch(
-    context: Services, job: ClaimedJob, action: ImageAction, **values: object
+    services: Services, job: ClaimedJob, action: ImageAction, **values: object
 ) -> None:
-    with context.database.transaction() as session:
-        moved = move_images(session, job.resource_ids, action, **values)
-        if moved == len(job.resource_ids):
-            move_job(session, job.job_id, JobStatus.SUCCESSFUL, attempt=job.attempt, progress=100)
+    """Settle a delete or recover: the job first, fenced by the run, then its images.
+
+    A run given up for lost that wakes up finds the job no longer its own and
+    changes nothing; its successor settles the job and the images.
+    """
+    with services.database.transaction() as session:
+        if not hold_job(session, job.job_id, job.attempt):
+            log.warning("job %s attempt %d was superseded", job.job_id, job.attempt)
             return
-        move_job(
-            session,
-            job.job_id,
-            JobStatus.DONE_WITH_FAILURE,
-            attempt=job.attempt,
-            progress=100,
-            error_code="ImagesChanged",
-            error_message=f"{len(job.resource_ids) - moved} image(s) changed meanwhile",
-        )
+        moved = move_images(session, job.resource_ids, action, **values)
+        missed = len(job.resource_ids) - moved
+        outcome = JobStatus.SUCCESSFUL if missed == 0 else JobStatus.DONE_WITH_FAILURE
+        errors = {} if missed == 0 else _images_changed(missed)
+        move_job(session, job.job_id, outcome, attempt=job.attempt, progress=100, **errors)
 
 
-CANCEL_BATCH = {
-    JobAction.DELETE_IMAGES: ImageAction.CANCEL_DELETE,
-    JobAction.RECOVER_IMAGES: ImageAction.CANCEL_RECOVER,
-}
+def _images_changed(missed: int) -> dict[str, object]:
+    return {
+        "error_code": "ImagesChanged",
+        "error_message": f"{missed} image(s) changed meanwhile",
+    }
 
 
-def abandon_batch(context: Services, job: ClaimedJob, code: str, message: str) -> None:
-    fail_batch(context, job.job_id, job.action, job.resource_ids, job.attempt, code, message)
-
-
-def fail_batch(
-    context: Services,
-    job_id: str,
-    action: JobAction,
-    image_ids: list[str],
-    attempt: int,
-    code: str,
-    message: str,
-) -> bool:
-    """Fail the job and give its images back as they were before it started."""
-    with context.database.transaction() as session:
-        if not fail_job(session, job_id, code, message, attempt=attempt):
-            return False
-        move_images(session, image_ids, CANCEL_BATCH[action])
-    return True
+def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> None:
+    """Fail the job and give its images back, if this run still owns the job."""
+    failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, code, message)
+    with services.database.transaction() as session:
+        fail_and_give_back(session, failed)
 
 
 Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
-Abandon = Callable[[Services, ClaimedJob, str, str], None]
 
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
     JobAction.DELETE_IMAGES: run_delete,
     JobAction.RECOVER_IMAGES: run_recover,
-}
-_ABANDON: dict[JobAction, Abandon] = {
-    JobAction.CAPTURE_INSTANCE: abandon_capture,
-    JobAction.DELETE_IMAGES: abandon_batch,
-    JobAction.RECOVER_IMAGES: abandon_batch,
 }

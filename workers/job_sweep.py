@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 from imagesvc.bootstrap import Services
+from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
-from models.states import JobAction
-from workers.job_runner import fail_batch, fail_capture
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,10 @@ def rescue_lost(context: Services) -> list[str]:
     return rescued
 
 
-def _give_up(context: Services, job: LostJob) -> None:
+def _give_up(services: Services, job: LostJob) -> None:
     message = f"the job's worker was lost {job.attempt} times; giving up"
-    if job.action is JobAction.CAPTURE_INSTANCE:
-        image_id = job.resource_ids[0]
-        fail_capture(context, job.job_id, image_id, job.attempt, "WorkerLost", message)
-    else:
-        fail_batch(
-            context, job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message
-        )
-    log.error("job %s failed: %s", job.job_id, message)
+    failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message)
+    with services.database.transaction() as session:
+        gave_up = fail_and_give_back(session, failed)
+    if gave_up:
+        log.error("job %s failed: %s", job.job_id, message)
