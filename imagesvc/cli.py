@@ -271,9 +271,7 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
         default_user=args.default_user,
     )
     with services_for(settings) as services:
-        image_id = import_system_image(
-            services.database, settings.image_dir, args.disk.resolve(), spec
-        )
+        image_id = import_system_image(services, args.disk.resolve(), spec)
     _print({"image_id": image_id}, args.json)
     return 0
 

@@ -39,6 +39,16 @@ class InstanceInfo:
     default_user: str
     recommended_type: str
 
+    def attributes(self) -> dict[str, str]:
+        """What an image captured from this instance inherits."""
+        return {
+            "processor_type": self.processor_type,
+            "platform": self.platform,
+            "os_family": self.os_family,
+            "default_user": self.default_user,
+            "recommended_type": self.recommended_type,
+        }
+
 
 class InstanceInventory(Protocol):
     """What the image service needs to know about instances."""

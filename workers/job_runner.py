@@ -24,7 +24,14 @@ from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import claim_job, hold_job, move_job
 from models.states import ImageAction, JobAction, JobStatus
 from models.transitions import move_images
-from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
+from workers.disk import (
+    DiskError,
+    DiskFormat,
+    StoredDisk,
+    detect_format,
+    partial_dir,
+    store_disk,
+)
 from workers.heartbeat import Heartbeat, Superseded
 
 log = logging.getLogger(__name__)
@@ -85,14 +92,39 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
 
 
 def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    image_id, instance_id = job.resource_ids
+    """Copy the source disk into the store and make the image available (capture or import)."""
+    image_id = job.resource_ids[0]
     _remove_earlier_runs(context, job, image_id)
     try:
-        stored = _copy_instance_disk(context, job, heartbeat, image_id, instance_id)
+        stored = _copy_instance_disk(context, job, heartbeat, image_id)
     except JobFailure as failure:
         abandon(context, job, failure.code, failure.message)
         return
     _finish_capture(context, job, image_id, stored)
+
+
+@dataclass(frozen=True)
+class SourceDisk:
+    """The disk a capture or an import copies, and how to name it in errors."""
+
+    path: Path
+    disk_format: DiskFormat
+    label: str
+
+
+def _source_disk(context: Services, job: ClaimedJob) -> SourceDisk:
+    """A capture reads its instance's disk; an import, the file the operator named."""
+    source = job.resource_ids[1]
+    if job.action is JobAction.IMPORT_IMAGE:
+        try:
+            return SourceDisk(Path(source), detect_format(Path(source)), f"disk {source}")
+        except DiskError as exc:
+            raise JobFailure(exc.code, f"import of disk {source} failed: {exc}") from exc
+    instance = context.inventory.find(job.zone, source)
+    if instance is None:
+        raise JobFailure("InstanceNotFound", f"instance {source} no longer exists")
+    disk_format = DiskFormat(instance.disk_format)
+    return SourceDisk(Path(instance.disk_path), disk_format, f"instance {source}")
 
 
 def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> None:
@@ -105,26 +137,20 @@ def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> N
 
 
 def _copy_instance_disk(
-    context: Services,
-    job: ClaimedJob,
-    heartbeat: Heartbeat,
-    image_id: str,
-    instance_id: str,
+    context: Services, job: ClaimedJob, heartbeat: Heartbeat, image_id: str
 ) -> StoredDisk:
-    instance = context.inventory.find(job.zone, instance_id)
-    if instance is None:
-        raise JobFailure("InstanceNotFound", f"instance {instance_id} no longer exists")
-    disk_format = DiskFormat(instance.disk_format)
+    source = _source_disk(context, job)
+    disk_format = source.disk_format
     try:
         return store_disk(
-            Path(instance.disk_path),
+            source.path,
             disk_format,
             capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
             on_progress=heartbeat.progress,
         )
     except DiskError as exc:
-        raise JobFailure(exc.code, f"capture of instance {instance_id} failed: {exc}") from exc
+        raise JobFailure(exc.code, f"capture of {source.label} failed: {exc}") from exc
 
 
 class _CaptureOvertaken(Exception):
@@ -205,6 +231,7 @@ Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
 
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
+    JobAction.IMPORT_IMAGE: run_capture,
     JobAction.DELETE_IMAGES: run_delete,
     JobAction.RECOVER_IMAGES: run_recover,
 }
