@@ -102,17 +102,7 @@ def fail_job(
 
 def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
     """Record that this run of the job is alive; False if the job is no longer its own."""
-    stmt = (
-        update(Job)
-        .where(
-            Job.job_id == job_id,
-            Job.status == JobStatus.WORKING.value,
-            Job.attempts == attempt,
-        )
-        .values(heartbeat_at=utcnow(), progress=max(0, min(99, progress)))
-    )
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
-    return result.rowcount == 1
+    return _touch_own_run(session, job_id, attempt, progress=max(0, min(99, progress)))
 
 
 def hold_job(session: Session, job_id: str, attempt: int) -> bool:
@@ -121,6 +111,11 @@ def hold_job(session: Session, job_id: str, attempt: int) -> bool:
     The fenced update locks the row, so the sweep cannot requeue or fail the
     job between this check and the run's commit.
     """
+    return _touch_own_run(session, job_id, attempt)
+
+
+def _touch_own_run(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
+    """Stamp the heartbeat if the job is working on ``attempt``; False if it is not."""
     stmt = (
         update(Job)
         .where(
@@ -128,7 +123,7 @@ def hold_job(session: Session, job_id: str, attempt: int) -> bool:
             Job.status == JobStatus.WORKING.value,
             Job.attempts == attempt,
         )
-        .values(heartbeat_at=utcnow())
+        .values(heartbeat_at=utcnow(), **values)
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return result.rowcount == 1

@@ -17,14 +17,14 @@ def sweep_jobs(context: Services) -> None:
     rescue_lost(context)
 
 
-def resend_unclaimed(context: Services) -> list[str]:
+def resend_unclaimed(context: Services) -> None:
+    """Send again the pending jobs nobody claimed within the dispatch grace."""
     with context.database.transaction() as session:
         job_ids = take_jobs_to_resend(session, context.settings.dispatch_grace)
     for job_id in job_ids:
         context.job_queue.send(job_id)
     if job_ids:
-        log.info("re-dispatched %d unclaimed job(s): %s", len(job_ids), ", ".join(job_ids))
-    return job_ids
+        log.info("sent %d unclaimed job(s) again: %s", len(job_ids), ", ".join(job_ids))
 
 
 def rescue_lost(context: Services) -> list[str]:
