@@ -1,4 +1,4 @@
-"""The image routes of the seed document."""
+"""The image routes: capture, delete, recover, modify and list images."""
 
 from __future__ import annotations
 

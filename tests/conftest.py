@@ -119,7 +119,7 @@ class Tenant:
             return Reply(response.status, body)
 
     async def curl(self, method: str, path: str, body: str) -> Reply:
-        """As the seed document's curl does: a JSON text sent as a form."""
+        """As the API document's curl examples do: a JSON text sent as a form."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         return await self.call(method, path, data=body.encode(), headers=headers)
 
