@@ -70,16 +70,17 @@ class SqlInventory:
         stmt = owned_instances(caller).where(Instance.instance_id == instance_id)
         with self._database.reading() as session:
             row = session.scalars(stmt).one_or_none()
-            return _info(row) if row else None
+            return instance_info(row) if row else None
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
         stmt = select(Instance).where(Instance.zone == zone, Instance.instance_id == instance_id)
         with self._database.reading() as session:
             row = session.scalars(stmt).one_or_none()
-            return _info(row) if row else None
+            return instance_info(row) if row else None
 
 
-def _info(row: Instance) -> InstanceInfo:
+def instance_info(row: Instance) -> InstanceInfo:
+    """What the inventory tells of an instance row."""
     return InstanceInfo(
         instance_id=row.instance_id,
         zone=row.zone,
