@@ -225,7 +225,7 @@ class JobError(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     code: str
-    """A short name of the failure, e.g. `DiskUnreadable`, `WorkerLost`, `ImagesChanged`."""
+    """A short name of the failure, e.g. `DiskNotFound`, `WorkerLost`, `ImagesChanged`."""
     message: str
     """What went wrong, naming the resource."""
 

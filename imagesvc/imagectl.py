@@ -316,7 +316,8 @@ def _report_job(args: argparse.Namespace, client: Client, job: Job) -> int:
 def _keep_image_id(later: Job, started: Job) -> Job:
     """A polled capture job, with the ``image_id`` only the capture's reply carries."""
     if isinstance(started, Capture) and not isinstance(later, Capture):
-        return Capture.model_validate({**later.model_dump(), "image_id": started.image_id})
+        sent = later.model_dump(exclude_unset=True)
+        return Capture.model_validate({**sent, "image_id": started.image_id})
     return later
 
 
@@ -345,7 +346,8 @@ def _state(job: Job) -> str:
 
 
 def _plain(result: Job | Image) -> dict[str, Any]:
-    plain: dict[str, Any] = result.model_dump(mode="json")
+    """The fields the server sent (and no others), as JSON values."""
+    plain: dict[str, Any] = result.model_dump(mode="json", exclude_unset=True)
     return plain
 
 
