@@ -102,6 +102,9 @@ def documented(
 
 
 def route_doc(handler: Callable[..., Any]) -> RouteDoc | None:
+    """What :func:`documented` recorded for ``handler``, looking through wrappers."""
+    while handler not in _DOCS and hasattr(handler, "__wrapped__"):
+        handler = handler.__wrapped__
     return _DOCS.get(handler)
 
 

@@ -300,13 +300,9 @@ def _report_job(args: argparse.Namespace, client: Client, job: Job) -> int:
     if getattr(args, "wait", False):
         try:
             done = _wait_with_progress(client, job, args.timeout)
-        except JobFailed as failed:
-            _print_job(args, _keep_image_id(failed.job, job))
-            print(f"imagectl: {failed}", file=sys.stderr)
-            return JOB_FAILED
-        except WaitTimeout as timed_out:
-            _print_job(args, _keep_image_id(timed_out.job, job))
-            print(f"imagectl: {timed_out}", file=sys.stderr)
+        except (JobFailed, WaitTimeout) as ended:
+            _print_job(args, _keep_image_id(ended.job, job))
+            print(f"imagectl: {ended}", file=sys.stderr)
             return JOB_FAILED
         job = _keep_image_id(done, job)
     _print_job(args, job)
