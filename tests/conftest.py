@@ -252,17 +252,23 @@ def disk_factory(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def api_url(service_settings: Settings, worker: ServiceProcess) -> Iterator[str]:
     """``imagesvc api`` on a real port, for clients that are separate programs."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = ServiceProcess(service_settings, "api", "--host", "127.0.0.1", "--port", str(port))
-    url = f"http://127.0.0.1:{port}"
-    wait_until_listening(process, url)
+    process, url = serve_api(service_settings)
     yield url
     process.stop()
 
 
-def wait_until_listening(process: ServiceProcess, url: str, timeout: float = 30.0) -> None:
+def serve_api(settings: Settings) -> tuple[ServiceProcess, str]:
+    """Start ``imagesvc api`` on a free loopback port; the process and its URL, once it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = ServiceProcess(settings, "api", "--host", "127.0.0.1", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    _wait_until_listening(process, url)
+    return process, url
+
+
+def _wait_until_listening(process: ServiceProcess, url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.process.poll() is None, f"the API exited:\n{process.log()}"

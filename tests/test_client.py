@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,12 +11,21 @@ import pytest
 
 from imagesvc.bootstrap import Services
 from imagesvc.client import ApiError, Capture, Client, Image, Job, JobFailed, WaitTimeout
+from imagesvc.settings import Settings
 from models.images import CaptureRequest, capture_instance, delete_images
 from models.instances import SqlInventory
 from models.scoping import Caller
 from models.states import ImageAction
 from models.transitions import move_images
-from tests.conftest import UNLIMITED, Account, MiB, make_raw_disk, register_instance
+from tests.conftest import (
+    UNLIMITED,
+    Account,
+    MiB,
+    make_raw_disk,
+    register_instance,
+    serve_api,
+)
+from tests.support import ServiceProcess
 
 
 @pytest.fixture
@@ -163,3 +173,23 @@ def test_wait_gives_up_after_its_timeout(
     with pytest.raises(WaitTimeout) as timed_out:
         api.wait(capture.job.job_id, timeout=0.3)
     assert timed_out.value.job.status == "pending"
+
+
+@pytest.fixture(scope="module")
+def short_token_api_url(service_settings: Settings, worker: ServiceProcess) -> Iterator[str]:
+    """A second ``imagesvc api`` whose tokens last two seconds."""
+    process, url = serve_api(service_settings.model_copy(update={"token_ttl": 2}))
+    yield url
+    process.stop()
+
+
+def test_a_token_is_renewed_before_it_expires(short_token_api_url: str, account: Account) -> None:
+    statuses: list[int] = []
+    with Client(short_token_api_url, account.api_key, account.secret) as api:
+        api._http.event_hooks["response"].append(lambda reply: statuses.append(reply.status_code))
+        list(api.jobs())
+        first = api._token
+        time.sleep(1.2)  # past half of the two-second lifetime, before its end
+        list(api.jobs())
+        assert api._token != first, "the token was not renewed"
+    assert 401 not in statuses, statuses
