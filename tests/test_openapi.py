@@ -14,8 +14,17 @@ from openapi_spec_validator import validate
 
 from api.app import create_app
 from api.auth import PUBLIC_PATHS
-from api.openapi import documented_routes, openapi_document
+from api.openapi import ERRORS, documented_routes, openapi_document
+from api.schemas import (
+    CaptureOut,
+    ImageOut,
+    JobOut,
+    ListImagesParams,
+    ListJobsParams,
+    ModifyParams,
+)
 from imagesvc.settings import Settings
+from models.states import ImageStatus, JobAction, JobStatus, TransitionStatus
 from tests.conftest import Tenant
 
 Client = TestClient[Any, Any]
@@ -120,3 +129,19 @@ async def test_known_paths_still_need_a_token(client: Client) -> None:
     response = await client.get("/v2/zone/ac1/images")
     assert response.status == 401
     assert (await response.json())["ret_code"] == 1200
+
+
+def test_the_reference_in_docs_covers_every_route_field_status_and_error(tmp_path: Path) -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    app = create_app(Settings(data_dir=tmp_path))
+    for method, path, doc in documented_routes(app):
+        if doc is not None:
+            assert path in reference, f"docs/api.md does not mention {method} {path}"
+    for model in (ImageOut, JobOut, CaptureOut, ListImagesParams, ListJobsParams, ModifyParams):
+        for name in model.model_fields:
+            assert f"`{name}`" in reference, f"docs/api.md does not describe {name}"
+    for enum in (ImageStatus, TransitionStatus, JobStatus, JobAction):
+        for member in enum:
+            assert f"`{member.value}`" in reference, f"docs/api.md lacks {member.value!r}"
+    for error in ERRORS.values():
+        assert f"| {error.http_status} | {error.ret_code} |" in reference, error
