@@ -78,9 +78,11 @@ def execute_job(context: Services, job_id: str) -> None:
 
 
 def _claim(context: Services, job_id: str) -> ClaimedJob | None:
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    """Take the job if it is pending and runs on this worker's compute host (or on any)."""
+    host = context.settings.compute_host
+    worker = f"{host}/{socket.gethostname()}:{os.getpid()}"
     with context.database.transaction() as session:
-        job = claim_job(session, job_id, worker)
+        job = claim_job(session, job_id, worker, host)
         if job is None:
             return None
         return ClaimedJob(job_id, JobAction(job.action), job.zone, job.resource_ids, job.attempts)
