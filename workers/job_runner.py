@@ -59,7 +59,8 @@ def execute_job(context: Services, job_id: str) -> None:
     """Run one job if it is still pending; a no-op for any other status."""
     job = _claim(context, job_id)
     if job is None:
-        log.info("job %s is not pending; nothing to do", job_id)
+        host = context.settings.compute_host
+        log.info("job %s is not pending for host %s; nothing to do", job_id, host)
         return
     interval = context.settings.heartbeat_interval
     try:
