@@ -11,12 +11,16 @@ On SQLite, which runs one writer at a time anyway, every sweep runs.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from models.db import Database
+
+log = logging.getLogger(__name__)
 
 
 def lock_key(sweep: str) -> int:
@@ -39,5 +43,15 @@ def sweep_lock(database: Database, sweep: str) -> Iterator[bool]:
             yield taken
         finally:
             if taken:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
-                connection.commit()
+                _unlock(connection, key)
+
+
+def _unlock(connection: Connection, key: dict[str, int]) -> None:
+    try:
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+        connection.commit()
+    except DBAPIError:
+        # The server or the connection went away: close it rather than pool it, so that
+        # the lock, if the server still holds it, goes with the session.
+        log.warning("sweep lock %s not released; closing its connection", key["key"])
+        connection.invalidate()

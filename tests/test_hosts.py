@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def _insert_earlier_release_rows(url: str) -> None:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
     try:
         with scratch_deployment(tmp_path) as env:
             yield env
