@@ -12,7 +12,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.instances import HOST_PATTERN
 from models.quotas import Quota
+from models.tables import LOCAL_HOST
 
 EMBEDDED_BROKER_SCHEME = "embedded"
 
@@ -54,6 +56,11 @@ class Settings(BaseSettings):
     quota_images: int = Field(default=100, ge=0, description="Non-ceased images per account")
     quota_gb: int = Field(default=2000, ge=0, description="GB of non-ceased images per account")
     broker_polling_interval: float = Field(default=0.2, gt=0)
+    compute_host: str = Field(
+        default=LOCAL_HOST,
+        pattern=f"^{HOST_PATTERN}$",
+        description="A worker's compute host: it runs the captures of that host's instances",
+    )
 
     @field_validator("zones", mode="before")
     @classmethod

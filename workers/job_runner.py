@@ -59,7 +59,8 @@ def execute_job(context: Services, job_id: str) -> None:
     """Run one job if it is still pending; a no-op for any other status."""
     job = _claim(context, job_id)
     if job is None:
-        log.info("job %s is not pending; nothing to do", job_id)
+        host = context.settings.compute_host
+        log.info("job %s is not pending for host %s; nothing to do", job_id, host)
         return
     interval = context.settings.heartbeat_interval
     try:
@@ -78,9 +79,11 @@ def execute_job(context: Services, job_id: str) -> None:
 
 
 def _claim(context: Services, job_id: str) -> ClaimedJob | None:
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    """Take the job if it is pending and runs on this worker's compute host (or on any)."""
+    host = context.settings.compute_host
+    worker = f"{host}/{socket.gethostname()}:{os.getpid()}"
     with context.database.transaction() as session:
-        job = claim_job(session, job_id, worker)
+        job = claim_job(session, job_id, worker, host)
         if job is None:
             return None
         return ClaimedJob(job_id, JobAction(job.action), job.zone, job.resource_ids, job.attempts)
