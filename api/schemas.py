@@ -7,10 +7,12 @@ so an OpenAPI document can be generated from them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from sqlalchemy import Row
 
 from models.states import (
     ImageStatus,
@@ -195,7 +197,7 @@ class ImagesPage(BaseModel):
     total_count: int
 
     @classmethod
-    def from_rows(cls, rows: list[Image], total: int) -> ImagesPage:
+    def from_rows(cls, rows: Sequence[Image | Row[Any]], total: int) -> ImagesPage:
         return cls(images=[ImageOut.model_validate(row) for row in rows], total_count=total)
 
 

@@ -10,8 +10,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, true, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,7 @@ from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, Stat
 from models.instances import InstanceInfo, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
-from models.scoping import Caller, visible_images
+from models.scoping import Caller, visible_image_ranges, visible_images
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -269,34 +270,91 @@ def list_images(
     search_word: str | None = None,
     offset: int = 0,
     limit: int = 10,
-) -> tuple[list[Image], int]:
-    """Public images and the caller's own, newest first; and the filtered total."""
-    stmt = visible_images(caller)
+) -> tuple[list[Row[Any]], int]:
+    """Public images and the caller's own, newest first; and the filtered total.
+
+    Rows, not ORM objects: a page is read-only. Both the page and the exact
+    total are answered per visibility range (scoping.visible_image_ranges),
+    each from its own index, so their cost follows the caller's rows and the
+    public rows, not the table's size.
+    """
+    wanted = _listing_filters(
+        images, processor_type, os_family, visibility, provider, status, search_word
+    )
+    ranges = [visible & wanted for visible in visible_image_ranges(caller)]
+    total = int(session.scalar(_total_of(ranges)) or 0)
+    return list(session.execute(_page_of(ranges, offset, limit))), total
+
+
+def _listing_filters(
+    images: Sequence[str],
+    processor_type: ProcessorType | None,
+    os_family: str | None,
+    visibility: Visibility | None,
+    provider: Provider | None,
+    status: Sequence[ImageStatus],
+    search_word: str | None,
+) -> ColumnElement[bool]:
+    """The list filters as one condition; ceased images only when asked for."""
+    conditions: list[ColumnElement[bool]] = []
     if images:
-        stmt = stmt.where(Image.image_id.in_(images))
+        conditions.append(Image.image_id.in_(images))
     if processor_type:
-        stmt = stmt.where(Image.processor_type == processor_type.value)
+        conditions.append(Image.processor_type == processor_type.value)
     if os_family:
-        stmt = stmt.where(func.lower(Image.os_family) == os_family.lower())
+        conditions.append(func.lower(Image.os_family) == os_family.lower())
     if visibility:
-        stmt = stmt.where(Image.visibility == visibility.value)
+        conditions.append(Image.visibility == visibility.value)
     if provider:
-        stmt = stmt.where(Image.provider == provider.value)
+        conditions.append(Image.provider == provider.value)
     if status:
-        stmt = stmt.where(Image.status.in_([s.value for s in status]))
+        conditions.append(Image.status.in_([s.value for s in status]))
     elif not images:
-        stmt = stmt.where(Image.status.not_in([s.value for s in DEFAULT_HIDDEN]))
+        conditions.append(Image.status.not_in([s.value for s in DEFAULT_HIDDEN]))
     if search_word:
-        word = search_word.lower()
-        stmt = stmt.where(
-            or_(
-                func.lower(Image.image_id).contains(word, autoescape=True),
-                func.lower(Image.image_name).contains(word, autoescape=True),
-            )
-        )
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    page = stmt.order_by(Image.create_time.desc(), Image.image_id.desc())
-    return list(session.scalars(page.offset(offset).limit(limit))), total
+        conditions.append(_containing(search_word.lower()))
+    return and_(true(), *conditions)
+
+
+def _containing(word: str) -> ColumnElement[bool]:
+    """Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL)."""
+    return or_(
+        func.lower(Image.image_id).contains(word, autoescape=True),
+        func.lower(Image.image_name).contains(word, autoescape=True),
+    )
+
+
+def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """The sum of each range's count: the ranges are disjoint, so the sum is exact."""
+    counts = [select(func.count()).where(where).scalar_subquery() for where in ranges]
+    return select(sum(counts[1:], counts[0]))
+
+
+def _page_of(ranges: Sequence[ColumnElement[bool]], offset: int, limit: int) -> Select[Any]:
+    """Newest first: the first ``offset + limit`` keys of each range, merged, then
+    the ``limit`` rows after ``offset`` read in full by primary key."""
+    newest_first = (Image.create_time.desc(), Image.image_id.desc())
+    heads = [
+        select(Image.image_id, Image.create_time)
+        .where(where)
+        .order_by(*newest_first)
+        .limit(offset + limit)
+        .subquery()
+        for where in ranges
+    ]
+    keys = union_all(*(select(head.c.image_id, head.c.create_time) for head in heads)).subquery()
+    page = (
+        select(keys.c.image_id)
+        .order_by(keys.c.create_time.desc(), keys.c.image_id.desc())
+        .offset(offset)
+        .limit(limit)
+        .subquery()
+    )
+    return (
+        select(*Image.__table__.columns)
+        .join(page, page.c.image_id == Image.image_id)
+        .order_by(*newest_first)
+    )
 
 
 def size_in_gb(virtual_size: int) -> int:

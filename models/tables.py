@@ -29,6 +29,18 @@ NAMING = {
 }
 
 
+PUBLIC_ONLY = "visibility = 'public'"
+# Columns a listing filters public images by, carried in their index.
+PUBLIC_LISTING_COLUMNS = (
+    "owner",
+    "status",
+    "provider",
+    "processor_type",
+    "os_family",
+    "image_name",
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -107,6 +119,27 @@ class Image(Base):
     __table_args__ = (
         Index("ix_images_zone_create_time", "zone", "create_time", "image_id"),
         Index("ix_images_status_status_time", "status", "status_time"),
+        # A caller's listing reads two ranges: their own images and the public
+        # ones (models.scoping); PostgreSQL answers counts from the index alone.
+        Index(
+            "ix_images_zone_owner_create_time",
+            "zone",
+            "owner",
+            "create_time",
+            "image_id",
+            postgresql_include=["status"],
+        ),
+        Index(
+            "ix_images_public_zone_create_time",
+            "zone",
+            "create_time",
+            "image_id",
+            postgresql_include=list(PUBLIC_LISTING_COLUMNS),
+            postgresql_where=text(PUBLIC_ONLY),
+            sqlite_where=text(PUBLIC_ONLY),
+        ),
+        # PostgreSQL also has pg_trgm GIN indexes on lower(image_id) and
+        # lower(image_name) of public images, for search_word (migration 0007).
         # One capture of an instance at a time: the database refuses the second.
         Index(
             "uq_images_capturing_instance",
@@ -149,6 +182,14 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_owner_create_time", "owner", "create_time", "job_id"),
+        Index(
+            "ix_jobs_zone_owner_create_time",
+            "zone",
+            "owner",
+            "create_time",
+            "job_id",
+            postgresql_include=["status", "action"],
+        ),
         Index("ix_jobs_status_send_requested_at", "status", "send_requested_at"),
         Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
     )
