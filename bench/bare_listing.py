@@ -106,7 +106,7 @@ def _image_out(row: asyncpg.Record) -> dict[str, Any]:
 async def list_images(request: web.Request) -> web.Response:
     owner = request.app[OWNER]
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
-    async with request.app[POOL].acquire() as connection, connection.transaction():
+    async with request.app[POOL].acquire() as connection:
         total = await connection.fetchval(count, *args[:-3])
         rows = await connection.fetch(page, *args)
     body = {"images": [_image_out(row) for row in rows], "total_count": total}
@@ -138,7 +138,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY create_time DESC, job_id DESC "
         f"LIMIT {query.arg(limit)} OFFSET {query.arg(offset)}"
     )
-    async with request.app[POOL].acquire() as connection, connection.transaction():
+    async with request.app[POOL].acquire() as connection:
         total = await connection.fetchval(count, *query.args[:-2])
         rows = await connection.fetch(page, *query.args)
     body = {"jobs": [_job_out(row) for row in rows], "total_count": total}

@@ -257,6 +257,14 @@ def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
         raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """The two statements of one listing: its exact total and its page."""
+
+    total: Select[Any]
+    page: Select[Any]
+
+
 def list_images(
     session: Session,
     caller: Caller,
@@ -273,17 +281,48 @@ def list_images(
 ) -> tuple[list[Row[Any]], int]:
     """Public images and the caller's own, newest first; and the filtered total.
 
-    Rows, not ORM objects: a page is read-only. Both the page and the exact
-    total are answered per visibility range (scoping.visible_image_ranges),
-    each from its own index, so their cost follows the caller's rows and the
-    public rows, not the table's size.
+    Rows, not ORM objects: a page is read-only.
+    """
+    listing = image_listing(
+        caller,
+        images=images,
+        processor_type=processor_type,
+        os_family=os_family,
+        visibility=visibility,
+        provider=provider,
+        status=status,
+        search_word=search_word,
+        offset=offset,
+        limit=limit,
+    )
+    total = int(session.scalar(listing.total) or 0)
+    return list(session.execute(listing.page)), total
+
+
+def image_listing(
+    caller: Caller,
+    *,
+    images: Sequence[str] = (),
+    processor_type: ProcessorType | None = None,
+    os_family: str | None = None,
+    visibility: Visibility | None = None,
+    provider: Provider | None = None,
+    status: Sequence[ImageStatus] = (),
+    search_word: str | None = None,
+    offset: int = 0,
+    limit: int = 10,
+) -> ImageListing:
+    """The statements of :func:`list_images`.
+
+    Both the page and the exact total are answered per visibility range
+    (scoping.visible_image_ranges), each from its own index, so their cost
+    follows the caller's rows and the public rows, not the table's size.
     """
     wanted = _listing_filters(
         images, processor_type, os_family, visibility, provider, status, search_word
     )
     ranges = [visible & wanted for visible in visible_image_ranges(caller)]
-    total = int(session.scalar(_total_of(ranges)) or 0)
-    return list(session.execute(_page_of(ranges, offset, limit))), total
+    return ImageListing(total=_total_of(ranges), page=_page_of(ranges, offset, limit))
 
 
 def _listing_filters(
