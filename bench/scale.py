@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -75,6 +76,8 @@ class Results:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    # Terminated, still stop the servers and drop the scratch database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [10_000] if args.quick else args.sizes
     cases = QUICK_CASES if args.quick else tuple(CASES)
     seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)

@@ -55,8 +55,8 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
     out = {}
     for case, params in PLAN_CASES.items():
         listing = image_listing(caller, **params)
-        out[f"{case}: total_count"] = _explain(database, listing.total)
-        out[f"{case}: page"] = _explain(database, listing.page)
+        out[f"{case}: total_count"] = _explain(database, listing.total.params(listing.values))
+        out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
     total, page = job_listing(caller)
     out["jobs: total_count"] = _explain(database, total)
     out["jobs: page"] = _explain(database, page)
@@ -64,7 +64,7 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
 
 
 def _explain(database: Database, statement: Select[Any]) -> str:
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
     sql = statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     with database.reading() as session:
         session.execute(text(str(sql))).all()  # warm, as under load

@@ -6,13 +6,27 @@ functions that start slow work return the Job to dispatch after commit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, true, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -259,10 +273,11 @@ def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
 
 @dataclass(frozen=True)
 class ImageListing:
-    """The two statements of one listing: its exact total and its page."""
+    """The two statements of one listing, its exact total and its page, and their values."""
 
     total: Select[Any]
     page: Select[Any]
+    values: dict[str, Any]
 
 
 def list_images(
@@ -295,8 +310,8 @@ def list_images(
         offset=offset,
         limit=limit,
     )
-    total = int(session.scalar(listing.total) or 0)
-    return list(session.execute(listing.page)), total
+    total = int(session.scalar(listing.total, listing.values) or 0)
+    return list(session.execute(listing.page, listing.values)), total
 
 
 def image_listing(
@@ -312,55 +327,64 @@ def image_listing(
     offset: int = 0,
     limit: int = 10,
 ) -> ImageListing:
-    """The statements of :func:`list_images`.
+    """The statements of :func:`list_images` and the values of their parameters.
 
     Both the page and the exact total are answered per visibility range
     (scoping.visible_image_ranges), each from its own index, so their cost
     follows the caller's rows and the public rows, not the table's size.
     """
-    wanted = _listing_filters(
-        images, processor_type, os_family, visibility, provider, status, search_word
-    )
-    ranges = [visible & wanted for visible in visible_image_ranges(caller)]
-    return ImageListing(total=_total_of(ranges), page=_page_of(ranges, offset, limit))
-
-
-def _listing_filters(
-    images: Sequence[str],
-    processor_type: ProcessorType | None,
-    os_family: str | None,
-    visibility: Visibility | None,
-    provider: Provider | None,
-    status: Sequence[ImageStatus],
-    search_word: str | None,
-) -> ColumnElement[bool]:
-    """The list filters as one condition; ceased images only when asked for."""
-    conditions: list[ColumnElement[bool]] = []
+    values: dict[str, Any] = {"zone": caller.zone, "owner": caller.account_id}
+    values |= {"head": offset + limit, "offset": offset, "limit": limit}
     if images:
-        conditions.append(Image.image_id.in_(images))
+        values["images"] = list(images)
     if processor_type:
-        conditions.append(Image.processor_type == processor_type.value)
+        values["processor_type"] = processor_type.value
     if os_family:
-        conditions.append(func.lower(Image.os_family) == os_family.lower())
+        values["os_family"] = os_family.lower()
     if visibility:
-        conditions.append(Image.visibility == visibility.value)
+        values["visibility"] = visibility.value
     if provider:
-        conditions.append(Image.provider == provider.value)
+        values["provider"] = provider.value
     if status:
-        conditions.append(Image.status.in_([s.value for s in status]))
+        values["status"] = [s.value for s in status]
     elif not images:
-        conditions.append(Image.status.not_in([s.value for s in DEFAULT_HIDDEN]))
+        values["hidden"] = [s.value for s in DEFAULT_HIDDEN]
     if search_word:
-        conditions.append(_containing(search_word.lower()))
-    return and_(true(), *conditions)
+        values["pattern"] = f"%{_escape_like(search_word.lower())}%"
+    total, page = _listing_statements(frozenset(values))
+    return ImageListing(total, page, values)
 
 
-def _containing(word: str) -> ColumnElement[bool]:
-    """Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL)."""
-    return or_(
-        func.lower(Image.image_id).contains(word, autoescape=True),
-        func.lower(Image.image_name).contains(word, autoescape=True),
-    )
+def _escape_like(word: str) -> str:
+    return word.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+# Each filter of a listing, by the name of its parameter.
+_FILTERS: dict[str, ColumnElement[bool]] = {
+    "images": Image.image_id.in_(bindparam("images", type_=String, expanding=True)),
+    "processor_type": Image.processor_type == bindparam("processor_type", type_=String),
+    "os_family": func.lower(Image.os_family) == bindparam("os_family", type_=String),
+    "visibility": Image.visibility == bindparam("visibility", type_=String),
+    "provider": Image.provider == bindparam("provider", type_=String),
+    "status": Image.status.in_(bindparam("status", type_=String, expanding=True)),
+    "hidden": Image.status.not_in(bindparam("hidden", type_=String, expanding=True)),
+    # Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL).
+    "pattern": or_(
+        func.lower(Image.image_id).like(bindparam("pattern", type_=String), escape="/"),
+        func.lower(Image.image_name).like(bindparam("pattern", type_=String), escape="/"),
+    ),
+}
+
+
+@functools.cache
+def _listing_statements(parameters: frozenset[str]) -> tuple[Select[Any], Select[Any]]:
+    """The total and the page for one set of filters, built once: their values
+    are all parameters, so each request only binds them (building the
+    statements cost more than running them)."""
+    wanted = and_(true(), *(_FILTERS[name] for name in sorted(parameters & _FILTERS.keys())))
+    zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
+    ranges = [visible & wanted for visible in visible_image_ranges(zone, owner)]
+    return _total_of(ranges), _page_of(ranges)
 
 
 def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
@@ -369,15 +393,15 @@ def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
     return select(sum(counts[1:], counts[0]))
 
 
-def _page_of(ranges: Sequence[ColumnElement[bool]], offset: int, limit: int) -> Select[Any]:
-    """Newest first: the first ``offset + limit`` keys of each range, merged, then
-    the ``limit`` rows after ``offset`` read in full by primary key."""
+def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """Newest first: the first ``head`` (offset + limit) keys of each range,
+    merged, then the ``limit`` rows after ``offset`` read in full by primary key."""
     newest_first = (Image.create_time.desc(), Image.image_id.desc())
     heads = [
         select(Image.image_id, Image.create_time)
         .where(where)
         .order_by(*newest_first)
-        .limit(offset + limit)
+        .limit(bindparam("head", type_=Integer))
         .subquery()
         for where in ranges
     ]
@@ -385,8 +409,8 @@ def _page_of(ranges: Sequence[ColumnElement[bool]], offset: int, limit: int) -> 
     page = (
         select(keys.c.image_id)
         .order_by(keys.c.create_time.desc(), keys.c.image_id.desc())
-        .offset(offset)
-        .limit(limit)
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
         .subquery()
     )
     return (

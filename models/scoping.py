@@ -29,9 +29,12 @@ def visible_images(caller: Caller) -> Select[Image]:
     )
 
 
-def visible_image_ranges(caller: Caller) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """The rule of :func:`visible_images` as two disjoint ranges: the caller's
-    own images, and other owners' public ones.
+def visible_image_ranges(
+    zone: str | ColumnElement[str], account_id: str | ColumnElement[str]
+) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The rule of :func:`visible_images` for the caller ``account_id`` in ``zone``
+    (values or bound parameters) as two disjoint ranges: the caller's own
+    images, and other owners' public ones.
 
     Listings read each range from its own index, so a page and its count cost
     the caller's rows and the public rows, never the whole table. ``'public'``
@@ -40,10 +43,8 @@ def visible_image_ranges(caller: Caller) -> tuple[ColumnElement[bool], ColumnEle
     """
     public: ColumnElement[str] = literal_column(f"'{Visibility.PUBLIC.value}'")
     return (
-        (Image.zone == caller.zone) & (Image.owner == caller.account_id),
-        (Image.zone == caller.zone)
-        & (Image.visibility == public)
-        & (Image.owner != caller.account_id),
+        (Image.zone == zone) & (Image.owner == account_id),
+        (Image.zone == zone) & (Image.visibility == public) & (Image.owner != account_id),
     )
 
 
