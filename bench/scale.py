@@ -1,10 +1,11 @@
 """GET /images and GET /jobs at 10,000 to 1,000,000 images, against a bare baseline.
 
 Run ``python -m bench.scale`` (or ``python -m bench scale``) with PostgreSQL at
-``--database-url``. It creates a scratch database, grows it to each size with
-``bench.scale_data``, and for every listing case measures the API and the bare
-aiohttp + asyncpg server (``bench.bare_listing``) side by side, alternating
-runs so that both meet the same noise from the rest of the machine. It prints
+``--database-url``. It creates one scratch database per table size with
+``bench.scale_data``, starts the API and the bare aiohttp + asyncpg server
+(``bench.bare_listing``) on each, and for every listing case measures them all
+in turn, round after round, so that every figure meets the same noise from the
+rest of the (shared) machine. It prints
 the two ratios of issue 9 (p50 at the largest size over p50 at 10,000; API
 throughput over the bare server's) and, unless ``--quick``, writes plots under
 ``docs/img/``, its section of ``docs/benchmarks.md`` and ``docs/query-plans.md``.
@@ -37,6 +38,7 @@ from bench import scale_data, scale_report
 from bench.scale_load import Load, run_load
 from imagesvc.bootstrap import services_for
 from imagesvc.settings import Settings
+from models.db import Database
 from models.migrate import upgrade
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -69,50 +71,95 @@ class Results:
 
     started: str
     sizes: list[int]
+    seconds: float
+    rounds: int
     latency: dict[str, dict[int, dict[str, Load]]] = field(default_factory=dict)
     sweep: dict[int, dict[int, dict[str, Load]]] = field(default_factory=dict)
     plans: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """One table size: its database, its caller, the API and the bare server on it."""
+
+    size: int
+    database: Database
+    token: str
+    api: str
+    bare: str
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    # Terminated, still stop the servers and drop the scratch database.
+    # Terminated, still stop the servers and drop the scratch databases.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sizes = [10_000] if args.quick else args.sizes
+    sizes = [10_000] if args.quick else sorted(args.sizes)
     cases = QUICK_CASES if args.quick else tuple(CASES)
     seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
-    results = Results(time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), sizes)
-    with _scratch_database(args.database_url, keep=args.keep) as url, ExitStack() as stack:
-        settings = Settings(
-            database_url=url,
-            broker_url=args.redis_url,
-            data_dir=Path(stack.enter_context(tempfile.TemporaryDirectory())),
-            queue=f"bench-{secrets.token_hex(4)}",
-        )
-        upgrade(url)
-        with services_for(settings) as services:
-            caller = scale_data.create_caller(services.database)
-            api = stack.enter_context(_api_server(settings))
-            bare = stack.enter_context(_bare_server(url, caller.account_id))
-            present = scale_data.CALLER_IMAGES
-            for size in sizes:
-                print(f"growing to {size:,} images ...", flush=True)
-                scale_data.grow_to(services.database, present, size)
-                present = size
-                for case in cases:
-                    loads = _side_by_side(
-                        api, bare, CASES[case], caller.token, CONNECTIONS, seconds, rounds
-                    )
-                    results.latency.setdefault(case, {})[size] = loads
-                    _print_load(case, size, loads)
-                if size in (sizes[0], sizes[-1]) and not args.quick:
-                    results.sweep[size] = _sweep(api, bare, caller.token, seconds, rounds)
-            if not args.quick:
-                results.plans = scale_report.plans(services.database, caller.account_id)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results = Results(started, sizes, seconds, rounds)
+    with ExitStack() as stack:
+        deployments = [_deploy(stack, args, size) for size in sizes]
+        for case in cases:
+            for deployment, loads in _interleaved(
+                deployments, CASES[case], CONNECTIONS, seconds, rounds
+            ).items():
+                results.latency.setdefault(case, {})[deployment.size] = loads
+                _print_load(case, deployment.size, loads)
+        if not args.quick:
+            ends = [deployments[0], deployments[-1]]
+            for connections in SWEEP:
+                by_size = _interleaved(ends, CASES["default"], connections, seconds, rounds)
+                for deployment, loads in by_size.items():
+                    results.sweep.setdefault(deployment.size, {})[connections] = loads
+                    _print_load(f"default c={connections}", deployment.size, loads)
+            largest = deployments[-1]
+            account_id = scale_data.caller_of(largest.database)
+            results.plans = scale_report.plans(largest.database, account_id)
     verdict = _print_ratios(results)
     if not args.quick:
         scale_report.write(results, Path(args.docs))
     return 0 if verdict or args.quick else 1
+
+
+def _deploy(stack: ExitStack, args: argparse.Namespace, size: int) -> Deployment:
+    """A scratch database of ``size`` images, with the API and the bare server on it."""
+    url = stack.enter_context(_scratch_database(args.database_url, keep=args.keep))
+    settings = Settings(
+        database_url=url,
+        broker_url=args.redis_url,
+        data_dir=Path(stack.enter_context(tempfile.TemporaryDirectory())),
+        queue=f"bench-{secrets.token_hex(4)}",
+    )
+    upgrade(url)
+    database = stack.enter_context(services_for(settings)).database
+    caller = scale_data.create_caller(database)
+    print(f"generating {size:,} images ...", flush=True)
+    scale_data.grow_to(database, scale_data.CALLER_IMAGES, size)
+    api = stack.enter_context(_api_server(settings))
+    bare = stack.enter_context(_bare_server(url, caller.account_id))
+    return Deployment(size, database, caller.token, api, bare)
+
+
+def _interleaved(
+    deployments: list[Deployment], path: str, connections: int, seconds: float, rounds: int
+) -> dict[Deployment, dict[str, Load]]:
+    """Each size's bare server and API in turn, ``rounds`` times; the median of each.
+
+    Interleaving sizes and sides makes every figure meet the same noise from
+    the rest of the (shared) machine, so both ratios compare like with like.
+    """
+    runs: dict[tuple[Deployment, str], list[Load]] = {}
+    for _ in range(rounds):
+        for deployment in deployments:
+            for side, base in (("bare", deployment.bare), ("api", deployment.api)):
+                url = f"{base}/v2/zone/{scale_data.ZONE}/{path}"
+                load = run_load(url, deployment.token, connections, seconds)
+                runs.setdefault((deployment, side), []).append(load)
+    return {
+        deployment: {side: _median(runs[deployment, side]) for side in ("bare", "api")}
+        for deployment in deployments
+    }
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -136,36 +183,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _side_by_side(
-    api: str, bare: str, path: str, token: str, connections: int, seconds: float, rounds: int
-) -> dict[str, Load]:
-    """Bare, API, bare, API...: the median of each side's runs."""
-    runs: dict[str, list[Load]] = {"bare": [], "api": []}
-    for _ in range(rounds):
-        for side, base in (("bare", bare), ("api", api)):
-            runs[side].append(run_load(f"{base}/v2/zone/ac1/{path}", token, connections, seconds))
-    return {side: _median(loads) for side, loads in runs.items()}
-
-
 def _median(loads: list[Load]) -> Load:
     return Load(
         statistics.median(load.rps for load in loads),
         statistics.median(load.p50 for load in loads),
         statistics.median(load.p99 for load in loads),
     )
-
-
-def _sweep(
-    api: str, bare: str, token: str, seconds: float, rounds: int
-) -> dict[int, dict[str, Load]]:
-    """The default list's throughput against the number of concurrent connections."""
-    out = {}
-    for connections in SWEEP:
-        out[connections] = _side_by_side(
-            api, bare, CASES["default"], token, connections, seconds, rounds
-        )
-        _print_load(f"default c={connections}", 0, out[connections])
-    return out
 
 
 def _print_load(case: str, size: int, loads: dict[str, Load]) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from models.accounts import create_account, issue_token
 from models.db import Database
+from models.tables import Account
 
 ZONE = "ac1"
 CALLER_IMAGES = 100
@@ -73,6 +74,12 @@ def create_caller(database: Database) -> BenchCaller:
         token = issue_token(session, credentials.api_key, credentials.secret, 7 * 24 * 3600)
     _insert(database.engine, "img-c", 1, CALLER_IMAGES, credentials.account_id)
     return BenchCaller(credentials.account_id, token.access_token)
+
+
+def caller_of(database: Database) -> str:
+    """The account id of the benchmark's caller (the only account)."""
+    with database.reading() as session:
+        return str(session.scalars(select(Account.account_id)).one())
 
 
 def grow_to(database: Database, images_now: int, images_wanted: int) -> None:

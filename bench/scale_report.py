@@ -114,11 +114,12 @@ def _section(results: Results) -> str:
         "## Listing at scale (issue 9)",
         "",
         f"Measured {results.started} on {machine()}, by `python -m bench.scale`. "
-        "The machine is shared with other engineers' test runs, so each case runs the "
-        "bare aiohttp + asyncpg server (`bench/bare_listing.py`) and the API alternately, "
-        "twice each, and reports the medians: both sides meet the same noise. "
-        "Load: `wrk -t2 -c8`, 3 s per run, the caller owning 100 images among 10,000 "
-        "tenants, 1 in 100 images public, about 1 in 7 ceased (`bench/scale_data.py`). "
+        "The machine is shared with other engineers' test runs, so every size has its own "
+        "database, API and bare aiohttp + asyncpg server (`bench/bare_listing.py`), and each "
+        f"case runs them all in turn, {results.rounds} rounds of {results.seconds:g} s, "
+        "reporting medians: every figure meets the same noise. "
+        "Load: `wrk -t2 -c8`; the caller owns 100 images among 10,000 tenants, 1 in 100 "
+        "images is public, about 1 in 7 ceased (`bench/scale_data.py`). "
         "Query plans: [query-plans.md](query-plans.md).",
         "",
         f"| case | API p50 at {small:,} | API p50 at {large:,} | ratio (target ≤ 1.5) | "
