@@ -1,7 +1,8 @@
 """The baseline: a bare aiohttp + asyncpg server running the same listing queries.
 
 No authentication, no validation models, no ORM: it parses the query string,
-runs the same count and page statements as ``models.images.list_images`` and
+runs the same count and page statements as ``models.images.list_images`` on
+PostgreSQL (public images counted from ``public_image_counts``) and
 ``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
 writes the JSON. It is what the API would cost if it did nothing but talk to
 PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
@@ -43,26 +44,39 @@ class Query:
         return f"${len(self.args)}"
 
 
-def _image_filters(query: Query, params: Any) -> str:
-    parts = []
-    if ids := _listed(params, "images"):
+def _image_filters(query: Query, params: Any) -> tuple[str, str | None]:
+    """The filters on images, and the same on public_image_counts (None if it cannot)."""
+    parts, counted = [], []
+    ids = _listed(params, "images")
+    if ids:
         parts.append(f"image_id = ANY({query.arg(ids)})")
-    for column in ("processor_type", "visibility", "provider"):
+    for column in ("processor_type", "provider"):
         if value := params.get(column):
             parts.append(f"{column} = {query.arg(value)}")
+            counted.append(parts[-1])
+    if visibility := params.get("visibility"):
+        arg = query.arg(visibility)
+        parts.append(f"visibility = {arg}")
+        counted.append(f"'public' = {arg}")
     if os_family := params.get("os_family"):
-        parts.append(f"lower(os_family) = {query.arg(os_family.lower())}")
+        arg = query.arg(os_family.lower())
+        parts.append(f"lower(os_family) = {arg}")
+        counted.append(f"os_family = {arg}")
     if statuses := _listed(params, "status"):
         parts.append(f"status = ANY({query.arg(statuses)})")
+        counted.append(parts[-1])
     elif not ids:
         parts.append("status <> 'ceased'")
-    if word := params.get("search_word"):
+        counted.append(parts[-1])
+    word = params.get("search_word")
+    if word:
         pattern = query.arg(word.lower().replace("/", "//").replace("%", "/%").replace("_", "/_"))
         parts.append(
             f"(lower(image_id) LIKE '%' || {pattern} || '%' ESCAPE '/' "
             f"OR lower(image_name) LIKE '%' || {pattern} || '%' ESCAPE '/')"
         )
-    return "".join(f" AND {part}" for part in parts)
+    images = "".join(f" AND {part}" for part in parts)
+    return images, None if ids or word else "".join(f" AND {part}" for part in counted)
 
 
 def _listed(params: Any, name: str) -> list[str]:
@@ -71,7 +85,7 @@ def _listed(params: Any, name: str) -> list[str]:
 
 def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, list[Any]]:
     query = Query()
-    wanted = _image_filters(query, params)
+    wanted, counted = _image_filters(query, params)
     zone_arg, owner_arg = query.arg(zone), query.arg(owner)
     own = f"zone = {zone_arg} AND owner = {owner_arg}{wanted}"
     public = f"zone = {zone_arg} AND visibility = 'public' AND owner <> {owner_arg}{wanted}"
@@ -81,6 +95,12 @@ def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, lis
         f"SELECT (SELECT count(*) FROM images WHERE {own}) "
         f"+ (SELECT count(*) FROM images WHERE {public})"
     )
+    if counted is not None:  # as models.images._counted_total
+        count = (
+            f"SELECT (SELECT count(*) FROM images WHERE {own} AND visibility <> 'public') "
+            "+ (SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
+            f"WHERE zone = {zone_arg}{counted})"
+        )
     newest = "ORDER BY create_time DESC, image_id DESC"
     page = (
         f"SELECT {IMAGE_COLUMNS} FROM images JOIN (SELECT k.image_id FROM ("

@@ -16,6 +16,7 @@ throughput over the bare server's) and, unless ``--quick``, writes plots under
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -149,6 +151,8 @@ def _interleaved(
     Interleaving sizes and sides makes every figure meet the same noise from
     the rest of the (shared) machine, so both ratios compare like with like.
     """
+    for deployment in deployments:
+        _require_same_answer(deployment, path)
     runs: dict[tuple[Deployment, str], list[Load]] = {}
     for _ in range(rounds):
         for deployment in deployments:
@@ -181,6 +185,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", default="docs", help="where benchmarks.md and img/ live")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     return parser.parse_args(argv)
+
+
+def _require_same_answer(deployment: Deployment, path: str) -> None:
+    """The bare server must answer what the API answers, or the comparison means nothing."""
+    answers = []
+    for base in (deployment.api, deployment.bare):
+        request = urllib.request.Request(
+            f"{base}/v2/zone/{scale_data.ZONE}/{path}",
+            headers={"Authorization": f"Bearer {deployment.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answers.append(json.load(response))
+    api, bare = answers
+    if api != bare:
+        raise RuntimeError(f"{path} at {deployment.size:,}: the bare server answers differently")
 
 
 def _median(loads: list[Load]) -> Load:

@@ -54,7 +54,7 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
     caller = Caller(account_id, "ac1")
     out = {}
     for case, params in PLAN_CASES.items():
-        listing = image_listing(caller, **params)
+        listing = image_listing(caller, public_counts=True, **params)
         out[f"{case}: total_count"] = _explain(database, listing.total.params(listing.values))
         out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
     total, page = job_listing(caller)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Integer,
     Row,
@@ -21,7 +22,9 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    cast,
     func,
+    literal_column,
     or_,
     select,
     true,
@@ -36,7 +39,7 @@ from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, Stat
 from models.instances import InstanceInfo, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
-from models.scoping import Caller, visible_image_ranges, visible_images
+from models.scoping import Caller, is_public, visible_image_ranges, visible_images
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -47,7 +50,7 @@ from models.states import (
     TransitionStatus,
     Visibility,
 )
-from models.tables import Image, Job, utcnow
+from models.tables import Image, Job, PublicImageCount, utcnow
 from models.transitions import can_move, move_images, refusal
 
 GIB = 1024**3
@@ -300,6 +303,7 @@ def list_images(
     """
     listing = image_listing(
         caller,
+        public_counts=_has_public_counts(session),
         images=images,
         processor_type=processor_type,
         os_family=os_family,
@@ -314,9 +318,15 @@ def list_images(
     return list(session.execute(listing.page, listing.values)), total
 
 
+def _has_public_counts(session: Session) -> bool:
+    """PostgreSQL keeps public_image_counts (migration 0007); SQLite counts rows."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def image_listing(
     caller: Caller,
     *,
+    public_counts: bool = False,
     images: Sequence[str] = (),
     processor_type: ProcessorType | None = None,
     os_family: str | None = None,
@@ -331,7 +341,10 @@ def image_listing(
 
     Both the page and the exact total are answered per visibility range
     (scoping.visible_image_ranges), each from its own index, so their cost
-    follows the caller's rows and the public rows, not the table's size.
+    follows the caller's rows and the public rows, not the table's size. With
+    ``public_counts`` (PostgreSQL), the public images of a total come from
+    ``public_image_counts`` whenever it can answer the filters (all but
+    ``images`` and ``search_word``), so the total follows the caller's rows only.
     """
     values: dict[str, Any] = {"zone": caller.zone, "owner": caller.account_id}
     values |= {"head": offset + limit, "offset": offset, "limit": limit}
@@ -351,7 +364,7 @@ def image_listing(
         values["hidden"] = [s.value for s in DEFAULT_HIDDEN]
     if search_word:
         values["pattern"] = f"%{_escape_like(search_word.lower())}%"
-    total, page = _listing_statements(frozenset(values))
+    total, page = _listing_statements(frozenset(values), public_counts)
     return ImageListing(total, page, values)
 
 
@@ -376,15 +389,45 @@ _FILTERS: dict[str, ColumnElement[bool]] = {
 }
 
 
+# The filters public_image_counts answers, on its columns.
+_COUNTED_FILTERS: dict[str, ColumnElement[bool]] = {
+    "processor_type": PublicImageCount.processor_type == bindparam("processor_type", type_=String),
+    "os_family": PublicImageCount.os_family == bindparam("os_family", type_=String),
+    "visibility": literal_column(f"'{Visibility.PUBLIC.value}'")
+    == bindparam("visibility", type_=String),
+    "provider": PublicImageCount.provider == bindparam("provider", type_=String),
+    "status": PublicImageCount.status.in_(bindparam("status", type_=String, expanding=True)),
+    "hidden": PublicImageCount.status.not_in(bindparam("hidden", type_=String, expanding=True)),
+}
+
+
 @functools.cache
-def _listing_statements(parameters: frozenset[str]) -> tuple[Select[Any], Select[Any]]:
+def _listing_statements(
+    parameters: frozenset[str], public_counts: bool
+) -> tuple[Select[Any], Select[Any]]:
     """The total and the page for one set of filters, built once: their values
     are all parameters, so each request only binds them (building the
     statements cost more than running them)."""
-    wanted = and_(true(), *(_FILTERS[name] for name in sorted(parameters & _FILTERS.keys())))
+    filters = sorted(parameters & _FILTERS.keys())
+    wanted = and_(true(), *(_FILTERS[name] for name in filters))
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
-    ranges = [visible & wanted for visible in visible_image_ranges(zone, owner)]
-    return _total_of(ranges), _page_of(ranges)
+    own, others_public = (visible & wanted for visible in visible_image_ranges(zone, owner))
+    page = _page_of([own, others_public])
+    if public_counts and _COUNTED_FILTERS.keys() >= set(filters):
+        return _counted_total(own, zone, filters), page
+    return _total_of([own, others_public]), page
+
+
+def _counted_total(
+    own: ColumnElement[bool], zone: ColumnElement[str], filters: list[str]
+) -> Select[Any]:
+    """The caller's own images that are not public, counted, plus every public
+    image of the zone that passes the filters, from public_image_counts."""
+    own_private = select(func.count()).where(own, ~is_public()).scalar_subquery()
+    counted = [PublicImageCount.zone == zone, *(_COUNTED_FILTERS[name] for name in filters)]
+    public = func.coalesce(func.sum(PublicImageCount.images), 0)
+    public_total = select(cast(public, BigInteger)).where(*counted).scalar_subquery()
+    return select(own_private + public_total)
 
 
 def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:

@@ -41,11 +41,16 @@ def visible_image_ranges(
     is a literal, not a parameter: only then can PostgreSQL match the partial
     index on public images in a prepared (generic) plan.
     """
-    public: ColumnElement[str] = literal_column(f"'{Visibility.PUBLIC.value}'")
     return (
         (Image.zone == zone) & (Image.owner == account_id),
-        (Image.zone == zone) & (Image.visibility == public) & (Image.owner != account_id),
+        (Image.zone == zone) & is_public() & (Image.owner != account_id),
     )
+
+
+def is_public() -> ColumnElement[bool]:
+    """An image anyone in its zone may see (``'public'`` literal: see above)."""
+    public: ColumnElement[str] = literal_column(f"'{Visibility.PUBLIC.value}'")
+    return Image.visibility == public
 
 
 def owned_jobs(caller: Caller) -> Select[Job]:

@@ -178,6 +178,24 @@ class Image(Base):
     deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
+class PublicImageCount(Base):
+    """How many public images each combination of listing filters matches.
+
+    PostgreSQL only: triggers on ``images`` keep it exact (migration 0007), so
+    an exact ``total_count`` does not grow with the public images.
+    """
+
+    __tablename__ = "public_image_counts"
+
+    zone: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    processor_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # lower(os_family): the filter is case-insensitive.
+    os_family: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    images: Mapped[int] = mapped_column(BigInteger)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

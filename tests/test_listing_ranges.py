@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from models.db import Database
 from models.images import list_images
 from models.scoping import Caller, visible_images
-from models.states import ImageStatus, Visibility
+from models.states import ImageStatus, ProcessorType, Provider, Visibility
 from models.tables import Image
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -95,6 +97,64 @@ def test_the_callers_own_public_image_is_listed_and_counted_once(
         rows, total = list_images(session, caller, visibility=Visibility.PUBLIC, limit=100)
     assert [row.image_id for row in rows].count(ids["mine_public"]) == 1
     assert total == len(rows) == 3
+
+
+FILTERS: list[dict[str, Any]] = [
+    {},
+    {"status": [ImageStatus.AVAILABLE, ImageStatus.CEASED]},
+    {"os_family": "UBUNTU"},
+    {"processor_type": ProcessorType.BIT64},
+    {"visibility": Visibility.PUBLIC},
+    {"visibility": Visibility.PRIVATE},
+    {"provider": Provider.SYSTEM},
+    {"search_word": "o"},
+]
+
+
+def _matches(image: Image, caller: Caller, filters: dict[str, Any]) -> bool:
+    """The filters of GET /images applied to one row, in Python."""
+    checks = [
+        image.zone == caller.zone,
+        image.owner == caller.account_id or image.visibility == Visibility.PUBLIC.value,
+        image.status in filters.get("status", ["available", "deleted", "pending"]),
+        image.os_family.lower() == filters.get("os_family", image.os_family).lower(),
+        image.processor_type == filters.get("processor_type", image.processor_type),
+        image.visibility == filters.get("visibility", image.visibility),
+        image.provider == filters.get("provider", image.provider),
+        filters.get("search_word", "") in image.image_name.lower() + " " + image.image_id,
+    ]
+    return all(checks)
+
+
+def test_totals_stay_exact_while_public_images_change(
+    database: Database, zone_with_images: tuple[Caller, dict[str, str]]
+) -> None:
+    """On PostgreSQL public images are counted by triggers: every change must reach them."""
+    caller, ids = zone_with_images
+    changes: list[dict[str, Any]] = [
+        {},
+        {ids["system"]: {"status": ImageStatus.CEASED.value}},
+        {ids["theirs_public"]: {"visibility": Visibility.PRIVATE.value}},
+        {ids["mine"]: {"visibility": Visibility.PUBLIC.value, "os_family": "CentOS"}},
+        {ids["ceased_public"]: {"status": ImageStatus.AVAILABLE.value}},
+        {ids["mine_public"]: None},
+    ]
+    for change in changes:
+        with database.transaction() as session:
+            for image_id, values in change.items():
+                image = session.get(Image, image_id)
+                assert image is not None
+                if values is None:
+                    session.delete(image)
+                else:
+                    for name, value in values.items():
+                        setattr(image, name, value)
+        with database.reading() as session:
+            rows = session.scalars(select(Image).where(Image.zone == caller.zone)).all()
+            for filters in FILTERS:
+                _, total = list_images(session, caller, **filters)
+                expected = sum(_matches(row, caller, filters) for row in rows)
+                assert total == expected, (change, filters)
 
 
 def test_search_word_takes_percent_and_underscore_literally(
