@@ -40,7 +40,8 @@ def run_load(url: str, token: str, connections: int, seconds: float) -> Load:
 
 def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
     threads = min(2, connections)
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
+    duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
+    command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--latency"]
     command += ["-H", f"Authorization: Bearer {token}", url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if failed := _ERRORS.search(output):
