@@ -116,7 +116,7 @@ def _section(results: Results) -> str:
         f"Measured {results.started} on {machine()}, by `python -m bench.scale`. "
         "The machine is shared with other engineers' test runs, so every size has its own "
         "database, API and bare aiohttp + asyncpg server (`bench/bare_listing.py`), and each "
-        f"case runs them all in turn, {results.rounds} rounds of {results.seconds:g} s, "
+        f"case runs them all in turn, {results.rounds} round(s) of {results.seconds:g} s, "
         "reporting medians: every figure meets the same noise. "
         "Load: `wrk -t2 -c8`; the caller owns 100 images among 10,000 tenants, 1 in 100 "
         "images is public, about 1 in 7 ceased (`bench/scale_data.py`). "
@@ -150,11 +150,16 @@ def _plans_page(results: Results) -> str:
         f"`EXPLAIN (ANALYZE, BUFFERS)` at {results.sizes[-1]:,} images, {results.started}, "
         "written by `python -m bench.scale` (`bench/scale_report.py`). Each statement is "
         "the one `models/images.py` (`image_listing`) or `models/jobs.py` (`job_listing`) "
-        "builds, run once warm. What to look for: every scan is an *Index Only Scan* (or "
-        "an index scan) of `ix_images_zone_owner_create_time` (the caller's own images) or "
-        "`ix_images_public_zone_create_time` (public images) or, for jobs, "
-        "`ix_jobs_zone_owner_create_time`; none reads the whole table, so the rows read "
-        "are the caller's plus the public ones, whatever the size of the table.",
+        "builds, run once warm. What to look for: the page reads the caller's own images "
+        "from `ix_images_zone_owner_create_time` and the public ones from the partial "
+        "`ix_images_public_zone_create_time` (index-only scans merged by a *Merge Append*, "
+        "at most `offset + limit` entries of each), then `limit` rows by primary key; the "
+        "total counts the caller's own images and adds the public ones from a few rows of "
+        "`public_image_counts` (kept by triggers, migration 0007); with `images` or "
+        "`search_word` it counts the public rows through their partial index or, for a rare "
+        "word, the `pg_trgm` GIN indexes; jobs read `ix_jobs_zone_owner_create_time`. "
+        "Nothing reads the whole table: the cost follows the caller's rows (and the "
+        "`offset`), not the size of the table.",
     ]
     for name, plan in results.plans.items():
         parts += ["", f"## {name}", "", "```", plan, "```"]
