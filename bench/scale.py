@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     # Terminated, still stop the servers and drop the scratch databases.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [10_000] if args.quick else sorted(args.sizes)
-    cases = QUICK_CASES if args.quick else tuple(CASES)
+    cases = QUICK_CASES if args.quick else tuple(args.cases or CASES)
     seconds, rounds = (1.0, 1) if args.quick else (args.seconds, args.rounds)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = Results(started, sizes, seconds, rounds)
@@ -196,6 +196,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: all")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one run")
     parser.add_argument("--rounds", type=int, default=2, help="alternations bare/API per case")
     parser.add_argument("--docs", default="docs", help="where benchmarks.md and img/ live")
