@@ -120,7 +120,8 @@ def _section(results: Results) -> str:
         "reporting medians: every figure meets the same noise. "
         "Load: `wrk -t2 -c8`; the caller owns 100 images among 10,000 tenants, 1 in 100 "
         "images is public, about 1 in 7 ceased (`bench/scale_data.py`). "
-        "Query plans: [query-plans.md](query-plans.md).",
+        "Query plans: [query-plans.md](query-plans.md); the profile, what changed and "
+        "what stands in the way: [listing-profile.md](listing-profile.md).",
         "",
         f"| case | API p50 at {small:,} | API p50 at {large:,} | ratio (target ≤ 1.5) | "
         f"API / bare req/s at {small:,} | at {large:,} (target ≥ 0.7) |",
