@@ -7,6 +7,7 @@ so an OpenAPI document can be generated from them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
 )
+from sqlalchemy import Row
 
 from models.states import (
     ImageStatus,
@@ -315,7 +317,7 @@ class ImagesPage(BaseModel):
     """How many images match the filters in all pages."""
 
     @classmethod
-    def from_rows(cls, rows: list[Image], total: int) -> ImagesPage:
+    def from_rows(cls, rows: Sequence[Image | Row[Any]], total: int) -> ImagesPage:
         return cls(images=[ImageOut.model_validate(row) for row in rows], total_count=total)
 
 
