@@ -118,7 +118,8 @@ def _authorization(request: web.Request) -> str:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     authorization = _authorization(request)
-    if request.path in PUBLIC_PATHS:
+    # An unknown path is a 404 (or 405) for anyone: no route, nothing to protect.
+    if request.path in PUBLIC_PATHS or request.match_info.http_exception is not None:
         return await handler(request)
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
