@@ -159,7 +159,7 @@ class TokenParams(Params):
 class RevokeParams(TokenParams):
     """RFC 7009: the token to revoke, and the client's own credentials."""
 
-    token: Annotated[str, Field(max_length=256)]
+    token: Annotated[str, Field(min_length=1, max_length=256)]
     token_type_hint: Annotated[str, Field(max_length=64)] | None = None
 
 
