@@ -25,6 +25,9 @@ from api.headers import harden_headers
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 30.0
+# A burst of connections beyond the backlog is dropped and retried by clients a second
+# later: room for a flood of hostile connections keeps honest ones from waiting behind it.
+LISTEN_BACKLOG = 1024
 
 
 class ContractRequestHandler(RequestHandler):
@@ -96,7 +99,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
         print(f"======== Running on http://{host}:{port} ========", flush=True)
         await _until_signalled()
     finally:
