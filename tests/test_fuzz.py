@@ -36,6 +36,8 @@ from models.tables import Base
 from tests.hostile import Deployment, basic, deployment
 
 EXAMPLES = int(os.environ.get("IMAGESVC_FUZZ_EXAMPLES", "150"))
+# A long local run gets the time it needs: about a second per example at worst.
+pytestmark = pytest.mark.timeout(max(120, EXAMPLES))
 FUZZ = settings(
     max_examples=EXAMPLES,
     derandomize=True,
@@ -175,22 +177,36 @@ def authorizations(world: World) -> st.SearchStrategy[str | None]:
 CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded", ""]
 
 
-@st.composite
-def requests(draw: st.DrawFn, world: World) -> dict[str, Any]:
-    query = draw(st.dictionaries(st.sampled_from(PARAMS), values(world), max_size=3))
-    method, path = draw(routes(world))
+def requests(world: World) -> st.SearchStrategy[dict[str, Any]]:
+    """Whole requests: a route, a query, a body with its encoding, and headers."""
+    return st.builds(
+        _request,
+        st.dictionaries(st.sampled_from(PARAMS), values(world), max_size=3),
+        routes(world),
+        bodies(world),
+        st.sampled_from(CONTENT_TYPES),
+        authorizations(world),
+    )
+
+
+def _request(
+    query: dict[str, Any],
+    route: tuple[str, str],
+    body: tuple[bytes, str | None],
+    content_type: str,
+    authorization: str | None,
+) -> dict[str, Any]:
+    method, path = route
     if query:
         path += "?" + urlencode(
             {k: v if isinstance(v, str) else json.dumps(v) for k, v in query.items()}
         )
-    body, encoding = draw(bodies(world))
-    headers = {"Content-Type": draw(st.sampled_from(CONTENT_TYPES))}
-    if encoding:
-        headers["Content-Encoding"] = encoding
-    authorization = draw(authorizations(world))
+    headers = {"Content-Type": content_type}
+    if body[1]:
+        headers["Content-Encoding"] = body[1]
     if authorization:
         headers["Authorization"] = authorization
-    return {"method": method, "path": path, "headers": headers, "body": body}
+    return {"method": method, "path": path, "headers": headers, "body": body[0]}
 
 
 # invariants --------------------------------------------------------------------------
