@@ -87,7 +87,11 @@ async def _login_guard(app: web.Application) -> AsyncIterator[None]:
     else:
         counter = MemoryFailureCounter(settings.throttle_failures, settings.throttle_window)
     app[LOGIN_GUARD] = LoginGuard(
-        counter, settings.queue, settings.hash_workers, settings.hash_queue
+        counter,
+        settings.queue,
+        settings.hash_workers,
+        settings.hash_queue,
+        settings.hash_per_address,
     )
     yield
     await app[LOGIN_GUARD].close()

@@ -80,13 +80,14 @@ async def _verified_client(request: web.Request, params: TokenParams) -> ClientR
     """The client whose secret checks out; throttled, and counted when it does not."""
     guard = request.app[LOGIN_GUARD]
     api_key, secret = _client_credentials(request, params)
-    keys = guard.keys(api_key if _API_KEY.fullmatch(api_key) else "", request.remote or "")
+    address = request.remote or ""
+    keys = guard.keys(api_key if _API_KEY.fullmatch(api_key) else "", address)
     await guard.refuse_if_throttled(keys)
     if not _API_KEY.fullmatch(api_key):
         await guard.record_failure(keys)
         raise ClientAuthenticationFailed("invalid api_key or secret")
     client = await in_reading(request, client_record, api_key)
-    if not await guard.verify(secret, client.secret_hash) or client.account_id is None:
+    if not await guard.verify(secret, client.secret_hash, address) or client.account_id is None:
         await guard.record_failure(keys)
         raise ClientAuthenticationFailed("invalid api_key or secret")
     return client

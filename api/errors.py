@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from api.access_log import logged_path
+from api.access_log import logged_path, printable
 from api.schemas import ErrorOut
 from models.errors import ServiceError, ServiceUnavailable
 
@@ -56,7 +56,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _http_error(request, exc)
     except (OperationalError, DBAPIError) as exc:
         if exc.connection_invalidated or isinstance(exc, OperationalError):
-            log.warning("database unavailable: %s", exc.orig)
+            log.warning("database unavailable: %s", printable(str(exc.orig), 500))
             return service_error_response(ServiceUnavailable("the database is unavailable"))
         log.exception("database error on %s %s", request.method, logged_path(request))
         return error_response(500, 5000, "internal error")

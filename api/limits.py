@@ -31,6 +31,8 @@ class PayloadTooLarge(ServiceError):
 
     http_status = 413
     ret_code = 1100
+    # Close rather than read and discard the rest: a megabyte of junk costs nothing then.
+    closes_connection = True
 
 
 class UnsupportedEncoding(ServiceError):

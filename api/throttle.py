@@ -9,15 +9,20 @@ default runs one API process).
 
 Secrets are checked with scrypt in a small executor of their own, so that a
 flood of logins cannot take the threads every database call needs; at most
-``IMAGESVC_HASH_QUEUE`` checks wait, more are refused with 429.
+``IMAGESVC_HASH_QUEUE`` checks wait, and at most ``IMAGESVC_HASH_PER_ADDRESS``
+from one client address; more are refused with 429.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
@@ -26,6 +31,9 @@ from models.accounts import verify_secret
 from models.errors import QuotaExceeded
 
 log = logging.getLogger(__name__)
+
+# The secret-check threads' nice value: the lowest priority an unprivileged process can set.
+HASH_NICENESS = 19
 
 
 class Throttled(QuotaExceeded):
@@ -119,6 +127,13 @@ class RedisFailureCounter:
         await self._redis.aclose()
 
 
+def _lower_priority() -> None:
+    """Let the event loop and the database threads run first when the CPU is short:
+    scrypt is meant to be slow, the API's other requests are not (Linux: per-thread nice)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_NICENESS)
+
+
 def _count(value: bytes | str | None) -> int:
     return int(value) if value else 0
 
@@ -126,10 +141,15 @@ def _count(value: bytes | str | None) -> int:
 class LoginGuard:
     """Checks client secrets off the database threads, and throttles failed logins."""
 
-    def __init__(self, counter: FailureCounter, prefix: str, workers: int, queue: int) -> None:
+    def __init__(
+        self, counter: FailureCounter, prefix: str, workers: int, queue: int, per_address: int
+    ) -> None:
         self._counter, self._prefix = counter, prefix
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="secret-check")
+        self._pool = ThreadPoolExecutor(
+            workers, thread_name_prefix="secret-check", initializer=_lower_priority
+        )
         self._queue, self._waiting = queue, 0
+        self._per_address, self._checking = per_address, Counter[str]()
 
     def keys(self, api_key: str, address: str) -> list[str]:
         keys = [f"{self._prefix}:login-failures:address:{address}"]
@@ -147,16 +167,21 @@ class LoginGuard:
     async def record_failure(self, keys: Sequence[str]) -> None:
         await self._counter.record(keys)
 
-    async def verify(self, secret: str, stored_hash: str) -> bool:
-        """scrypt in the guard's own executor; 429 when too many checks already wait."""
-        if self._waiting >= self._queue:
+    async def verify(self, secret: str, stored_hash: str, address: str) -> bool:
+        """scrypt in the guard's own executor; 429 when too many checks already wait,
+        in all or from ``address``."""
+        if self._waiting >= self._queue or self._checking[address] >= self._per_address:
             raise Throttled("too many logins in progress; retry shortly", 1)
         self._waiting += 1
+        self._checking[address] += 1
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, verify_secret, secret, stored_hash)
         finally:
             self._waiting -= 1
+            self._checking[address] -= 1
+            if not self._checking[address]:
+                del self._checking[address]
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

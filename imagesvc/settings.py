@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     hash_queue: int = Field(
         default=32, ge=1, description="Secret checks waiting at most; more are refused (429)"
     )
+    hash_per_address: int = Field(
+        default=4, ge=1, description="Secret checks waiting at most for one client address"
+    )
 
     @field_validator("zones", mode="before")
     @classmethod

@@ -253,7 +253,7 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
 
 
 async def test_connections_that_never_finish_their_headers_are_cut(api: Deployment) -> None:
-    connections = [await api.connect() for _ in range(50)]
+    connections = [await api.connect() for _ in range(200)]
     for index, (_, writer) in enumerate(connections):
         writer.write(f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Stall: {index}".encode())
     health = await api.session_get("/healthz")
