@@ -9,7 +9,6 @@ backslashes as ``\\xNN``/``\\uNNNN``) and cut to a bounded length.
 
 from __future__ import annotations
 
-import logging
 import unicodedata
 
 from aiohttp.abc import AbstractAccessLogger
@@ -38,9 +37,6 @@ def logged_path(request: BaseRequest) -> str:
 
 class SafeAccessLogger(AbstractAccessLogger):
     """aiohttp's access logger, replaced: no query strings, no raw request bytes."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self.logger.info(

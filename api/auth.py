@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import re
 from base64 import b64decode
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from aiohttp import web
@@ -32,6 +33,9 @@ _API_KEY = re.compile(r"[A-Za-z0-9]{1,64}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _SECRET_PARAMS = frozenset({"client_id", "client_secret", "token"})
 
+ClientParamsT = TypeVar("ClientParamsT", bound=TokenParams)
+R = TypeVar("R")
+
 
 class ClientAuthenticationFailed(AuthenticationFailed):
     """The client's own credentials were refused: the challenge is Basic (RFC 6749 §5.2)."""
@@ -46,7 +50,7 @@ async def create_token(request: web.Request) -> web.Response:
         raise InvalidParameter("invalid parameter 'grant_type': must be client_credentials")
     client = await _verified_client(request, params)
     ttl = request.app[SETTINGS].token_ttl
-    token = await in_transaction(request, _issue, client, ttl)
+    token = await _as_client(in_transaction(request, _issue, client, ttl))
     return web.json_response(text=token.model_dump_json(), headers=NO_STORE)
 
 
@@ -59,11 +63,16 @@ async def revoke(request: web.Request) -> web.Response:
     """RFC 7009: the client revokes one of its tokens; an unknown token is no error."""
     params = await _client_params(request, RevokeParams)
     client = await _verified_client(request, params)
-    await in_transaction(request, revoke_token, client, params.token)
+    await _as_client(in_transaction(request, revoke_token, client, params.token))
     return web.json_response({}, headers=NO_STORE)
 
 
-ClientParamsT = TypeVar("ClientParamsT", bound=TokenParams)
+async def _as_client(work: Awaitable[R]) -> R:
+    """A secret rotated or an account disabled since the check: refused as client auth."""
+    try:
+        return await work
+    except AuthenticationFailed as refused:
+        raise ClientAuthenticationFailed(refused.message) from None
 
 
 async def _client_params(request: web.Request, model: type[ClientParamsT]) -> ClientParamsT:

@@ -11,13 +11,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from models.accounts import Credentials
+from imagesvc.bootstrap import services_for
+from models.accounts import (
+    Credentials,
+    client_record,
+    hash_secret,
+    verified_account,
+    verify_secret,
+)
+from models.migrate import upgrade
 from tests.hostile import Answer, Deployment, assert_contract_error, basic, deployment, free_port
-from tests.support import ServiceProcess, run_imagesvc
+from tests.support import ServiceProcess, make_settings, run_imagesvc, scratch_database
 
 IMAGES = "/v2/zone/ac1/images"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -58,7 +69,9 @@ async def test_a_disabled_accounts_tokens_and_secret_stop_working_at_once(
     assert await images_status(api, token) == 200
     assert operator(api, "disable", credentials.account_id)["disabled"] is True
     assert await images_status(api, token) == 401
-    assert_contract_error(await login(api, credentials.api_key, credentials.secret), 401, 1200)
+    refused = await login(api, credentials.api_key, credentials.secret)
+    assert_contract_error(refused, 401, 1200)
+    assert (refused.header("www-authenticate") or "").startswith("Basic"), refused.headers
 
     assert operator(api, "enable", credentials.account_id)["disabled"] is False
     assert await images_status(api, token) == 401, "tokens revoked by disabling stay revoked"
@@ -200,3 +213,30 @@ async def test_the_throttle_is_shared_by_api_processes_when_redis_is_configured(
         assert_contract_error(answer, 429, 2500)
     else:
         assert answer.status == 200, "the embedded default counts in each process"
+
+
+# the migration ---------------------------------------------------------------------
+
+
+def test_accounts_of_the_earlier_release_keep_working_after_the_upgrade(tmp_path: Path) -> None:
+    """Migration 0006 adds accounts.disabled_at to a live database, its data in place."""
+    with scratch_database(tmp_path) as url:
+        upgrade(url, "0004")
+        secret = "a-secret-of-the-earlier-release"
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO accounts (account_id, name, api_key, secret_hash, created_at)"
+                    " VALUES ('usr-old', 'old', 'OLDKEY', :hash, :now)"
+                ),
+                {"hash": hash_secret(secret), "now": datetime.now(UTC)},
+            )
+        engine.dispose()
+        upgrade(url)
+        with services_for(make_settings(tmp_path, url)) as services:
+            with services.database.reading() as session:
+                client = client_record(session, "OLDKEY")
+                account = verified_account(session, client)
+            assert verify_secret(secret, client.secret_hash)
+            assert account.account_id == "usr-old" and account.disabled_at is None
