@@ -3,6 +3,12 @@
 Secrets are stored as salted scrypt hashes; access tokens as SHA-256 digests
 (they are 256-bit random values, so a fast digest is enough and lets the
 token be looked up on every request). Both are compared in constant time.
+
+A secret is checked in two steps, so that the API can run the slow scrypt
+apart from its database threads: :func:`client_record` reads the hash, and
+:func:`verified_account` re-reads the account when the token is issued, so a
+secret rotated or an account disabled in between is refused. The operator
+disables, enables and rotates; disabling and rotating revoke every token.
 """
 
 from __future__ import annotations
