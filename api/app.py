@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 8190
 MAX_HEADERS = 64
+# After answering a request whose body was not read (a 401, a 413, a 408), aiohttp reads and
+# discards the rest for this long before closing, so the client can read its answer.
+LINGER_S = 2.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -64,12 +67,14 @@ def _connection_limits(settings: Settings) -> dict[str, object]:
 
     aiohttp closes a connection whose request has not fully arrived when its
     keep-alive timer fires, and that timer starts when the connection opens:
-    so ``keepalive_timeout`` bounds both slow headers and idle keep-alive.
-    Bodies are inflated by :mod:`api.limits`, never by the parser.
+    so ``keepalive_timeout`` bounds both slow headers and idle keep-alive. A
+    stalled body is cut by :mod:`api.limits` after ``body_timeout``, plus
+    ``LINGER_S`` of lingering: at most 30 s. Bodies are inflated by
+    :mod:`api.limits`, never by the parser.
     """
     return {
         "keepalive_timeout": settings.header_timeout,
-        "lingering_time": settings.body_timeout,
+        "lingering_time": LINGER_S,
         "max_line_size": MAX_HEADER_BYTES,
         "max_field_size": MAX_HEADER_BYTES,
         "max_headers": MAX_HEADERS,

@@ -31,7 +31,7 @@ class PayloadTooLarge(ServiceError):
 
     http_status = 413
     ret_code = 1100
-    # Close rather than read and discard the rest: a megabyte of junk costs nothing then.
+    # No keep-alive after it: the rest of the body is discarded only while the answer lingers.
     closes_connection = True
 
 

@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         default=15.0, gt=0, le=30, description="Seconds to send a request's headers, or idle"
     )
+    # At most 28: with the 2 s an unread body lingers (api/app.py), a stall ends within 30 s.
     body_timeout: float = Field(
-        default=15.0, gt=0, le=30, description="Seconds to send a request's body"
+        default=15.0, gt=0, le=28, description="Seconds to send a request's body"
     )
     throttle_failures: int = Field(
         default=20, ge=1, description="Failed client logins per api_key or address per window"

@@ -30,6 +30,12 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 
 
 @pytest.fixture(scope="module")
+def token(api: Deployment) -> str:
+    """One tenant's token for the module's authenticated requests."""
+    return asyncio.run(api.tenant())[1]
+
+
+@pytest.fixture(scope="module")
 def gzip_bomb() -> bytes:
     """About 1 MB of gzip that inflates to 1 GiB of zeros (128 members of 8 MiB each)."""
     member = gzip.compress(bytes(8 * MiB), compresslevel=9)
@@ -65,8 +71,9 @@ async def test_gzip_bombs_are_refused_before_inflating_and_nothing_stalls(
     assert all(line.startswith(b"HTTP/1.1 413") for line in answers), answers
 
 
-async def test_a_small_gzip_body_that_inflates_past_the_limit_is_413(api: Deployment) -> None:
-    _, token = await api.tenant()
+async def test_a_small_gzip_body_that_inflates_past_the_limit_is_413(
+    api: Deployment, token: str
+) -> None:
     bomb = gzip.compress(b'{"instance": "' + b"a" * (8 * MiB) + b'"}')
     assert len(bomb) < 64 * 1024
     answer = await api.request(
@@ -78,8 +85,7 @@ async def test_a_small_gzip_body_that_inflates_past_the_limit_is_413(api: Deploy
     assert_contract_error(answer, 413, 1100)
 
 
-async def test_a_chunked_gzip_bomb_is_413(api: Deployment, gzip_bomb: bytes) -> None:
-    _, token = await api.tenant()
+async def test_a_chunked_gzip_bomb_is_413(api: Deployment, gzip_bomb: bytes, token: str) -> None:
     head = (
         f"POST {IMAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
         "Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -89,8 +95,7 @@ async def test_a_chunked_gzip_bomb_is_413(api: Deployment, gzip_bomb: bytes) -> 
     assert (await send_and_read(api, head, body)).startswith(b"HTTP/1.1 413")
 
 
-async def test_gzip_and_deflate_bodies_that_fit_are_read(api: Deployment) -> None:
-    _, token = await api.tenant()
+async def test_gzip_and_deflate_bodies_that_fit_are_read(api: Deployment, token: str) -> None:
     auth = {"Authorization": f"Bearer {token}", **JSON}
     body = b'{"limit": 1}'
     for coding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
@@ -114,9 +119,8 @@ async def test_gzip_and_deflate_bodies_that_fit_are_read(api: Deployment) -> Non
     ],
 )
 async def test_broken_or_unsupported_encodings_are_contract_json(
-    api: Deployment, coding: str, body: bytes, status: int
+    api: Deployment, coding: str, body: bytes, status: int, token: str
 ) -> None:
-    _, token = await api.tenant()
     headers = {"Authorization": f"Bearer {token}", "Content-Encoding": coding, **JSON}
     answer = await api.request("GET", IMAGES, headers, body)
     assert_contract_error(answer, status, 1100)
@@ -274,8 +278,7 @@ async def test_an_idle_keep_alive_connection_is_closed(api: Deployment) -> None:
     writer.close()
 
 
-async def test_a_body_that_never_arrives_is_cut_with_408(api: Deployment) -> None:
-    _, token = await api.tenant()
+async def test_a_body_that_never_arrives_is_cut_with_408(api: Deployment, token: str) -> None:
     reader, writer = await api.connect()
     writer.write(
         f"POST {IMAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -291,8 +294,7 @@ async def test_a_body_that_never_arrives_is_cut_with_408(api: Deployment) -> Non
 # row 15 ----------------------------------------------------------------------------
 
 
-async def test_no_version_banner_and_no_caching_or_sniffing(api: Deployment) -> None:
-    _, token = await api.tenant()
+async def test_no_version_banner_and_no_caching_or_sniffing(api: Deployment, token: str) -> None:
     answers = [
         await api.request("GET", IMAGES, {"Authorization": f"Bearer {token}"}),
         await api.request("GET", IMAGES),
