@@ -123,6 +123,20 @@ def _add_account_commands(sub: Any) -> None:
     )
     quota.add_argument("--json", action="store_true")
     quota.set_defaults(command=cmd_account_set_quota)
+    for action, summary in (
+        ("disable", "disable an account: its secret and tokens stop working at once"),
+        ("enable", "enable a disabled account again (its old tokens stay revoked)"),
+    ):
+        toggle = account.add_parser(action, help=summary)
+        toggle.add_argument("account_id")
+        toggle.add_argument("--json", action="store_true")
+        toggle.set_defaults(command=cmd_account_toggle, action=action)
+    rotate = account.add_parser(
+        "rotate-secret", help="a new secret (shown once); the old one and its tokens stop working"
+    )
+    rotate.add_argument("account_id")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(command=cmd_account_rotate_secret)
 
 
 def _add_instance_commands(sub: Any) -> None:
@@ -213,11 +227,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
     from api.app import create_app
+    from api.server import serve
 
-    web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=30)
+    serve(create_app(settings), host=args.host, port=args.port)
     return 0
 
 
@@ -270,6 +283,33 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 
     with _transaction(settings) as session:
         credentials = create_account(session, args.name)
+    _print(
+        {
+            "account_id": credentials.account_id,
+            "api_key": credentials.api_key,
+            "secret": credentials.secret,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_account_toggle(args: argparse.Namespace, settings: Settings) -> int:
+    from models.accounts import disable_account, enable_account
+
+    toggle = disable_account if args.action == "disable" else enable_account
+    with _transaction(settings) as session:
+        account = toggle(session, args.account_id)
+        disabled = account.disabled_at is not None
+    _print({"account_id": args.account_id, "disabled": disabled}, args.json)
+    return 0
+
+
+def cmd_account_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from models.accounts import rotate_secret
+
+    with _transaction(settings) as session:
+        credentials = rotate_secret(session, args.account_id)
     _print(
         {
             "account_id": credentials.account_id,

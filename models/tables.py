@@ -83,6 +83,8 @@ class Account(Base):
     quota_images: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_gb: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set by the operator: the account's secret and tokens stop working at once.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class AccessToken(Base):

@@ -16,7 +16,7 @@ the rows in place. PostgreSQL only: SQLite (the small embedded deployment)
 counts the rows, and its batch migrations rebuild tables without triggers.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-11-27 14:30:00
 """
 
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
