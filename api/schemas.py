@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from models.states import (
     ImageStatus,
     JobAction,
+    JobPhase,
     JobStatus,
     ProcessorType,
     Provider,
@@ -144,6 +145,7 @@ class ImageOut(BaseModel):
     default_passwd: str
     disk_format: str
     checksum: str
+    checksum_algorithm: str  # how to recompute ``checksum`` (README: "Checksums")
 
 
 class JobError(BaseModel):
@@ -156,6 +158,7 @@ class JobOut(BaseModel):
     action: str
     status: str
     progress: int
+    phase: str  # models.states.JobPhase
     create_time: IsoTime
     begin_time: IsoTime | None
     finished_time: IsoTime | None
@@ -175,6 +178,7 @@ class JobOut(BaseModel):
             action=job.action,
             status=job.status,
             progress=job.progress,
+            phase=JobPhase.of(job.status, job.phase, job.action),
             create_time=job.create_time,
             begin_time=job.begin_time,
             finished_time=job.finished_time,

@@ -100,8 +100,13 @@ def fail_job(
     )
 
 
-def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
+def beat(
+    session: Session, job_id: str, attempt: int, progress: int, phase: str | None = None
+) -> bool:
     """Record that this run of the job is alive; False if the job is no longer its own."""
+    values: dict[str, object] = {"heartbeat_at": utcnow(), "progress": max(0, min(99, progress))}
+    if phase is not None:
+        values["phase"] = phase
     stmt = (
         update(Job)
         .where(
@@ -109,7 +114,7 @@ def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
             Job.status == JobStatus.WORKING.value,
             Job.attempts == attempt,
         )
-        .values(heartbeat_at=utcnow(), progress=max(0, min(99, progress)))
+        .values(**values)
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return result.rowcount == 1

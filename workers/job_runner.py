@@ -21,9 +21,9 @@ from sqlalchemy.exc import DBAPIError
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.jobs import claim_job, fail_job, move_job
-from models.states import ImageAction, JobAction, JobStatus
+from models.states import ImageAction, JobAction, JobPhase, JobStatus
 from models.transitions import move_images
-from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
+from workers.disk import CopyPhase, DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
 from workers.heartbeat import Heartbeat, Superseded
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,14 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
 
 def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     image_id, instance_id = job.resource_ids
+    heartbeat.phase(JobPhase.COPYING)
     _remove_earlier_runs(context, job, image_id)
     try:
         stored = _copy_instance_disk(context, job, heartbeat, image_id, instance_id)
     except JobFailure as failure:
         abandon_capture(context, job, failure.code, failure.message)
         return
+    heartbeat.phase(JobPhase.RECORDING)
     _finish_capture(context, job, image_id, stored)
 
 
@@ -121,9 +123,13 @@ def _copy_instance_disk(
             capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
             on_progress=heartbeat.progress,
+            on_phase=lambda phase: heartbeat.phase(_PHASES[phase]),
         )
     except DiskError as exc:
         raise JobFailure(exc.code, f"capture of instance {instance_id} failed: {exc}") from exc
+
+
+_PHASES = {CopyPhase.COPYING: JobPhase.COPYING, CopyPhase.SYNCING: JobPhase.SYNCING}
 
 
 class _CaptureOvertaken(Exception):
@@ -145,6 +151,7 @@ def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: S
                 byte_size=stored.byte_size,
                 disk_format=stored.disk_format.value,
                 checksum=stored.checksum,
+                checksum_algorithm=stored.checksum_algorithm,
                 file_name=stored.path.name,
             )
             if not available:

@@ -40,6 +40,7 @@ def import_system_image(
             byte_size=stored.byte_size,
             disk_format=stored.disk_format.value,
             checksum=stored.checksum,
+            checksum_algorithm=stored.checksum_algorithm,
             file_name=stored.path.name,
         )
     return image_id
