@@ -133,7 +133,7 @@ def test_migration_names_the_earlier_releases_algorithm(tmp_path: Path) -> None:
             upgrade(url)
             with engine.connect() as connection:
                 rows = connection.execute(text("SELECT image_id, checksum_algorithm FROM images"))
-                algorithms = {image_id: algorithm for image_id, algorithm in rows}
+                algorithms = {str(row[0]): str(row[1]) for row in rows.all()}
         finally:
             engine.dispose()
     assert algorithms == {"img-old": PLAIN_SHA256, "img-new": ""}

@@ -15,6 +15,7 @@ import pytest
 
 from workers.checksum import CHUNKED_SHA256, data_extents
 from workers.disk import (
+    CopyPhase,
     DiskCopyFailed,
     DiskError,
     DiskFormat,
@@ -619,3 +620,30 @@ def test_fsync_directory(tmp_path: Path) -> None:
 
 def test_partial_dir(tmp_path: Path) -> None:
     assert partial_dir(tmp_path / "store" / "img.qcow2") == tmp_path / "store" / ".partial"
+
+
+@pytest.mark.parametrize("use_qemu", ENGINES)
+def test_progress_moves_in_every_phase(store: Path, tmp_path: Path, use_qemu: bool) -> None:
+    src = tmp_path / "src.raw"
+    with src.open("wb") as f:  # several chunks of data, and holes
+        f.truncate(256 * MiB)
+        f.seek(64 * MiB)
+        f.write(os.urandom(40 * MiB))
+    phases: list[CopyPhase] = []
+    seen: list[tuple[CopyPhase, int]] = []
+
+    store_disk(
+        src,
+        DiskFormat.RAW,
+        store / "img.raw",
+        partial_name="j",
+        on_progress=lambda done, total: seen.append((phases[-1], done)) if phases else None,
+        on_phase=phases.append,
+        use_qemu_img=engine(use_qemu),
+    )
+
+    assert phases == [CopyPhase.COPYING, CopyPhase.SYNCING]
+    for phase in phases:
+        done = [d for p, d in seen if p is phase]
+        assert len(done) >= 2 and done[-1] > done[0], f"progress stood still while {phase}"
+    assert seen[-1][1] == 2 * data_bytes(src)
