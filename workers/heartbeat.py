@@ -58,13 +58,18 @@ class Heartbeat:
             raise Superseded(self._job_id)
         self._percent = 99 if total == 0 else min(99, done * 100 // total)
 
-    def phase(self, phase: JobPhase) -> None:
-        """The run entered ``phase``; recorded right away. Raises Superseded like progress."""
+    def phase(self, phase: JobPhase, at_once: bool = True) -> None:
+        """The run entered ``phase``; recorded right away unless ``at_once`` is False.
+
+        Raises Superseded like progress. (A run about to commit its outcome passes
+        at_once=False: a beat racing that commit would only find the job finished.)
+        """
         if self.superseded:
             raise Superseded(self._job_id)
         if phase != self._phase:
             self._phase = phase
-            self._wake.set()
+            if at_once:
+                self._wake.set()
 
     def _run(self) -> None:
         while True:

@@ -92,7 +92,7 @@ def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> Non
     except JobFailure as failure:
         abandon_capture(context, job, failure.code, failure.message)
         return
-    heartbeat.phase(JobPhase.RECORDING)
+    heartbeat.phase(JobPhase.RECORDING, at_once=False)
     _finish_capture(context, job, image_id, stored)
 
 
