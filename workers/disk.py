@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import enum
 import os
+import queue
 import re
 import select
 import shutil
@@ -30,6 +31,7 @@ import stat
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -567,12 +569,13 @@ def _copy_and_hash(src: int, dst: int, on_progress: ProgressCallback | None) -> 
     # Truncating to full length first makes every region we skip a hole in the destination.
     os.ftruncate(dst, size)
     done = 0
-    with ChunkedDigest(size) as digest:
+    with ChunkedDigest(size) as digest, _Flusher(dst) as flusher:
         for index, pieces in data_chunks(iter(extents)):
             chunk = read_chunk(src, index, size)
             digest.add_chunk(index, chunk)
             if not is_all_zero(chunk):
                 _write_pieces(dst, chunk, index * CHUNK_SIZE, pieces)
+                flusher.start(index * CHUNK_SIZE, len(chunk))
             done += sum(end - start for start, end in pieces)
             report(done, data)
         return digest.hexdigest()
@@ -583,7 +586,7 @@ def _no_progress(done: int, total: int) -> None:
 
 
 def _write_pieces(dst: int, chunk: bytes, base: int, pieces: list[tuple[int, int]]) -> None:
-    """Write the data pieces of a chunk (its holes stay holes) and start their writeback."""
+    """Write the data pieces of a chunk; its holes stay holes."""
     view = memoryview(chunk)
     for start, end in pieces:
         piece = view[start - base : end - base]
@@ -592,7 +595,35 @@ def _write_pieces(dst: int, chunk: bytes, base: int, pieces: list[tuple[int, int
             written = os.pwrite(dst, piece, offset)
             piece = piece[written:]
             offset += written
-    _writeback(dst, base, len(chunk), _SYNC_WRITE)
+
+
+class _Flusher:
+    """Starts writeback of written ranges on a thread of its own.
+
+    Submitting writeback can block while the disk's queue is full; doing it here keeps the
+    copy loop reading, hashing and writing meanwhile.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+
+    def __enter__(self) -> _Flusher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ranges.put(None)
+        self._thread.join()  # the fd must stay open until the thread is done with it
+
+    def start(self, offset: int, length: int) -> None:
+        """Have the range's writeback started soon."""
+        self._ranges.put((offset, length))
+
+    def _run(self) -> None:
+        while (item := self._ranges.get()) is not None:
+            _writeback(self._fd, item[0], item[1], _SYNC_WRITE)
 
 
 # --------------------------------------------------------------------------- hashing
