@@ -36,7 +36,7 @@ ALGORITHMS = (CHUNKED_SHA256, PLAIN_SHA256)
 
 CHUNK_SIZE = 4 << 20
 _HASH_THREADS = 2  # hashlib releases the GIL on big buffers: chunks hash in parallel
-_IN_FLIGHT = 4  # chunks read but not yet folded: bounds memory to a few chunks
+IN_FLIGHT = 4  # chunks being hashed after add_chunk returns: bounds memory to a few chunks
 _ZERO_CHUNK = bytes(CHUNK_SIZE)
 # lseek(SEEK_DATA) raises these when the filesystem cannot report holes.
 _NO_HOLE_SUPPORT_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
@@ -52,12 +52,12 @@ def zero_chunk_digest(length: int) -> bytes:
     return hashlib.sha256(bytes(length)).digest()
 
 
-def is_all_zero(data: bytes) -> bool:
+def is_all_zero(data: bytes | bytearray) -> bool:
     """True if ``data`` holds only zero bytes (a memcmp, far cheaper than hashing)."""
     return data == _ZERO_CHUNK[: len(data)] if len(data) <= CHUNK_SIZE else not any(data)
 
 
-def chunk_digest(data: bytes) -> bytes:
+def chunk_digest(data: bytes | bytearray) -> bytes:
     """SHA-256 digest of one chunk; all-zero chunks use the known constant."""
     if is_all_zero(data):
         return zero_chunk_digest(len(data))
@@ -100,14 +100,18 @@ class ChunkedDigest:
     ) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def add_chunk(self, index: int, data: bytes) -> None:
-        """Queue chunk ``index`` (its full content) for hashing."""
+    def add_chunk(self, index: int, data: bytes | bytearray) -> None:
+        """Queue chunk ``index`` (its full content) for hashing.
+
+        ``data`` is read by another thread until IN_FLIGHT more chunks have been added
+        (ChunkBuffers relies on this to reuse buffers).
+        """
         if index < self._next or len(data) != chunk_length(index, self.size):
             raise ChecksumError("chunks must come in order and whole")
         self._holes_until(index)
         self._pending.append(self._pool.submit(chunk_digest, data))
         self._next = index + 1
-        while len(self._pending) > _IN_FLIGHT:
+        while len(self._pending) > IN_FLIGHT:
             self._outer.update(self._pending.popleft().result())
 
     def hexdigest(self) -> str:
@@ -172,17 +176,33 @@ def data_chunks(extents: Iterator[tuple[int, int]]) -> Iterator[tuple[int, list[
         yield current, pieces
 
 
-def read_chunk(fd: int, index: int, size: int) -> bytes:
-    """The full content of chunk ``index`` (holes read as zeros)."""
-    length = chunk_length(index, size)
-    offset = index * CHUNK_SIZE
-    data = os.pread(fd, length, offset)
-    while len(data) < length:  # a short read is legal; an empty one means the file shrank
-        more = os.pread(fd, length - len(data), offset + len(data))
-        if not more:
-            raise ChecksumError("the file changed size while it was being read")
-        data += more
-    return data
+class ChunkBuffers:
+    """Reads chunks into a ring of reused buffers, for a ChunkedDigest.
+
+    Reusing buffers avoids faulting in fresh pages for every chunk (which costs more than
+    the copy itself) and bounds memory. A buffer comes round again only after IN_FLIGHT + 1
+    further reads, by which time ChunkedDigest has finished hashing it.
+    """
+
+    def __init__(self) -> None:
+        self._ring = [bytearray(CHUNK_SIZE) for _ in range(IN_FLIGHT + 2)]
+        self._turn = 0
+
+    def read(self, fd: int, index: int, size: int) -> bytes | bytearray:
+        """The full content of chunk ``index`` (holes read as zeros)."""
+        length = chunk_length(index, size)
+        buffer = self._ring[self._turn]
+        self._turn = (self._turn + 1) % len(self._ring)
+        view = memoryview(buffer)[:length]
+        done = 0
+        while done < length:  # a short read is legal; an empty one means the file shrank
+            count = os.preadv(fd, [view[done:]], index * CHUNK_SIZE + done)
+            if count == 0:
+                raise ChecksumError("the file changed size while it was being read")
+            done += count
+        view.release()
+        # Only the last chunk of a file is short; copying it keeps comparisons fast (bytes).
+        return buffer if length == CHUNK_SIZE else bytes(buffer[:length])
 
 
 ChunkDone = Callable[[int], None]  # called with the bytes of data just read
@@ -190,9 +210,10 @@ ChunkDone = Callable[[int], None]  # called with the bytes of data just read
 
 def chunked_checksum_fd(fd: int, size: int, on_chunk: ChunkDone | None = None) -> str:
     """``sha256-chunks-4MiB`` of the first ``size`` bytes of ``fd``, reading only data chunks."""
+    buffers = ChunkBuffers()
     with ChunkedDigest(size) as digest:
         for index, pieces in data_chunks(data_extents(fd, size)):
-            digest.add_chunk(index, read_chunk(fd, index, size))
+            digest.add_chunk(index, buffers.read(fd, index, size))
             if on_chunk is not None:
                 on_chunk(sum(end - start for start, end in pieces))
         return digest.hexdigest()

@@ -42,12 +42,12 @@ from workers.checksum import (
     CHUNK_SIZE,
     CHUNKED_SHA256,
     ChecksumError,
+    ChunkBuffers,
     ChunkedDigest,
     data_chunks,
     data_extents,
     is_all_zero,
     plain_sha256_fd,
-    read_chunk,
 )
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -331,9 +331,10 @@ def _sync_and_hash(fd: int, size: int, progress: _Progress) -> str:
     total = sum(end - start for start, end in extents)
     _writeback(fd, 0, 0, _SYNC_WRITE)
     done = 0
+    buffers = ChunkBuffers()
     with ChunkedDigest(size) as digest:
         for index, pieces in data_chunks(iter(extents)):
-            digest.add_chunk(index, read_chunk(fd, index, size))
+            digest.add_chunk(index, buffers.read(fd, index, size))
             _writeback(fd, index * CHUNK_SIZE, CHUNK_SIZE, _SYNC_WAIT)
             done += sum(end - start for start, end in pieces)
             progress.synced(done, total)
@@ -569,9 +570,10 @@ def _copy_and_hash(src: int, dst: int, on_progress: ProgressCallback | None) -> 
     # Truncating to full length first makes every region we skip a hole in the destination.
     os.ftruncate(dst, size)
     done = 0
+    buffers = ChunkBuffers()
     with ChunkedDigest(size) as digest, _Flusher(dst) as flusher:
         for index, pieces in data_chunks(iter(extents)):
-            chunk = read_chunk(src, index, size)
+            chunk = buffers.read(src, index, size)
             digest.add_chunk(index, chunk)
             if not is_all_zero(chunk):
                 _write_pieces(dst, chunk, index * CHUNK_SIZE, pieces)
@@ -585,7 +587,9 @@ def _no_progress(done: int, total: int) -> None:
     """Default on_progress: nobody is listening."""
 
 
-def _write_pieces(dst: int, chunk: bytes, base: int, pieces: list[tuple[int, int]]) -> None:
+def _write_pieces(
+    dst: int, chunk: bytes | bytearray, base: int, pieces: list[tuple[int, int]]
+) -> None:
     """Write the data pieces of a chunk; its holes stay holes."""
     view = memoryview(chunk)
     for start, end in pieces:
