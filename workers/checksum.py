@@ -24,11 +24,13 @@ import errno
 import functools
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 CHUNKED_SHA256 = "sha256-chunks-4MiB"
 PLAIN_SHA256 = "sha256"  # the earlier release's algorithm
@@ -181,18 +183,30 @@ class ChunkBuffers:
 
     Reusing buffers avoids faulting in fresh pages for every chunk (which costs more than
     the copy itself) and bounds memory. A buffer comes round again only after IN_FLIGHT + 1
-    further reads, by which time ChunkedDigest has finished hashing it.
+    further reads, by which time ChunkedDigest has finished hashing it. Buffers are made on
+    first use and kept for the process's next copy (a fresh 4 MiB buffer costs ~1000 page
+    faults); leave the ``with`` block only after the digest is done with them.
     """
 
+    _spare: ClassVar[list[bytearray]] = []
+    _spare_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self) -> None:
-        self._ring = [bytearray(CHUNK_SIZE) for _ in range(IN_FLIGHT + 2)]
+        self._ring: list[bytearray] = []
         self._turn = 0
+
+    def __enter__(self) -> ChunkBuffers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._spare_lock:
+            self._spare.extend(self._ring[: IN_FLIGHT + 2 - len(self._spare)])
+        self._ring = []
 
     def read(self, fd: int, index: int, size: int) -> bytes | bytearray:
         """The full content of chunk ``index`` (holes read as zeros)."""
         length = chunk_length(index, size)
-        buffer = self._ring[self._turn]
-        self._turn = (self._turn + 1) % len(self._ring)
+        buffer = self._next_buffer()
         view = memoryview(buffer)[:length]
         done = 0
         while done < length:  # a short read is legal; an empty one means the file shrank
@@ -204,14 +218,23 @@ class ChunkBuffers:
         # Only the last chunk of a file is short; copying it keeps comparisons fast (bytes).
         return buffer if length == CHUNK_SIZE else bytes(buffer[:length])
 
+    def _next_buffer(self) -> bytearray:
+        if len(self._ring) < IN_FLIGHT + 2:
+            with self._spare_lock:
+                spare = self._spare.pop() if self._spare else None
+            self._ring.append(spare if spare is not None else bytearray(CHUNK_SIZE))
+            return self._ring[-1]
+        buffer = self._ring[self._turn]
+        self._turn = (self._turn + 1) % len(self._ring)
+        return buffer
+
 
 ChunkDone = Callable[[int], None]  # called with the bytes of data just read
 
 
 def chunked_checksum_fd(fd: int, size: int, on_chunk: ChunkDone | None = None) -> str:
     """``sha256-chunks-4MiB`` of the first ``size`` bytes of ``fd``, reading only data chunks."""
-    buffers = ChunkBuffers()
-    with ChunkedDigest(size) as digest:
+    with ChunkBuffers() as buffers, ChunkedDigest(size) as digest:
         for index, pieces in data_chunks(data_extents(fd, size)):
             digest.add_chunk(index, buffers.read(fd, index, size))
             if on_chunk is not None:

@@ -331,8 +331,7 @@ def _sync_and_hash(fd: int, size: int, progress: _Progress) -> str:
     total = sum(end - start for start, end in extents)
     _writeback(fd, 0, 0, _SYNC_WRITE)
     done = 0
-    buffers = ChunkBuffers()
-    with ChunkedDigest(size) as digest:
+    with ChunkBuffers() as buffers, ChunkedDigest(size) as digest:
         for index, pieces in data_chunks(iter(extents)):
             digest.add_chunk(index, buffers.read(fd, index, size))
             _writeback(fd, index * CHUNK_SIZE, CHUNK_SIZE, _SYNC_WAIT)
@@ -570,8 +569,7 @@ def _copy_and_hash(src: int, dst: int, on_progress: ProgressCallback | None) -> 
     # Truncating to full length first makes every region we skip a hole in the destination.
     os.ftruncate(dst, size)
     done = 0
-    buffers = ChunkBuffers()
-    with ChunkedDigest(size) as digest, _Flusher(dst) as flusher:
+    with ChunkBuffers() as buffers, ChunkedDigest(size) as digest, _Flusher(dst) as flusher:
         for index, pieces in data_chunks(iter(extents)):
             chunk = buffers.read(src, index, size)
             digest.add_chunk(index, chunk)
