@@ -144,7 +144,6 @@ async def test_a_capture_job_goes_through_its_phases_in_order(
         await asyncio.sleep(0.02)  # the per-test timeout bounds this loop
 
     assert job["status"] == "successful", job
-    print("phases seen:", seen, "progress seen:", sorted(set(progress)))
     assert seen == sorted(seen, key=PHASES.index), f"phases out of order: {seen}"
     assert seen[-1] == "done" and len(seen) == len(set(seen))
     assert progress == sorted(progress) and progress[-1] == 100
