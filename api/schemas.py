@@ -27,6 +27,7 @@ from api.limits import JsonRejected, decode_json
 from models.states import (
     ImageStatus,
     JobAction,
+    JobPhase,
     JobStatus,
     Platform,
     ProcessorType,
@@ -265,7 +266,12 @@ class ImageOut(BaseModel):
     disk_format: str
     """The stored file's format: `raw` or `qcow2`."""
     checksum: str
-    """SHA-256 of the stored file, hex; empty until the capture has finished."""
+    """The stored file's checksum, hex, computed as `checksum_algorithm` says; empty until the
+    capture has finished."""
+    checksum_algorithm: str
+    """`sha256-chunks-4MiB` (SHA-256 of the SHA-256s of each 4 MiB chunk; this release) or
+    `sha256` (the whole file; images checksummed by earlier releases). The README gives the
+    recipe to recompute it."""
 
 
 class JobError(BaseModel):
@@ -291,7 +297,9 @@ class JobOut(BaseModel):
     status: JobStatus
     """`pending` → `working` → `successful`, `failed` or `done with failure`."""
     progress: int
-    """Percent done, 0 to 100."""
+    """Percent done, 0 to 100, counted in data bytes (holes are not work)."""
+    phase: str
+    """What a working job is doing: `queued`, `copying`, `syncing`, `recording` or `done`."""
     create_time: IsoTime
     """When the job was accepted, UTC."""
     begin_time: IsoTime | None
@@ -319,6 +327,7 @@ class JobOut(BaseModel):
             action=JobAction(job.action),
             status=JobStatus(job.status),
             progress=job.progress,
+            phase=JobPhase.of(job.status, job.phase, job.action),
             create_time=job.create_time,
             begin_time=job.begin_time,
             finished_time=job.finished_time,

@@ -182,6 +182,10 @@ def _add_image_commands(sub: Any) -> None:
         move.add_argument("image_id")
         move.add_argument("--json", action="store_true")
         move.set_defaults(command=cmd_image_move, action=action)
+    verify = image.add_parser("verify", help="recompute an image's checksum from its stored file")
+    verify.add_argument("image_id")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(command=cmd_image_verify)
 
 
 def _add_job_commands(sub: Any) -> None:
@@ -427,3 +431,36 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print(job.model_dump(mode="json"), as_json=False)
     return 0
+
+
+def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Recompute the checksum of an image's stored file; exit 0 if it matches, 1 if not."""
+    from models.errors import InvalidParameter, ResourceNotFound
+    from models.tables import Image
+    from workers.checksum import ALGORITHMS, checksum_file
+
+    with _transaction(settings) as session:
+        image = session.get(Image, args.image_id)
+        if image is None:
+            raise ResourceNotFound(f"image {args.image_id} not found")
+        file_name, algorithm, recorded = image.file_name, image.checksum_algorithm, image.checksum
+    if not file_name or algorithm not in ALGORITHMS:
+        raise InvalidParameter(f"image {args.image_id} has no stored file with a checksum")
+    try:
+        recomputed = checksum_file(settings.image_dir / file_name, algorithm)
+    except OSError as exc:
+        raise InvalidParameter(
+            f"image {args.image_id}: stored file unreadable: {exc.strerror}"
+        ) from exc
+    matches = recomputed == recorded
+    _print(
+        {
+            "image_id": args.image_id,
+            "checksum_algorithm": algorithm,
+            "checksum": recorded,
+            "recomputed": recomputed,
+            "matches": matches,
+        },
+        args.json,
+    )
+    return 0 if matches else 1

@@ -119,9 +119,14 @@ def fail_job(
     )
 
 
-def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
+def beat(
+    session: Session, job_id: str, attempt: int, progress: int, phase: str | None = None
+) -> bool:
     """Record that this run of the job is alive; False if the job is no longer its own."""
-    return _touch_own_run(session, job_id, attempt, progress=max(0, min(99, progress)))
+    values: dict[str, Any] = {"progress": max(0, min(99, progress))}
+    if phase is not None:
+        values["phase"] = phase
+    return _touch_own_run(session, job_id, attempt, **values)
 
 
 def hold_job(session: Session, job_id: str, attempt: int) -> bool:

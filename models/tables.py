@@ -167,6 +167,8 @@ class Image(Base):
     byte_size: Mapped[int] = mapped_column(BigInteger, default=0)
     disk_format: Mapped[str] = mapped_column(String(16), default="")
     checksum: Mapped[str] = mapped_column(String(64), default="")
+    # How ``checksum`` was computed (workers.checksum): like Glance's os_hash_algo.
+    checksum_algorithm: Mapped[str] = mapped_column(String(32), default="", server_default="")
     file_name: Mapped[str | None] = mapped_column(String(128), default=None)
     processor_type: Mapped[str] = mapped_column(String(16))
     platform: Mapped[str] = mapped_column(String(16))
@@ -226,6 +228,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(32))
     resource_ids: Mapped[list[str]] = mapped_column(JSON)
     progress: Mapped[int] = mapped_column(Integer, default=0)
+    # models.states.JobPhase of a working job, written by its heartbeat.
+    phase: Mapped[str] = mapped_column(String(16), default="", server_default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
