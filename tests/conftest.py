@@ -1,17 +1,19 @@
-"""Fixtures: one scratch database and one real worker process per test session.
+"""Fixtures: deployments with a real worker process, tenants, disks, and per-test databases.
 
-Tests stay independent by acting as fresh accounts: every query is scoped
-to its caller, so one test's images are invisible to another's.
+End-to-end tests share one deployment per session (a database, a store, a
+queue and a worker process) and stay independent by acting as fresh
+accounts: every query is scoped to its caller, so one test's images are
+invisible to another's. What is not scoped to a caller (public images, the
+files in the store) would couple tests, so a module that publishes images
+or scans the store is marked ``own_deployment`` and gets a deployment of its
+own for its tests. Domain tests (marked ``domain``) get a database each, a
+clone of a template migrated once per session.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import secrets
-from base64 import b64encode
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,61 +23,76 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
-from models.accounts import create_account
 from models.db import Database
-from models.images import CaptureRequest, capture_instance
-from models.instances import NewInstance, SqlInventory, add_instance
-from models.migrate import upgrade
-from models.quotas import Quota
-from models.scoping import Caller
-from models.states import InstanceStatus, JobStatus
-from tests.support import (
-    TEST_REDIS_URL,
-    ServiceProcess,
-    check_redis,
-    make_settings,
-    scratch_database,
-)
-from workers.system_images import inspect_disk
+from tests.support.databases import DatabaseTemplate, migrated_template
+from tests.support.deployment import deployment_settings, make_settings
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import Tenant, TenantFactory, sign_up
 
-MiB = 1 << 20
-UNLIMITED = Quota(images=10**6, gb=10**6)
-TERMINAL = {s.value for s in JobStatus if s.is_terminal}
+OWN_DEPLOYMENT = "own_deployment"
+
+
+def _has_own_deployment(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker(OWN_DEPLOYMENT) is not None
+
+
+# The session's shared deployment ----------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    check_redis()
-    data_dir = tmp_path_factory.mktemp("imagesvc")
-    with scratch_database(data_dir) as url:
-        settings = make_settings(data_dir, url)
-        settings.ensure_dirs()
-        upgrade(url)
+def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with deployment_settings(tmp_path_factory.mktemp("imagesvc")) as settings:
         yield settings
-        if TEST_REDIS_URL:
-            import redis
-
-            redis.Redis.from_url(TEST_REDIS_URL).delete(settings.queue)
 
 
 @pytest.fixture(scope="session")
+def shared_worker(shared_settings: Settings) -> Iterator[ServiceProcess]:
+    yield from _worker(shared_settings)
+
+
+def _worker(settings: Settings) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(settings, "worker", "--concurrency", "2")
+    try:
+        process.wait_for_output(" ready.")
+        yield process
+    finally:
+        process.stop()
+
+
+# The deployment a module's tests use: the shared one, or its own ------------------
+
+
+@pytest.fixture(scope="module")
+def service_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """The shared deployment's settings, or (``own_deployment`` modules) the module's own."""
+    if not _has_own_deployment(request):
+        yield request.getfixturevalue("shared_settings")
+        return
+    with deployment_settings(tmp_path_factory.mktemp("own")) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
 def services(service_settings: Settings) -> Iterator[Services]:
     """The parts the service's own entry points use, built by the one composition root."""
     with services_for(service_settings) as services:
         yield services
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def database(services: Services) -> Database:
     return services.database
 
 
-@pytest.fixture(scope="session")
-def worker(service_settings: Settings) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(service_settings, "worker", "--concurrency", "2")
-    process.wait_for_output(" ready.")
-    yield process
-    process.stop()
+@pytest.fixture(scope="module")
+def worker(request: pytest.FixtureRequest, service_settings: Settings) -> Iterator[ServiceProcess]:
+    if not _has_own_deployment(request):
+        yield request.getfixturevalue("shared_worker")
+        return
+    yield from _worker(service_settings)
 
 
 @pytest.fixture
@@ -85,117 +102,6 @@ async def client(
     worker: ServiceProcess,
 ) -> TestClient[Any, Any]:
     return await aiohttp_client(create_app(service_settings))
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any
-
-    def __repr__(self) -> str:
-        return f"Reply({self.status}, {self.body!r})"
-
-
-@dataclass
-class Tenant:
-    """An account with a token, calling the API the way its clients do."""
-
-    client: TestClient[Any, Any]
-    database: Database
-    account_id: str
-    token: str
-    zone: str = "ac1"
-    disks: Path = field(default_factory=Path)
-
-    @property
-    def base(self) -> str:
-        return f"/v2/zone/{self.zone}"
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Reply:
-        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
-        url = path if path.startswith("/v2/oauth2") else self.base + path
-        async with self.client.request(method, url, headers=headers, **kwargs) as response:
-            body = await response.json(content_type=None)
-            return Reply(response.status, body)
-
-    async def curl(self, method: str, path: str, body: str) -> Reply:
-        """As the seed document's curl does: a JSON text sent as a form."""
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        return await self.call(method, path, data=body.encode(), headers=headers)
-
-    async def wait_job(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        seen: list[str] = []
-        while True:
-            reply = await self.call("GET", f"/job/{job_id}")
-            assert reply.status == 200, reply
-            if not seen or seen[-1] != reply.body["status"]:
-                seen.append(reply.body["status"])
-            if reply.body["status"] in TERMINAL:
-                reply.body["seen"] = seen
-                return dict(reply.body)
-            assert asyncio.get_running_loop().time() < deadline, f"job stuck: {reply.body}"
-            await asyncio.sleep(0.05)
-
-    async def image(self, image_id: str) -> dict[str, Any]:
-        reply = await self.call("GET", "/images", params={"images": image_id})
-        assert reply.status == 200 and reply.body["total_count"] == 1, reply
-        return dict(reply.body["images"][0])
-
-    def add_instance(self, disk: Path, status: str = "stopped", **attrs: Any) -> str:
-        disk_format, disk_size = inspect_disk(disk)
-        new = NewInstance(
-            zone=self.zone,
-            owner=self.account_id,
-            disk_path=str(disk),
-            disk_format=disk_format.value,
-            disk_size=disk_size,
-            status=InstanceStatus(status),
-            **attrs,
-        )
-        with self.database.transaction() as session:
-            return add_instance(session, new).instance_id
-
-    def record_capture(self, disk: Path) -> tuple[str, str]:
-        """A capture recorded as the API records it, but never sent to a worker."""
-        instance = SqlInventory(self.database).find(self.zone, self.add_instance(disk))
-        assert instance is not None
-        caller = Caller(self.account_id, self.zone)
-        with self.database.transaction() as session:
-            wanted = CaptureRequest(instance.instance_id, instance, "recorded")
-            capture = capture_instance(session, caller, wanted, UNLIMITED)
-            return capture.job.job_id, capture.image.image_id
-
-    async def capture(self, instance_id: str, name: str = "img") -> Reply:
-        return await self.call(
-            "POST", "/images", json={"instance": instance_id, "image_name": name}
-        )
-
-    async def captured_image(self, disk: Path, name: str = "img") -> str:
-        """Capture a new instance of ``disk`` and wait until the image is available."""
-        reply = await self.capture(self.add_instance(disk), name)
-        assert reply.status == 202, reply
-        job = await self.wait_job(reply.body["job_id"])
-        assert job["status"] == "successful", job
-        return str(reply.body["image_id"])
-
-
-TenantFactory = Callable[[], Awaitable[Tenant]]
-
-
-async def sign_up(client: TestClient[Any, Any], database: Database, disks: Path) -> Tenant:
-    """A new account, with a token got the SDK's way (Basic credentials, client_credentials)."""
-    with database.transaction() as session:
-        credentials = create_account(session, f"tenant-{secrets.token_hex(3)}")
-    basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
-    response = await client.post(
-        "/v2/oauth2/token",
-        data={"grant_type": "client_credentials"},
-        headers={"Authorization": f"Basic {basic}"},
-    )
-    assert response.status == 200, await response.text()
-    token = (await response.json())["access_token"]
-    return Tenant(client, database, credentials.account_id, token, disks=disks)
 
 
 @pytest.fixture
@@ -211,26 +117,29 @@ async def tenant(new_tenant: TenantFactory) -> Tenant:
     return await new_tenant()
 
 
-def stored_files(image_dir: Path, image_id: str) -> list[Path]:
-    """The files in the store that belong to an image (one run's copy, named by its attempt)."""
-    return sorted(image_dir.glob(f"{image_id}.*"))
+# A database per test, for the domain tier ----------------------------------------
 
 
-def stored_file(image_dir: Path, image_id: str) -> Path:
-    files = stored_files(image_dir, image_id)
-    assert len(files) == 1, f"{image_id} should have exactly one file, has {files}"
-    return files[0]
+@pytest.fixture(scope="session")
+def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseTemplate]:
+    with migrated_template(tmp_path_factory.mktemp("template")) as template:
+        yield template
 
 
-def make_raw_disk(path: Path, size: int = 64 * MiB, regions: int = 3) -> Path:
-    """A sparse raw disk with ``regions`` chunks of random data and holes between them."""
-    with open(path, "wb") as disk:
-        disk.truncate(size)
-        step = size // max(regions, 1)
-        for index in range(regions):
-            disk.seek(index * step + 4096)
-            disk.write(os.urandom(min(MiB, step - 4096)))
-    return path
+@pytest.fixture
+def own_services(database_template: DatabaseTemplate, tmp_path: Path) -> Iterator[Services]:
+    """Parts over a database of this test's own (a clone of the migrated template)."""
+    with database_template.clone(tmp_path) as url, services_for(make_settings(tmp_path, url)) as s:
+        yield s
+
+
+@pytest.fixture
+def own_database(own_services: Services) -> Database:
+    """A migrated database only this test sees."""
+    return own_services.database
+
+
+# Disks -------------------------------------------------------------------------------
 
 
 @pytest.fixture

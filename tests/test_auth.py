@@ -17,7 +17,7 @@ from sqlalchemy import select
 from models.accounts import Credentials, create_account, token_digest
 from models.db import Database
 from models.tables import AccessToken, Account
-from tests.conftest import Tenant
+from tests.support.tenants import Tenant
 
 TOKEN = "/v2/oauth2/token"
 IMAGES = "/v2/zone/ac1/images"

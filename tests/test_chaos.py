@@ -18,15 +18,9 @@ from sqlalchemy import select
 
 from imagesvc.settings import Settings
 from models.tables import Job
-from tests.chaos import (
-    CHAOS_SETTINGS,
-    ChaosEnv,
-    MiB,
-    make_disk,
-    scratch_deployment,
-    show_summaries,
-)
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.chaos import CHAOS_SETTINGS, ChaosEnv, chaos_deployment, show_summaries
+from tests.support.backends import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.disks import MiB, make_raw_disk
 
 needs_services = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -37,7 +31,7 @@ needs_services = pytest.mark.skipif(
 @pytest.fixture
 def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
     try:
-        with scratch_deployment(tmp_path) as env:
+        with chaos_deployment(tmp_path) as env:
             yield env
     finally:
         show_summaries(capsys)
@@ -47,7 +41,7 @@ def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
     chaos.start("scheduler")
     chaos.start_api()
     chaos.sign_up()
-    disk = make_disk(chaos.tmp / "big.raw", size=1024 * MiB, data=256 * MiB)
+    disk = make_raw_disk(chaos.tmp / "big.raw", size=1024 * MiB, data=256 * MiB)
     instances = chaos.add_instances(disk, 20)
     client = chaos.client()
     accepted = []
@@ -71,7 +65,7 @@ def test_the_api_killed_between_commit_and_dispatch(chaos: ChaosEnv) -> None:
     chaos.start("scheduler")
     chaos.start_worker()
     faulty = chaos.settings.model_copy(update={"fault_after_commit": True})
-    disk = make_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
     chaos.start_api()
     chaos.sign_up()
     chaos.kill(chaos.processes[-1])
@@ -90,7 +84,7 @@ def test_the_api_killed_between_commit_and_dispatch(chaos: ChaosEnv) -> None:
 
 def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
     client = chaos.start_deployment()
-    disk = make_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
     ready = []
     for instance_id in chaos.add_instances(disk, 20):
         reply = client.call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
@@ -124,7 +118,7 @@ def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
 
 def _run_two_hundred(chaos: ChaosEnv, restart: list[str], scenario: str) -> None:
     client = chaos.start_deployment()
-    disk = make_disk(chaos.tmp / "tiny.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "tiny.raw", size=16 * MiB, data=8 * MiB)
     instances = chaos.add_instances(disk, 200)
 
     def capture(instance_id: str) -> str | None:
@@ -166,7 +160,7 @@ def test_up_killed_whole_mid_capture_finishes_the_job_after_a_restart(
         up = env.start("up", "--port", str(env.port))
         up.wait_for_output("Running on", timeout=60)
         env.sign_up()
-        disk = make_disk(tmp_path / "big.raw", size=2048 * MiB, data=512 * MiB)
+        disk = make_raw_disk(tmp_path / "big.raw", size=2048 * MiB, data=512 * MiB)
         instance_id = env.add_instances(disk, 1)[0]
         reply = env.client().call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
         assert reply.status == 202, reply

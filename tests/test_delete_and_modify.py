@@ -11,7 +11,8 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.images import SystemImageSpec
 from models.tables import Image
-from tests.conftest import Tenant, TenantFactory, stored_file
+from tests.support.disks import stored_file
+from tests.support.tenants import Tenant, TenantFactory
 from workers.system_images import import_system_image
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import ChaosEnv, MiB, Reply, make_disk, scratch_deployment
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.chaos import ChaosEnv, chaos_deployment
+from tests.support.backends import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.contract import Reply
+from tests.support.disks import MiB, make_raw_disk
 
 pytestmark = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -24,7 +26,7 @@ def service(action: str, name: str) -> None:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
-    with scratch_deployment(tmp_path) as env:
+    with chaos_deployment(tmp_path) as env:
         try:
             env.start_deployment()
             yield env
@@ -72,7 +74,7 @@ def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: 
 
 
 def stopped_instance(deployment: ChaosEnv) -> str:
-    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
     return deployment.add_instances(disk, 1)[0]
 
 

@@ -11,8 +11,9 @@ from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Job, utcnow
-from tests.conftest import Tenant, stored_file
-from tests.support import ServiceProcess
+from tests.support.disks import stored_file
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import Tenant
 
 
 def unsent_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MiB, Reply, Tenant, TenantFactory, make_raw_disk
+from tests.support.contract import Reply, parse_time
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.tenants import Tenant, TenantFactory
 
 JOB_FIELDS = {
     "job_id",
@@ -29,17 +31,11 @@ JOB_FIELDS = {
     "owner",
     "error",
 }
-ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Path:
     return make_raw_disk(tmp_path / f"small-{secrets.token_hex(3)}.raw", size=MiB, regions=1)
-
-
-def parse_time(value: str) -> datetime:
-    assert ISO_UTC.match(value), value
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 async def failed_capture(tenant: Tenant, tmp_path: Path) -> tuple[str, str, str]:

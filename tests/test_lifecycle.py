@@ -13,8 +13,10 @@ from sqlalchemy import update
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Image, utcnow
-from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
-from tests.support import ServiceProcess, run_imagesvc
+from tests.support.disks import MiB, stored_file, stored_files
+from tests.support.processes import ServiceProcess, run_imagesvc
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.waiting import wait_for_async
 
 
 def age(database: Database, image_id: str, seconds: float) -> None:
@@ -105,20 +107,23 @@ async def test_the_sweep_ceases_expired_images_frees_their_files_and_purges_old_
 
 
 async def _wait_for_status(tenant: Tenant, image_id: str, status: str) -> None:
-    for _ in range(300):
-        if (await tenant.image(image_id))["status"] == status:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{image_id} never became {status}")
+    await wait_for_async(
+        lambda: tenant.image(image_id),
+        lambda image: image["status"] == status,
+        f"{image_id} becomes {status}",
+        timeout=30,
+        interval=0.1,
+    )
 
 
 async def _wait_until_gone(tenant: Tenant, image_id: str) -> None:
-    for _ in range(300):
-        reply = await tenant.call("GET", "/images", params={"images": image_id})
-        if reply.body["total_count"] == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{image_id} was never purged")
+    await wait_for_async(
+        lambda: tenant.call("GET", "/images", params={"images": image_id}),
+        lambda reply: reply.body["total_count"] == 0,
+        f"{image_id} is purged",
+        timeout=30,
+        interval=0.1,
+    )
 
 
 async def test_operator_moves_deprecate_suspend_and_resume(

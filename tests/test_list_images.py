@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,9 @@ from models.db import Database
 from models.images import SystemImageSpec
 from models.states import ProcessorType
 from models.tables import Image
-from tests.conftest import MiB, Reply, Tenant, TenantFactory, make_raw_disk
+from tests.support.contract import Reply, parse_time
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.tenants import Tenant, TenantFactory
 from workers.system_images import import_system_image
 
 IMAGE_FIELDS = {
@@ -42,7 +43,6 @@ IMAGE_FIELDS = {
     "default_user",
     "default_passwd",
 }
-ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
 @dataclass(frozen=True)
@@ -463,11 +463,6 @@ async def test_a_second_zone_is_served_and_kept_apart(
     assert (await listed(tenant, {"images": second})).body["total_count"] == 0
     system_in_ac2 = await listed(in_ac2, {"search_word": system_images.word})
     assert system_in_ac2.body["total_count"] == 0, system_in_ac2
-
-
-def parse_time(value: str) -> datetime:
-    assert ISO_UTC.match(value), value
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 async def test_an_image_has_every_field_of_the_contract_with_utc_times(

@@ -21,7 +21,8 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.jobs import claim_job, requeue_job
 from models.tables import Image, Job
-from tests.conftest import Tenant, stored_file, stored_files
+from tests.support.disks import stored_file, stored_files
+from tests.support.tenants import Tenant
 from workers.image_sweep import remove_orphans
 
 GRACE = 60.0
