@@ -28,6 +28,7 @@ from tests.support.databases import DatabaseTemplate, migrated_template
 from tests.support.deployment import deployment_settings, make_settings
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess
+from tests.support.records import Records
 from tests.support.tenants import Tenant, TenantFactory, sign_up
 
 OWN_DEPLOYMENT = "own_deployment"
@@ -153,3 +154,9 @@ def disk_factory(tmp_path: Path) -> Callable[..., Path]:
         return make_raw_disk(tmp_path / f"disk-{secrets.token_hex(3)}.raw", size, regions)
 
     return make
+
+
+@pytest.fixture
+def records(own_database: Database) -> Records:
+    """Accounts, instances, images and jobs made in this test's own database."""
+    return Records(own_database)
