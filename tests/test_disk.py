@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.backends import require_qemu_img
 from workers.disk import (
     DiskCopyFailed,
     DiskError,
@@ -23,7 +24,6 @@ from workers.disk import (
     detect_format,
     fsync_directory,
     partial_dir,
-    qemu_img,
     sha256_file,
     sparse_copy,
     store_disk,
@@ -38,16 +38,6 @@ SPARSE_SIZE = 64 * MiB
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def require_qemu_img() -> str:
-    """Return qemu-img's path; skip if it is missing locally, fail if missing in CI."""
-    exe = shutil.which("qemu-img")
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("qemu-img is required in CI (install qemu-utils)")
-        pytest.skip("qemu-img is not installed")
-    return exe
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -199,10 +189,6 @@ def test_virtual_size_matches_qemu_img(tmp_path: Path) -> None:
     run(exe, "create", "-q", "-f", "qcow2", str(path), "3G")
     assert detect_format(path) is DiskFormat.QCOW2
     assert virtual_size(path, DiskFormat.QCOW2) == qemu_info(exe, path)["virtual-size"] == 3 << 30
-
-
-def test_qemu_img_lookup_matches_path() -> None:
-    assert qemu_img() == shutil.which("qemu-img")
 
 
 def test_errors_have_codes() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,11 +40,18 @@ def scratch_database(data_dir: Path) -> Iterator[str]:
 
 
 class DatabaseTemplate:
-    """A database migrated once, that tests clone to get a database of their own."""
+    """A database migrated once, that tests clone to get a database of their own.
+
+    On PostgreSQL a clone costs a ``CREATE DATABASE`` and a ``DROP DATABASE``
+    (a few hundred ms each), so the next clone is made and the last one
+    dropped in the background while a test runs.
+    """
 
     def __init__(self, url: str, sqlite_file: Path | None) -> None:
         self.url = url
         self._sqlite_file = sqlite_file
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clones")
+        self._spare: Future[str] | None = None
 
     @contextmanager
     def clone(self, directory: Path) -> Iterator[str]:
@@ -53,12 +61,26 @@ class DatabaseTemplate:
             shutil.copyfile(self._sqlite_file, copy)
             yield f"sqlite:///{copy}"
             return
+        name = self._spare.result() if self._spare else self._create_clone()
+        self._spare = self._background.submit(self._create_clone)
+        try:
+            yield _url_of(make_url(TEST_DATABASE_URL), name)
+        finally:
+            self._background.submit(self._drop_clone, name)
+
+    def close(self) -> None:
+        """Drop the spare clone and wait for the background drops."""
+        if self._spare is not None:
+            self._background.submit(self._drop_clone, self._spare.result())
+        self._background.shutdown(wait=True)
+
+    def _create_clone(self) -> str:
         with _server() as (server, admin):
-            name = _create(admin, server, make_url(self.url).database or "")
-            try:
-                yield _url_of(server, name)
-            finally:
-                _drop(admin, name)
+            return _create(admin, server, make_url(self.url).database or "")
+
+    def _drop_clone(self, name: str) -> None:
+        with _server() as (_, admin):
+            _drop(admin, name)
 
 
 @contextmanager
@@ -67,7 +89,11 @@ def migrated_template(directory: Path) -> Iterator[DatabaseTemplate]:
     with scratch_database(directory) as url:
         upgrade(url)
         sqlite_file = None if TEST_DATABASE_URL else directory / "imagesvc.db"
-        yield DatabaseTemplate(url, sqlite_file)
+        template = DatabaseTemplate(url, sqlite_file)
+        try:
+            yield template
+        finally:
+            template.close()
 
 
 @contextmanager
