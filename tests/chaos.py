@@ -31,6 +31,10 @@ from tests.support.contract import TERMINAL
 from tests.support.deployment import Deployment, deployment_settings
 
 SETTLE_TIMEOUT_S = 240.0
+# After the jobs settle, how long past orphan_grace the sweep gets to remove orphans.
+ORPHAN_WAIT_S = 20.0
+# Stopping a deployment's processes after a scenario (a worker takes seconds to stop).
+CLOSE_ALLOWANCE_S = 120.0
 
 # Fast failure detection, so that scenarios finish in seconds, not minutes.
 CHAOS_SETTINGS: dict[str, Any] = {
@@ -55,6 +59,7 @@ class Outcome:
     duplicated: list[str]
     orphans: list[str]
     disagreements: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -68,6 +73,18 @@ class Outcome:
         assert not self.duplicated, f"captured twice: {self.duplicated}"
         assert not self.orphans, f"files nobody owns: {self.orphans}"
         assert not self.disagreements, "\n".join(self.disagreements)
+
+
+def scenario_timeout(scenario_s: float) -> pytest.MarkDecorator:
+    """A per-test timeout above everything the scenario and :meth:`ChaosEnv.settle` wait for.
+
+    ``scenario_s`` bounds the scenario's own run before it settles. A hang then
+    ends in settle's outcome line and its assertion, not in pytest-timeout's
+    stack dump.
+    """
+    settle_s = SETTLE_TIMEOUT_S + float(CHAOS_SETTINGS["orphan_grace"]) + ORPHAN_WAIT_S
+    timeout: pytest.MarkDecorator = pytest.mark.timeout(scenario_s + settle_s + CLOSE_ALLOWANCE_S)
+    return timeout
 
 
 @contextmanager
@@ -101,6 +118,11 @@ class ChaosEnv(Deployment):
             duplicated=self._duplicated(images, jobs),
             orphans=self._wait_no_orphans(),
             disagreements=_disagreements(jobs, images, self.settings.image_dir),
+            reasons=[
+                f"{job.job_id}: {job.error_code}: {job.error_message}"
+                for job in jobs.values()
+                if job.status == JobStatus.FAILED.value
+            ],
         )
         print(outcome.line(), flush=True)
         return outcome
@@ -117,7 +139,7 @@ class ChaosEnv(Deployment):
 
     def _wait_no_orphans(self) -> list[str]:
         """Files no non-ceased row owns; the sweep gets a grace period to remove them."""
-        deadline = time.monotonic() + self.settings.orphan_grace + 20
+        deadline = time.monotonic() + self.settings.orphan_grace + ORPHAN_WAIT_S
         while True:
             orphans = self._orphans()
             if not orphans or time.monotonic() > deadline:

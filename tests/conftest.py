@@ -13,9 +13,11 @@ clone of a template migrated once per session.
 from __future__ import annotations
 
 import secrets
+import signal
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -64,16 +66,24 @@ def _worker(settings: Settings) -> Iterator[ServiceProcess]:
 # The deployment a module's tests use: the shared one, or its own ------------------
 
 
+@pytest.fixture(scope="session")
+def at_session_end() -> Iterator[ExitStack]:
+    """Clean-ups that need not hold up the next module (a worker takes seconds to stop)."""
+    with ExitStack() as stack:
+        yield stack
+
+
 @pytest.fixture(scope="module")
 def service_settings(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Settings]:
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    at_session_end: ExitStack,
+) -> Settings:
     """The shared deployment's settings, or (``own_deployment`` modules) the module's own."""
     if not _has_own_deployment(request):
-        yield request.getfixturevalue("shared_settings")
-        return
-    with deployment_settings(tmp_path_factory.mktemp("own")) as settings:
-        yield settings
+        return cast(Settings, request.getfixturevalue("shared_settings"))
+    own = deployment_settings(tmp_path_factory.mktemp("own"))
+    return at_session_end.enter_context(own)
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +99,18 @@ def database(services: Services) -> Database:
 
 
 @pytest.fixture(scope="module")
-def worker(request: pytest.FixtureRequest, service_settings: Settings) -> Iterator[ServiceProcess]:
+def worker(
+    request: pytest.FixtureRequest, service_settings: Settings, at_session_end: ExitStack
+) -> Iterator[ServiceProcess]:
     if not _has_own_deployment(request):
         yield request.getfixturevalue("shared_worker")
         return
-    yield from _worker(service_settings)
+    process = ServiceProcess(service_settings, "worker", "--concurrency", "2")
+    at_session_end.callback(process.stop)
+    process.wait_for_output(" ready.")
+    yield process
+    # Asked to stop now, waited for at the end: the next module need not wait.
+    process.process.send_signal(signal.SIGTERM)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imagesvc.settings import Settings
 from tests.support.backends import IN_CI, qemu_img_info
 from tests.support.databases import scratch_database
@@ -18,6 +20,9 @@ from tests.support.disks import MiB, make_raw_disk, stored_file
 from tests.support.http import Client
 from tests.support.processes import ServiceProcess, free_port, run_imagesvc
 from tests.support.tenants import Tenant
+
+# ``image import`` makes a public image: every tenant of the deployment would see it.
+pytestmark = pytest.mark.own_deployment
 
 
 def imagesvc_json(settings: Settings, *argv: str) -> dict[str, Any]:

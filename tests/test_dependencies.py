@@ -35,6 +35,8 @@ def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
             service("start", "redis")
 
 
+# Above its waits: stopping and starting a service (at most 120 s each), a job (90 s).
+@pytest.mark.timeout(600)
 def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv) -> None:
     client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "postgresql")
@@ -55,6 +57,7 @@ def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv
     assert client.call("GET", "/healthz").status == 200
 
 
+@pytest.mark.timeout(600)
 def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: ChaosEnv) -> None:
     client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "redis")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from imagesvc.bootstrap import Services
@@ -14,6 +15,9 @@ from models.tables import Job, utcnow
 from tests.support.disks import stored_file
 from tests.support.processes import ServiceProcess
 from tests.support.tenants import Tenant
+
+# Its scheduler resends and sweeps across the whole deployment.
+pytestmark = pytest.mark.own_deployment
 
 
 def unsent_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from imagesvc.settings import Settings
@@ -17,6 +18,9 @@ from tests.support.disks import MiB, stored_file, stored_files
 from tests.support.processes import ServiceProcess, run_imagesvc
 from tests.support.tenants import Tenant, TenantFactory
 from tests.support.waiting import wait_for_async
+
+# Its scheduler sweeps (ceases, purges, frees files) across the whole deployment.
+pytestmark = pytest.mark.own_deployment
 
 
 def age(database: Database, image_id: str, seconds: float) -> None:

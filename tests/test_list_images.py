@@ -24,6 +24,9 @@ from tests.support.disks import MiB, make_raw_disk
 from tests.support.tenants import Tenant, TenantFactory
 from workers.system_images import import_system_image
 
+# Its system images are public: every tenant of the deployment would see them.
+pytestmark = pytest.mark.own_deployment
+
 IMAGE_FIELDS = {
     "image_id",
     "image_name",

@@ -206,6 +206,9 @@ def api_port(service_settings: Settings, worker: ServiceProcess) -> Iterator[int
         process.stop()
 
 
+# 20 examples of up to 25 steps, each step waiting at most 60 s for its job: far above
+# the default timeout's two minutes on a busy machine, and far below a hang's cost.
+@pytest.mark.timeout(600)
 def test_random_action_sequences_obey_the_transition_table(
     api_port: int, database: Database, service_settings: Settings, tmp_path: Path
 ) -> None:

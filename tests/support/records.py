@@ -10,18 +10,20 @@ from sqlalchemy.orm import Session
 
 from models.accounts import create_account
 from models.db import Database
-from models.images import (
-    Capture,
-    CaptureRequest,
-    SystemImageSpec,
-    capture_instance,
-    new_system_image,
-)
+from models.images import SYSTEM_OWNER, Capture, CaptureRequest, capture_instance
 from models.instances import InstanceInfo, NewInstance, add_instance
 from models.jobs import claim_job, move_job
 from models.quotas import Quota
 from models.scoping import Caller
-from models.states import ImageAction, ImageStatus, InstanceStatus, JobStatus, TransitionStatus
+from models.states import (
+    ImageAction,
+    ImageStatus,
+    InstanceStatus,
+    JobStatus,
+    Provider,
+    TransitionStatus,
+    Visibility,
+)
 from models.tables import Image, Job
 from models.transitions import move_images
 from tests.support.disks import GiB
@@ -76,11 +78,18 @@ class Records:
         return made
 
     def system_image(self, zone: str = "ac1") -> str:
-        """A public image the platform ships, available."""
-        spec = SystemImageSpec(zone=zone, image_name="base", os_family="debian")
+        """A public image the platform ships, available (an image made public and system's)."""
+        image_id = self.image(self.account(zone))
         with self.database.transaction() as session:
-            image_id = new_system_image(session, spec).image_id
-            assert move_images(session, [image_id], ImageAction.FINISH_CAPTURE) == 1
+            session.execute(
+                update(Image)
+                .where(Image.image_id == image_id)
+                .values(
+                    owner=SYSTEM_OWNER,
+                    provider=Provider.SYSTEM.value,
+                    visibility=Visibility.PUBLIC.value,
+                )
+            )
         return image_id
 
     def image_state(self, image_id: str) -> tuple[str, str]:
