@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.backends import require_qemu_img
+from tests.support.disks import MiB, write_sparse
 from workers.disk import (
     DiskCopyFailed,
     DiskError,
@@ -30,7 +31,6 @@ from workers.disk import (
     virtual_size,
 )
 
-MiB = 1 << 20
 # (offset, length) of the random data written into the 64 MiB sparse test disk; the rest
 # is holes. The last region ends before EOF so the file also has a trailing hole.
 DATA_REGIONS = ((0, 2 * MiB), (20 * MiB + 4096, 3 * MiB), (50 * MiB, 1 * MiB + 512))
@@ -59,12 +59,7 @@ def allocated(path: Path) -> int:
 
 def make_sparse(path: Path, size: int = SPARSE_SIZE) -> Path:
     """Create a file of ``size`` bytes: random data in DATA_REGIONS, holes elsewhere."""
-    with path.open("wb") as f:
-        f.truncate(size)
-        for offset, length in DATA_REGIONS:
-            f.seek(offset)
-            f.write(os.urandom(length))
-    return path
+    return write_sparse(path, size, DATA_REGIONS)
 
 
 def require_sparse(path: Path) -> None:

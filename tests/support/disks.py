@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 MiB = 1 << 20
@@ -24,13 +25,20 @@ def make_raw_disk(
     regions = max(regions, 1)
     step = size // regions
     per_region = min((regions * MiB if data is None else data) // regions, step - _PAGE)
+    return write_sparse(
+        path, size, [(index * step + _PAGE, per_region) for index in range(regions)]
+    )
+
+
+def write_sparse(path: Path, size: int, regions: Iterable[tuple[int, int]]) -> Path:
+    """A file of ``size`` bytes: random data at each (offset, length), holes elsewhere."""
     with open(path, "wb") as disk:
         disk.truncate(size)
-        for index in range(regions):
-            block = os.urandom(min(per_region, _BLOCK))
-            disk.seek(index * step + _PAGE)
-            for start in range(0, per_region, len(block)):
-                disk.write(block[: per_region - start])
+        for offset, length in regions:
+            block = os.urandom(min(length, _BLOCK))
+            disk.seek(offset)
+            for start in range(0, length, len(block)):
+                disk.write(block[: length - start])
     return path
 
 
