@@ -5,7 +5,7 @@ queue and a worker process) and stay independent by acting as fresh
 accounts: every query is scoped to its caller, so one test's images are
 invisible to another's. What is not scoped to a caller (public images, the
 files in the store) would couple tests, so a module that publishes images
-or scans the store is marked ``own_deployment`` and gets a deployment of its
+or scans or sweeps the store is marked ``own_deployment`` and gets a deployment of its
 own for its tests. Domain tests (marked ``domain``) get a database each, a
 clone of a template migrated once per session.
 """
