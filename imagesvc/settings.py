@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.quotas import Quota
+
 EMBEDDED_BROKER_SCHEME = "embedded"
 
 
@@ -66,6 +68,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one zone is required")
         return value
+
+    @property
+    def default_quota(self) -> Quota:
+        """The quota of an account the operator has not given one of its own."""
+        return Quota(images=self.quota_images, gb=self.quota_gb)
 
     @property
     def image_dir(self) -> Path:

@@ -90,7 +90,9 @@ async def test_image_import_makes_a_public_system_image(
         "available",
     )
     assert (image["image_name"], image["os_family"]) == ("ubuntu-24.04", "ubuntu")
-    stored = service_settings.image_dir / f"{imported['image_id']}.raw"
+    # Copied by a worker as a capture is, into a file named by the image and the run.
+    stored = stored_file(service_settings.image_dir, imported["image_id"])
+    assert stored.name == f"{imported['image_id']}.1.raw"
     assert stored.read_bytes() == raw_disk.read_bytes()
 
 

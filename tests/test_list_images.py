@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from imagesvc.settings import Settings
+from imagesvc.bootstrap import Services
 from models import ids
 from models.db import Database
 from models.images import SystemImageSpec
@@ -21,6 +21,7 @@ from models.states import ProcessorType
 from models.tables import Image
 from tests.support.contract import Reply, parse_time
 from tests.support.disks import MiB, make_raw_disk
+from tests.support.processes import ServiceProcess
 from tests.support.tenants import Tenant, TenantFactory
 from workers.system_images import import_system_image
 
@@ -59,7 +60,7 @@ class SystemImages:
 
 @pytest.fixture(scope="module")
 def system_images(
-    database: Database, service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    services: Services, worker: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> SystemImages:
     word = f"sys{secrets.token_hex(4)}"
     disk = make_raw_disk(tmp_path_factory.mktemp("system") / "base.raw", size=MiB, regions=1)
@@ -71,7 +72,7 @@ def system_images(
             os_family=os_family,
             processor_type=processor_type,
         )
-        return import_system_image(database, service_settings.image_dir, disk, spec)
+        return import_system_image(services, disk, spec)
 
     return SystemImages(word, make("Ubuntu", "ubuntu", "64bit"), make("CentOS", "centos", "32bit"))
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 
 from imagesvc.bootstrap import Services
+from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
-from models.states import JobAction
-from workers.job_runner import fail_batch, fail_capture
 
 log = logging.getLogger(__name__)
 
@@ -18,14 +17,14 @@ def sweep_jobs(context: Services) -> None:
     rescue_lost(context)
 
 
-def resend_unclaimed(context: Services) -> list[str]:
+def resend_unclaimed(context: Services) -> None:
+    """Send again the pending jobs nobody claimed within the dispatch grace."""
     with context.database.transaction() as session:
         job_ids = take_jobs_to_resend(session, context.settings.dispatch_grace)
     for job_id in job_ids:
         context.job_queue.send(job_id)
     if job_ids:
-        log.info("re-dispatched %d unclaimed job(s): %s", len(job_ids), ", ".join(job_ids))
-    return job_ids
+        log.info("sent %d unclaimed job(s) again: %s", len(job_ids), ", ".join(job_ids))
 
 
 def rescue_lost(context: Services) -> list[str]:
@@ -46,13 +45,10 @@ def rescue_lost(context: Services) -> list[str]:
     return rescued
 
 
-def _give_up(context: Services, job: LostJob) -> None:
+def _give_up(services: Services, job: LostJob) -> None:
     message = f"the job's worker was lost {job.attempt} times; giving up"
-    if job.action is JobAction.CAPTURE_INSTANCE:
-        image_id = job.resource_ids[0]
-        fail_capture(context, job.job_id, image_id, job.attempt, "WorkerLost", message)
-    else:
-        fail_batch(
-            context, job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message
-        )
-    log.error("job %s failed: %s", job.job_id, message)
+    failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message)
+    with services.database.transaction() as session:
+        gave_up = fail_and_give_back(session, failed)
+    if gave_up:
+        log.error("job %s failed: %s", job.job_id, message)

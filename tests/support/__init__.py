@@ -9,4 +9,6 @@
 - :mod:`tests.support.http`: a plain HTTP client for a service in another process.
 - :mod:`tests.support.tenants`: an account calling the in-process API (``Tenant``).
 - :mod:`tests.support.deployment`: a scratch deployment with its own processes.
+- :mod:`tests.support.records`: rows for the domain tier, made by the domain's functions.
+- :mod:`tests.support.s3_server`: a real S3-compatible server (``rclone serve s3``).
 """

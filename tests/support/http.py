@@ -46,7 +46,7 @@ class Client:
             return Reply(0, None)
 
     def curl(self, method: str, path: str, text: str) -> Reply:
-        """As the seed document's curl does: a JSON text sent as a form."""
+        """As the API document's curl examples do: a JSON text sent as a form."""
         form = {"Content-Type": "application/x-www-form-urlencoded"}
         return self.call(method, path, data=text.encode(), headers=form)
 

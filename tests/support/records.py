@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from models.accounts import create_account
 from models.db import Database
 from models.images import SYSTEM_OWNER, Capture, CaptureRequest, capture_instance
-from models.instances import InstanceInfo, NewInstance, add_instance
+from models.instances import InstanceInfo, NewInstance, add_instance, instance_info
 from models.jobs import claim_job, move_job
 from models.quotas import Quota
 from models.scoping import Caller
@@ -109,12 +109,7 @@ def _add_instance(
     session: Session, caller: Caller, size: int, status: InstanceStatus
 ) -> InstanceInfo:
     new = NewInstance(caller.zone, caller.account_id, "/nowhere.raw", "raw", size, status)
-    row = add_instance(session, new)
-    return InstanceInfo(
-        row.instance_id, row.zone, row.owner, row.instance_name, status, row.disk_path,
-        row.disk_format, row.disk_size, row.os_family, row.platform, row.processor_type,
-        row.default_user, row.recommended_type,
-    )  # fmt: skip
+    return instance_info(add_instance(session, new))
 
 
 def _capture(
