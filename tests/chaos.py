@@ -28,7 +28,7 @@ from sqlalchemy import select
 from models.states import JobAction, JobStatus
 from models.tables import Image, Job
 from tests.support.contract import TERMINAL
-from tests.support.deployment import Deployment, deployment_settings
+from tests.support.deployment import Deployment, scratch_deployment
 
 SETTLE_TIMEOUT_S = 240.0
 # After the jobs settle, how long past orphan_grace the sweep gets to remove orphans.
@@ -90,12 +90,8 @@ def scenario_timeout(scenario_s: float) -> pytest.MarkDecorator:
 @contextmanager
 def chaos_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
     """A scratch deployment with fast failure detection; no process yet."""
-    with deployment_settings(tmp_path / "var", **CHAOS_SETTINGS) as settings:
-        env = ChaosEnv(settings, tmp_path)
-        try:
-            yield env
-        finally:
-            env.close()
+    with scratch_deployment(tmp_path, ChaosEnv, **CHAOS_SETTINGS) as env:
+        yield env
 
 
 class ChaosEnv(Deployment):

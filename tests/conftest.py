@@ -27,7 +27,7 @@ from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.db import Database
 from tests.support.databases import DatabaseTemplate, migrated_template
-from tests.support.deployment import deployment_settings, make_settings
+from tests.support.deployment import deployment_settings, make_settings, running_worker
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess
 from tests.support.records import Records
@@ -51,16 +51,8 @@ def shared_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
 
 @pytest.fixture(scope="session")
 def shared_worker(shared_settings: Settings) -> Iterator[ServiceProcess]:
-    yield from _worker(shared_settings)
-
-
-def _worker(settings: Settings) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(settings, "worker", "--concurrency", "2")
-    try:
-        process.wait_for_output(" ready.")
+    with running_worker(shared_settings) as process:
         yield process
-    finally:
-        process.stop()
 
 
 # The deployment a module's tests use: the shared one, or its own ------------------

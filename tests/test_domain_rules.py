@@ -26,21 +26,11 @@ from models.states import ImageAction, JobAction
 from models.tables import ClientRequest, Image, utcnow
 from models.transitions import move_images
 from tests.support.disks import GiB
-from tests.support.records import Records
+from tests.support.records import Records, age_image
 
 pytestmark = pytest.mark.domain
 
 RETENTION = 3600.0
-
-
-def age_image(database: Database, image_id: str, seconds: float) -> None:
-    """As if the image's last status change was ``seconds`` ago."""
-    with database.transaction() as session:
-        session.execute(
-            update(Image)
-            .where(Image.image_id == image_id)
-            .values(status_time=utcnow() - timedelta(seconds=seconds))
-        )
 
 
 def deleted_image(records: Records, database: Database, owner: Caller) -> str:

@@ -21,7 +21,7 @@ from imagesvc.bootstrap import services_for
 from imagesvc.settings import Settings
 from models.db import Database
 from tests.support.contract import parse_time
-from tests.support.deployment import deployment_settings
+from tests.support.deployment import deployment_settings, running_worker
 from tests.support.disks import GiB, MiB, make_raw_disk, stored_file
 from tests.support.processes import ServiceProcess
 from tests.support.tenants import Tenant, sign_up
@@ -43,12 +43,8 @@ def scratch_db(scratch_settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture
 def lone_worker(scratch_settings: Settings) -> Iterator[ServiceProcess]:
-    worker = ServiceProcess(scratch_settings, "worker", "--concurrency", "1")
-    try:
-        worker.wait_for_output(" ready.")
+    with running_worker(scratch_settings, concurrency=1) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 async def wait_until_working(tenant: Tenant, job_id: str, timeout: float = 30.0) -> None:

@@ -31,7 +31,7 @@ from models.states import ImageAction, ImageStatus
 from models.tables import Image, utcnow
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.http import Client
-from tests.support.processes import ServiceProcess, free_port
+from tests.support.processes import ServiceProcess, free_port, running
 
 USER_ACTIONS = ("delete", "recover", "modify")
 OPERATOR_ACTIONS = {
@@ -198,12 +198,8 @@ class Lifecycle(RuleBasedStateMachine):
 @pytest.fixture
 def api_port(service_settings: Settings, worker: ServiceProcess) -> Iterator[int]:
     port = free_port()
-    process = ServiceProcess(service_settings, "api", "--port", str(port))
-    try:
-        process.wait_for_output("Running on")
+    with running(service_settings, "Running on", "api", "--port", str(port)):
         yield port
-    finally:
-        process.stop()
 
 
 # 20 examples of up to 25 steps, each step waiting at most 60 s for its job: far above

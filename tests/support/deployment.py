@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
@@ -26,7 +26,7 @@ from models.tables import Job
 from tests.support.backends import TEST_REDIS_URL, check_redis, drop_queue
 from tests.support.databases import scratch_database
 from tests.support.http import Client
-from tests.support.processes import ServiceProcess, free_port
+from tests.support.processes import ServiceProcess, free_port, running
 from tests.support.waiting import wait_for
 from workers.system_images import inspect_disk
 
@@ -62,15 +62,26 @@ def deployment_settings(data_dir: Path, **overrides: Any) -> Iterator[Settings]:
             drop_queue(settings.queue)
 
 
+D = TypeVar("D", bound="Deployment")
+
+
 @contextmanager
-def scratch_deployment(tmp_path: Path, **overrides: Any) -> Iterator[Deployment]:
-    """A deployment of its own: a fresh database, queue and data dir; no process yet."""
+def scratch_deployment(tmp_path: Path, kind: type[D], **overrides: Any) -> Iterator[D]:
+    """A ``kind`` of deployment of its own: a fresh database, queue and data dir; no process
+    yet. Its processes are stopped on exit."""
     with deployment_settings(tmp_path / "var", **overrides) as settings:
-        deployment = Deployment(settings, tmp_path)
+        deployment = kind(settings, tmp_path)
         try:
             yield deployment
         finally:
             deployment.close()
+
+
+@contextmanager
+def running_worker(settings: Settings, concurrency: int = 2) -> Iterator[ServiceProcess]:
+    """An ``imagesvc worker`` process, ready for jobs; stopped (SIGTERM) on exit."""
+    with running(settings, " ready.", "worker", "--concurrency", str(concurrency)) as worker:
+        yield worker
 
 
 class Deployment:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from imagesvc.settings import Settings
 
@@ -97,3 +99,14 @@ class ServiceProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
         self.stop()
+
+
+@contextmanager
+def running(settings: Settings, ready: str, *argv: str) -> Iterator[ServiceProcess]:
+    """``imagesvc *argv`` once it has printed ``ready``; stopped (SIGTERM) on exit."""
+    process = ServiceProcess(settings, *argv)
+    try:
+        process.wait_for_output(ready)
+        yield process
+    finally:
+        process.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -24,10 +25,20 @@ from models.states import (
     TransitionStatus,
     Visibility,
 )
-from models.tables import Image, Job
+from models.tables import Image, Job, utcnow
 from models.transitions import move_images
 from tests.support.disks import GiB
 from tests.support.tenants import UNLIMITED
+
+
+def age_image(database: Database, image_id: str, seconds: float) -> None:
+    """As if the image's status had last changed ``seconds`` ago."""
+    with database.transaction() as session:
+        session.execute(
+            update(Image)
+            .where(Image.image_id == image_id)
+            .values(status_time=utcnow() - timedelta(seconds=seconds))
+        )
 
 
 @dataclass
