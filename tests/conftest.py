@@ -27,11 +27,16 @@ from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.db import Database
 from tests.support.databases import DatabaseTemplate, migrated_template
-from tests.support.deployment import deployment_settings, make_settings, running_worker
+from tests.support.deployment import (
+    deployment_settings,
+    make_settings,
+    running_worker,
+    serve_api,
+)
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess
 from tests.support.records import Records
-from tests.support.tenants import Tenant, TenantFactory, sign_up
+from tests.support.tenants import Account, Tenant, TenantFactory, new_account, sign_up
 
 OWN_DEPLOYMENT = "own_deployment"
 
@@ -169,3 +174,20 @@ def disk_factory(tmp_path: Path) -> Callable[..., Path]:
 def records(own_database: Database) -> Records:
     """Accounts, instances, images and jobs made in this test's own database."""
     return Records(own_database)
+
+
+# Clients that are separate programs ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_url(service_settings: Settings, worker: ServiceProcess) -> Iterator[str]:
+    """``imagesvc api`` on a real port, for clients that are separate programs."""
+    process, url = serve_api(service_settings)
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def account(database: Database) -> Account:
+    """A new account's id and credentials, for a client that gets its own tokens."""
+    return new_account(database)

@@ -181,3 +181,11 @@ class Deployment:
                 pending -= {job_id for job_id, status in rows if status in terminal}
             time.sleep(0.2)
         return sorted(pending)
+
+
+def serve_api(settings: Settings) -> tuple[ServiceProcess, str]:
+    """Start ``imagesvc api`` on a free loopback port; the process and its URL, once it answers."""
+    port = free_port()
+    process = ServiceProcess(settings, "api", "--host", "127.0.0.1", "--port", str(port))
+    Client(port).wait_until_up(process, timeout=30)
+    return process, f"http://127.0.0.1:{port}"

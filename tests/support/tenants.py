@@ -75,18 +75,7 @@ class Tenant:
         return dict(reply.body["images"][0])
 
     def add_instance(self, disk: Path, status: str = "stopped", **attrs: Any) -> str:
-        disk_format, disk_size = inspect_disk(disk)
-        new = NewInstance(
-            zone=self.zone,
-            owner=self.account_id,
-            disk_path=str(disk),
-            disk_format=disk_format.value,
-            disk_size=disk_size,
-            status=InstanceStatus(status),
-            **attrs,
-        )
-        with self.database.transaction() as session:
-            return add_instance(session, new).instance_id
+        return register_instance(self.database, self.account_id, disk, self.zone, status, **attrs)
 
     def record_capture(self, disk: Path) -> tuple[str, str]:
         """A capture recorded as the API records it, but never sent to a worker."""
@@ -114,6 +103,44 @@ class Tenant:
 
 
 TenantFactory = Callable[[], Awaitable[Tenant]]
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account's id and credentials, for clients that get their own tokens."""
+
+    account_id: str
+    api_key: str
+    secret: str
+
+
+def new_account(database: Database) -> Account:
+    with database.transaction() as session:
+        credentials = create_account(session, f"user-{secrets.token_hex(3)}")
+    return Account(credentials.account_id, credentials.api_key, credentials.secret)
+
+
+def register_instance(
+    database: Database,
+    owner: str,
+    disk: Path,
+    zone: str = "ac1",
+    status: str = "stopped",
+    **attrs: Any,
+) -> str:
+    """Register an instance of ``disk``, as ``imagesvc instance add`` does."""
+    disk_format, disk_size = inspect_disk(disk)
+    new = NewInstance(
+        zone=zone,
+        owner=owner,
+        disk_path=str(disk),
+        disk_format=disk_format.value,
+        disk_size=disk_size,
+        status=InstanceStatus(status),
+        **attrs,
+    )
+    with database.transaction() as session:
+        return add_instance(session, new).instance_id
 
 
 async def sign_up(client: TestClient[Any, Any], database: Database, disks: Path) -> Tenant:
