@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -43,15 +44,19 @@ class DatabaseTemplate:
     """A database migrated once, that tests clone to get a database of their own.
 
     On PostgreSQL a clone costs a ``CREATE DATABASE`` and a ``DROP DATABASE``
-    (a few hundred ms each), so the next clone is made and the last one
-    dropped in the background while a test runs.
+    (a few hundred ms each on a busy server), so the next clones are made and
+    the used ones dropped in the background while tests run.
     """
+
+    SPARES = 3
 
     def __init__(self, url: str, sqlite_file: Path | None) -> None:
         self.url = url
         self._sqlite_file = sqlite_file
-        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="clones")
-        self._spare: Future[str] | None = None
+        self._background = ThreadPoolExecutor(
+            max_workers=self.SPARES + 1, thread_name_prefix="clones"
+        )
+        self._spares: deque[Future[str]] = deque()
 
     @contextmanager
     def clone(self, directory: Path) -> Iterator[str]:
@@ -61,17 +66,18 @@ class DatabaseTemplate:
             shutil.copyfile(self._sqlite_file, copy)
             yield f"sqlite:///{copy}"
             return
-        name = self._spare.result() if self._spare else self._create_clone()
-        self._spare = self._background.submit(self._create_clone)
+        while len(self._spares) <= self.SPARES:
+            self._spares.append(self._background.submit(self._create_clone))
+        name = self._spares.popleft().result()
         try:
             yield _url_of(make_url(TEST_DATABASE_URL), name)
         finally:
             self._background.submit(self._drop_clone, name)
 
     def close(self) -> None:
-        """Drop the spare clone and wait for the background drops."""
-        if self._spare is not None:
-            self._background.submit(self._drop_clone, self._spare.result())
+        """Drop the spare clones and wait for the background drops."""
+        while self._spares:
+            self._background.submit(self._drop_clone, self._spares.popleft().result())
         self._background.shutdown(wait=True)
 
     def _create_clone(self) -> str:

@@ -79,7 +79,10 @@ class Records:
     ) -> dict[tuple[ImageStatus, TransitionStatus], str]:
         """One image of the caller's in each of ``states``, put there directly."""
         with self.database.transaction() as session:
-            made = {state: _finished_capture(session, caller, GiB) for state in states}
+            made = {
+                state: _capture(session, caller, GiB, UNLIMITED, None).image.image_id
+                for state in states
+            }
             for (status, transition), image_id in made.items():
                 session.execute(
                     update(Image)
