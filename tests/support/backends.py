@@ -57,9 +57,12 @@ def check_redis() -> None:
 
 
 def drop_queue(queue: str) -> None:
-    """Remove a test deployment's queue from the shared Redis (the embedded one is a dir)."""
+    """Remove a test deployment's queues from the shared Redis (the embedded one is a dir)."""
     if not TEST_REDIS_URL:
         return
     import redis
 
-    redis.Redis.from_url(TEST_REDIS_URL).delete(queue)
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    # The shared queue and every compute host's queue (<queue>.host.<name>).
+    for key in client.scan_iter(f"{queue}*"):
+        client.delete(key)
