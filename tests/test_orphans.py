@@ -1,8 +1,8 @@
 """No orphaned files after any crash: files no image row owns go once past a grace period.
 
 ``remove_orphans`` is what the periodic image sweep runs; it is called directly here
-with a short grace, so that only files these tests aged are old enough to go (the
-store is shared by the whole session).
+with a short grace, so that only files these tests aged are old enough to go. The
+module has a deployment of its own, so no other module's files are in its store.
 """
 
 from __future__ import annotations
@@ -21,12 +21,16 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.jobs import claim_job, requeue_job
 from models.tables import Image, Job
-from tests.conftest import Tenant, stored_file, stored_files
+from tests.support.disks import stored_file, stored_files
+from tests.support.tenants import Tenant
 from workers.image_sweep import remove_orphans
 
+# It removes files from the store, and ages files there: the store must be its own.
+pytestmark = pytest.mark.own_deployment
+
 GRACE = 60.0
-# Older than GRACE but younger than the session's own orphan_grace (an hour), so a
-# sweep run by another test's scheduler never takes these files before the test does.
+# Older than GRACE but younger than the deployment's own orphan_grace (an hour), so
+# only the sweep a test calls takes these files.
 OLD = 5 * GRACE
 
 
