@@ -436,7 +436,7 @@ def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
         select(Image.image_id, Image.create_time)
         .where(where)
         .order_by(*newest_first)
-        .limit(bindparam("head", type_=Integer))
+        .limit(bindparam("head", type_=BigInteger))  # offset + limit may pass 2**31
         .subquery()
         for where in ranges
     ]
