@@ -14,6 +14,14 @@ from api import auth, image_routes, job_routes
 from api.errors import error_middleware
 from api.job_sending import drain_sends
 from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, SETTINGS
+from api.metrics import (
+    METRICS_PATH,
+    REQUEST_METRICS,
+    RequestMetrics,
+    request_metrics_middleware,
+    serve_metrics,
+)
+from api.request_ids import request_id_middleware
 from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
 from models.db import Database
@@ -25,14 +33,17 @@ MAX_BODY_BYTES = 64 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     """The API, with its database and broker opened on startup and closed on cleanup."""
+    middlewares = [request_id_middleware, request_metrics_middleware, error_middleware]
     app = web.Application(
-        middlewares=[error_middleware, auth.auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[*middlewares, auth.auth_middleware], client_max_size=MAX_BODY_BYTES
     )
     app[SETTINGS] = settings
+    app[REQUEST_METRICS] = RequestMetrics.create()
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(drain_sends)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get(METRICS_PATH, serve_metrics)
     app.add_routes(image_routes.routes)
     app.add_routes(job_routes.routes)
     return app

@@ -24,7 +24,8 @@ class ClientAuthenticationFailed(AuthenticationFailed):
     challenge = 'Basic realm="imagesvc"'
 
 
-PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz"})
+# /metrics answers only allowed addresses (api/metrics.py), without a user's token.
+PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz", "/metrics"})
 
 
 async def create_token(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagesvc.logs import configure_logging
 from imagesvc.settings import Settings
 
 if TYPE_CHECKING:
@@ -19,14 +20,14 @@ if TYPE_CHECKING:
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
+log = logging.getLogger(__name__)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
-    )
     settings = Settings()
+    configure_logging(settings)
     command: Command = args.command
     try:
         return command(args, settings)
@@ -153,9 +154,12 @@ def _require_zone(settings: Settings, zone: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from imagesvc.metrics import write_metrics_to_dir
     from imagesvc.supervisor import Supervisor
 
     cmd_db_upgrade(args, settings)
+    # The whole service starts here: earlier processes' counters are gone with them.
+    write_metrics_to_dir(settings, empty_first=True)
     listen = ["--host", args.host, "--port", str(args.port)]
     return Supervisor(
         {"api": ["api", *listen], "worker": ["worker"], "scheduler": ["scheduler"]}
@@ -166,20 +170,44 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from api.app import create_app
+    from api.request_ids import AccessLogger
+    from imagesvc.metrics import write_metrics_to_dir
 
-    web.run_app(create_app(settings), host=args.host, port=args.port, shutdown_timeout=30)
+    write_metrics_to_dir(settings)
+    url = f"http://{args.host}:{args.port}"
+
+    def listening(*banner: object, **_: object) -> None:
+        log.info("Running on %s", url)
+
+    web.run_app(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        shutdown_timeout=30,
+        access_log_class=AccessLogger,
+        print=listening,
+    )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from imagesvc.bootstrap import bootstrap
-    from workers.tasks import register_tasks
+    from imagesvc.metrics import write_metrics_to_dir
 
     settings.ensure_dirs()
+    write_metrics_to_dir(settings)  # before any job metric is touched
+
+    from celery.signals import worker_process_shutdown
+
+    from imagesvc.bootstrap import bootstrap
+    from imagesvc.metrics import forget_exited_process
+    from workers.tasks import register_tasks
+
     concurrency = args.concurrency or settings.worker_concurrency
-    argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", f"--concurrency={concurrency}"]
-    argv += ["-Q", settings.queue, "-n", f"imagesvc-{os.getpid()}@%h"]
-    argv += ["--without-gossip", "--without-mingle"]
+    argv = ["--quiet", "worker", f"--loglevel={settings.log_level}", f"--pool={args.pool}"]
+    argv += [f"--concurrency={concurrency}", "-Q", settings.queue]
+    argv += ["-n", f"imagesvc-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    _keep_celery_off_logging()
+    worker_process_shutdown.connect(lambda **_: forget_exited_process(), weak=False)
     services = bootstrap(settings)
     register_tasks(services.celery, lambda: bootstrap(settings))
     services.celery.worker_main(argv)
@@ -190,9 +218,20 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from imagesvc.bootstrap import bootstrap
 
     settings.ensure_dirs()
+    _keep_celery_off_logging()
     schedule = settings.data_dir / "celerybeat-schedule"
-    bootstrap(settings).celery.Beat(schedule=str(schedule), loglevel="INFO").run()
+    beat = bootstrap(settings).celery.Beat(
+        schedule=str(schedule), loglevel=settings.log_level, quiet=True
+    )
+    beat.run()
     return 0
+
+
+def _keep_celery_off_logging() -> None:
+    """Celery configures no logging when a ``setup_logging`` receiver exists: ours is done."""
+    from celery.signals import setup_logging
+
+    setup_logging.connect(lambda **_: None, weak=False)
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
