@@ -163,7 +163,7 @@ async def test_the_request_id_is_returned_logged_and_recorded_on_the_job(
     )
     assert response.status == 409 and response.headers["X-Request-Id"] == "trace-1.a"
     access = await logged_requests(caplog, "trace-1.a")  # written once the response is out
-    assert len(access) == 1 and access[0].status == 409  # type: ignore[attr-defined]
+    assert len(access) == 1 and access[0].status == 409
 
     auth = {"Authorization": f"Bearer {tenant.token}"}
     async with client.get("/v2/zone/ac1/jobs", headers={**auth, "X-Request-Id": "bad id"}) as got:
