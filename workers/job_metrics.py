@@ -72,3 +72,9 @@ def job_finished(action: str, status: str, seconds: float, copied: int) -> None:
 def job_failed(action: str, code: str) -> None:
     """A job failed, settled by its run or given up for lost by the sweep."""
     JOBS_FAILED.labels(action, code).inc()
+
+
+def job_given_up(action: str) -> None:
+    """The sweep failed a job whose runs were all lost (``WorkerLost``)."""
+    JOBS_FINISHED.labels(action, "failed").inc()
+    job_failed(action, "WorkerLost")

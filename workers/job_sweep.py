@@ -7,6 +7,7 @@ import logging
 from imagesvc.bootstrap import Services
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
 from models.states import JobAction
+from workers import job_metrics
 from workers.job_runner import fail_batch, fail_capture
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def resend_unclaimed(context: Services) -> list[str]:
     for job_id in job_ids:
         context.job_queue.send(job_id)
     if job_ids:
-        log.info("re-dispatched %d unclaimed job(s): %s", len(job_ids), ", ".join(job_ids))
+        log.info("re-dispatched unclaimed jobs", extra={"job_ids": job_ids})
     return job_ids
 
 
@@ -40,7 +41,7 @@ def rescue_lost(context: Services) -> list[str]:
         with context.database.transaction() as session:
             requeued = requeue_job(session, job.job_id, job.attempt)
         if requeued:
-            log.warning("job %s lost its worker on attempt %d; requeued", job.job_id, job.attempt)
+            log.warning("job lost its worker; requeued", extra=_lost_fields(job))
             context.job_queue.send(job.job_id)
             rescued.append(job.job_id)
     return rescued
@@ -50,9 +51,17 @@ def _give_up(context: Services, job: LostJob) -> None:
     message = f"the job's worker was lost {job.attempt} times; giving up"
     if job.action is JobAction.CAPTURE_INSTANCE:
         image_id = job.resource_ids[0]
-        fail_capture(context, job.job_id, image_id, job.attempt, "WorkerLost", message)
+        failed = fail_capture(context, job.job_id, image_id, job.attempt, "WorkerLost", message)
     else:
-        fail_batch(
+        failed = fail_batch(
             context, job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message
         )
-    log.error("job %s failed: %s", job.job_id, message)
+    if not failed:
+        return  # its run came back and settled it meanwhile
+    job_metrics.job_given_up(job.action)
+    fields = _lost_fields(job) | {"status": "failed", "error_code": "WorkerLost", "error": message}
+    log.error("job failed", extra=fields)
+
+
+def _lost_fields(job: LostJob) -> dict[str, object]:
+    return {"job_id": job.job_id, "action": job.action.value, "attempt": job.attempt}
