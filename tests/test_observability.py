@@ -7,20 +7,25 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from api.app import create_app
 from api.request_ids import AccessLogger
 from imagesvc.settings import Settings
 from models.db import Database
+from models.migrate import upgrade
 from models.tables import Job
 from tests.conftest import Tenant, sign_up
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, scratch_database
 
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -198,3 +203,26 @@ async def test_a_made_up_request_id_is_no_idempotency_key(
     assert jobs[0] != jobs[1]
     for job_id in jobs:
         await tenant.wait_job(job_id)
+
+
+def test_jobs_of_the_earlier_release_keep_working_after_the_request_id_migration(
+    tmp_path: Path,
+) -> None:
+    with scratch_database(tmp_path) as url:
+        upgrade(url, "0004")
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (job_id, zone, owner, action, status, resource_ids,"
+                    " progress, attempts, create_time, status_time, worker)"
+                    " VALUES ('j-old', 'ac1', 'usr-old', 'DeleteImages', 'successful',"
+                    " '[\"img-old\"]', 100, 1, :now, :now, '')"
+                ),
+                {"now": datetime.now(UTC).replace(tzinfo=None)},
+            )
+        upgrade(url)
+        with Session(engine) as session:
+            job = session.get(Job, "j-old")
+            assert job is not None and job.status == "successful" and job.request_id is None
+        engine.dispose()
