@@ -1,4 +1,4 @@
-"""The image routes of the seed document."""
+"""The image routes: capture, delete, recover, modify and list images."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from api.schemas import (
     RequestIdParams,
 )
 from models import images
-from models.quotas import Quota
 
 routes = web.RouteTableDef()
 
@@ -41,7 +40,7 @@ async def capture_instance(request: web.Request) -> web.Response:
         request_id=request_id_of(request, params.request_id),
     )
     capture = await in_idempotent_transaction(
-        request, images.capture_instance, caller, wanted, _quota(request)
+        request, images.capture_instance, caller, wanted, request.app[SETTINGS].default_quota
     )
     send_after_commit(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
@@ -91,11 +90,6 @@ async def list_images(request: web.Request) -> web.Response:
     params = await parse_params(request, ListImagesParams)
     rows, total = await in_reading(request, images.list_images, caller, **params.model_dump())
     return json(ImagesPage.from_rows(rows, total))
-
-
-def _quota(request: web.Request) -> Quota:
-    settings = request.app[SETTINGS]
-    return Quota(images=settings.quota_images, gb=settings.quota_gb)
 
 
 def request_id_of(request: web.Request, from_params: str | None) -> str | None:

@@ -124,8 +124,10 @@ def _add_image_commands(sub: Any) -> None:
     _add_image_attribute_args(imp, os_required=True)
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(command=cmd_image_import)
-    for action in ("deprecate", "suspend", "resume"):
-        move = image.add_parser(action, help=f"{action} an image (operator)")
+    from models.image_lifecycle import OPERATOR_ACTIONS
+
+    for action in OPERATOR_ACTIONS:
+        move = image.add_parser(action.value, help=f"{action.value} an image (operator)")
         move.add_argument("image_id")
         move.add_argument("--json", action="store_true")
         move.set_defaults(command=cmd_image_move, action=action)
@@ -310,19 +312,17 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
         default_user=args.default_user,
     )
     with services_for(settings) as services:
-        image_id = import_system_image(
-            services.database, settings.image_dir, args.disk.resolve(), spec
-        )
+        image_id = import_system_image(services, args.disk.resolve(), spec)
     _print({"image_id": image_id}, args.json)
     return 0
 
 
 def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
-    from models.quotas import Quota, quota_of, set_quota, usage_of
+    from models.quotas import quota_of, set_quota, usage_of
 
     if (args.images is not None and args.images < 0) or (args.gb is not None and args.gb < 0):
         raise SystemExit("imagesvc: quotas are counts, 0 or more")
-    default = Quota(images=settings.quota_images, gb=settings.quota_gb)
+    default = settings.default_quota
     with _transaction(settings) as session:
         set_quota(session, args.account_id, args.images, args.gb)
         quota = quota_of(session, args.account_id, default)
@@ -343,12 +343,9 @@ def cmd_account_set_quota(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_image_move(args: argparse.Namespace, settings: Settings) -> int:
     from api.schemas import ImageOut
     from models.image_lifecycle import operator_move
-    from models.states import ImageAction
 
     with _transaction(settings) as session:
-        image = ImageOut.model_validate(
-            operator_move(session, args.image_id, ImageAction(args.action))
-        )
+        image = ImageOut.model_validate(operator_move(session, args.image_id, args.action))
     if args.json:
         print(image.model_dump_json())
     else:

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.quotas import Quota
+
 EMBEDDED_BROKER_SCHEME = "embedded"
 
 # Loopback and the private ranges: where a Prometheus server inside the cloud scrapes from.
@@ -121,6 +123,11 @@ class Settings(BaseSettings):
     @property
     def resolved_metrics_dir(self) -> Path:
         return Path(self.metrics_dir) if self.metrics_dir else self.data_dir / "metrics"
+
+    @property
+    def default_quota(self) -> Quota:
+        """The quota of an account the operator has not given one of its own."""
+        return Quota(images=self.quota_images, gb=self.quota_gb)
 
     @property
     def image_dir(self) -> Path:

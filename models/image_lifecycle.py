@@ -18,6 +18,7 @@ from models.states import ImageAction, ImageStatus, TransitionStatus
 from models.tables import Image, utcnow
 from models.transitions import move_images, refusal
 
+# The moves an operator makes by name (the CLI offers exactly these).
 OPERATOR_ACTIONS = (ImageAction.DEPRECATE, ImageAction.SUSPEND, ImageAction.RESUME)
 SWEEP_BATCH = 500
 

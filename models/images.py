@@ -77,22 +77,13 @@ def capture_instance(
     _refuse_concurrent_capture(session, instance.instance_id)
     size = size_in_gb(instance.disk_size)
     require_room(session, caller.account_id, default_quota, size)
-    image = Image(
-        image_id=ids.image_id(),
-        zone=caller.zone,
-        owner=caller.account_id,
-        image_name=wanted.image_name or "",
-        size=size,
-        processor_type=instance.processor_type,
-        platform=instance.platform,
-        os_family=instance.os_family,
-        default_user=instance.default_user,
-        recommended_type=instance.recommended_type,
-        visibility=Visibility.PRIVATE.value,
-        provider=Provider.SELF.value,
-        status=ImageStatus.PENDING.value,
-        transition_status=TransitionStatus.CREATING.value,
+    image = _new_image(
+        caller.zone,
+        caller.account_id,
+        wanted.image_name or "",
+        instance.attributes(),
         source_instance_id=instance.instance_id,
+        size=size,
     )
     session.add(image)
     try:
@@ -319,22 +310,53 @@ class SystemImageSpec:
     default_user: str = "root"
 
 
-def new_system_image(session: Session, spec: SystemImageSpec) -> Image:
-    """A public system image, pending until its disk is in the store."""
-    image = Image(
-        image_id=ids.image_id(),
-        zone=spec.zone,
-        owner=SYSTEM_OWNER,
-        image_name=spec.image_name,
-        processor_type=spec.processor_type,
-        platform=spec.platform,
-        os_family=spec.os_family,
-        default_user=spec.default_user,
-        visibility=Visibility.PUBLIC.value,
-        provider=Provider.SYSTEM.value,
-        status=ImageStatus.PENDING.value,
-        transition_status=TransitionStatus.CREATING.value,
+def import_image(session: Session, spec: SystemImageSpec, source: str) -> Capture:
+    """Record a public system image, pending, and the job that copies ``source`` into the store.
+
+    The job runs like a capture (its resources are the image and the source
+    file), so a crash during an import is recovered like any other job.
+    """
+    attributes = {
+        "processor_type": spec.processor_type,
+        "platform": spec.platform,
+        "os_family": spec.os_family,
+        "default_user": spec.default_user,
+    }
+    image = _new_image(
+        spec.zone,
+        SYSTEM_OWNER,
+        spec.image_name,
+        attributes,
+        visibility=Visibility.PUBLIC,
+        provider=Provider.SYSTEM,
     )
     session.add(image)
     session.flush()
-    return image
+    caller = Caller(SYSTEM_OWNER, spec.zone)
+    job = new_job(session, caller, JobAction.IMPORT_IMAGE, [image.image_id, source])
+    return Capture(job, image)
+
+
+def _new_image(
+    zone: str,
+    owner: str,
+    image_name: str,
+    attributes: dict[str, str],
+    *,
+    visibility: Visibility = Visibility.PRIVATE,
+    provider: Provider = Provider.SELF,
+    **values: object,
+) -> Image:
+    """The one builder of image rows: a pending image being created."""
+    return Image(
+        image_id=ids.image_id(),
+        zone=zone,
+        owner=owner,
+        image_name=image_name,
+        visibility=visibility.value,
+        provider=provider.value,
+        status=ImageStatus.PENDING.value,
+        transition_status=TransitionStatus.CREATING.value,
+        **attributes,
+        **values,
+    )

@@ -39,6 +39,16 @@ class InstanceInfo:
     default_user: str
     recommended_type: str
 
+    def attributes(self) -> dict[str, str]:
+        """What an image captured from this instance inherits."""
+        return {
+            "processor_type": self.processor_type,
+            "platform": self.platform,
+            "os_family": self.os_family,
+            "default_user": self.default_user,
+            "recommended_type": self.recommended_type,
+        }
+
 
 class InstanceInventory(Protocol):
     """What the image service needs to know about instances."""
@@ -60,16 +70,17 @@ class SqlInventory:
         stmt = owned_instances(caller).where(Instance.instance_id == instance_id)
         with self._database.reading() as session:
             row = session.scalars(stmt).one_or_none()
-            return _info(row) if row else None
+            return instance_info(row) if row else None
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
         stmt = select(Instance).where(Instance.zone == zone, Instance.instance_id == instance_id)
         with self._database.reading() as session:
             row = session.scalars(stmt).one_or_none()
-            return _info(row) if row else None
+            return instance_info(row) if row else None
 
 
-def _info(row: Instance) -> InstanceInfo:
+def instance_info(row: Instance) -> InstanceInfo:
+    """What the inventory tells of an instance row."""
     return InstanceInfo(
         instance_id=row.instance_id,
         zone=row.zone,

@@ -60,12 +60,12 @@ def move_job(
     With ``attempt``, only that run of the job may move it: a worker that was
     given up for lost and comes back cannot settle a job another run now owns.
     """
-    move = JOB_MOVES[target]
+    sources = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
-    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in move.sources])]
+    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in sources])]
     if attempt is not None:
         conditions.append(Job.attempts == attempt)
     stmt = (
@@ -103,6 +103,20 @@ def fail_job(
 
 def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
     """Record that this run of the job is alive; False if the job is no longer its own."""
+    return _touch_own_run(session, job_id, attempt, progress=max(0, min(99, progress)))
+
+
+def hold_job(session: Session, job_id: str, attempt: int) -> bool:
+    """Take the job's row for this run until the transaction ends; False if not its own.
+
+    The fenced update locks the row, so the sweep cannot requeue or fail the
+    job between this check and the run's commit.
+    """
+    return _touch_own_run(session, job_id, attempt)
+
+
+def _touch_own_run(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
+    """Stamp the heartbeat if the job is working on ``attempt``; False if it is not."""
     stmt = (
         update(Job)
         .where(
@@ -110,7 +124,7 @@ def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
             Job.status == JobStatus.WORKING.value,
             Job.attempts == attempt,
         )
-        .values(heartbeat_at=utcnow(), progress=max(0, min(99, progress)))
+        .values(heartbeat_at=utcnow(), **values)
     )
     result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
     return result.rowcount == 1

@@ -76,6 +76,8 @@ class JobAction(enum.StrEnum):
     DELETE_IMAGES = "DeleteImages"
     RECOVER_IMAGES = "RecoverImages"
     MODIFY_IMAGE_ATTRIBUTES = "ModifyImageAttributes"
+    # The operator's import of a public system image; runs like a capture.
+    IMPORT_IMAGE = "ImportImage"
 
 
 class ImageAction(enum.StrEnum):
@@ -149,19 +151,14 @@ def allowed_sources(action: ImageAction) -> str:
     return " or ".join(sorted(IMAGE_MOVES[action].sources))
 
 
-@dataclass(frozen=True)
-class JobMove:
-    sources: frozenset[JobStatus]
-    target: JobStatus
+_J = JobStatus
 
-
-JOB_MOVES: dict[JobStatus, JobMove] = {
+# Target status -> the statuses a job may reach it from.
+JOB_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
     # Back to pending: its worker was lost, and it will be run again.
-    JobStatus.PENDING: JobMove(frozenset({JobStatus.WORKING}), JobStatus.PENDING),
-    JobStatus.WORKING: JobMove(frozenset({JobStatus.PENDING}), JobStatus.WORKING),
-    JobStatus.SUCCESSFUL: JobMove(frozenset({JobStatus.WORKING}), JobStatus.SUCCESSFUL),
-    JobStatus.DONE_WITH_FAILURE: JobMove(
-        frozenset({JobStatus.WORKING}), JobStatus.DONE_WITH_FAILURE
-    ),
-    JobStatus.FAILED: JobMove(frozenset({JobStatus.PENDING, JobStatus.WORKING}), JobStatus.FAILED),
+    _J.PENDING: frozenset({_J.WORKING}),
+    _J.WORKING: frozenset({_J.PENDING}),
+    _J.SUCCESSFUL: frozenset({_J.WORKING}),
+    _J.DONE_WITH_FAILURE: frozenset({_J.WORKING}),
+    _J.FAILED: frozenset({_J.PENDING, _J.WORKING}),
 }

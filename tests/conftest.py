@@ -24,11 +24,12 @@ from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.db import Database
 from models.images import CaptureRequest, capture_instance
-from models.instances import NewInstance, SqlInventory, add_instance
+from models.instances import NewInstance, add_instance, instance_info
 from models.migrate import upgrade
 from models.quotas import Quota
 from models.scoping import Caller
 from models.states import InstanceStatus, JobStatus
+from models.tables import Instance
 from tests.support import (
     TEST_REDIS_URL,
     ServiceProcess,
@@ -119,7 +120,7 @@ class Tenant:
             return Reply(response.status, body)
 
     async def curl(self, method: str, path: str, body: str) -> Reply:
-        """As the seed document's curl does: a JSON text sent as a form."""
+        """As the API document's curl examples do: a JSON text sent as a form."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         return await self.call(method, path, data=body.encode(), headers=headers)
 
@@ -158,8 +159,9 @@ class Tenant:
 
     def record_capture(self, disk: Path) -> tuple[str, str]:
         """A capture recorded as the API records it, but never sent to a worker."""
-        instance = SqlInventory(self.database).find(self.zone, self.add_instance(disk))
-        assert instance is not None
+        instance_id = self.add_instance(disk)
+        with self.database.reading() as session:
+            instance = instance_info(session.get_one(Instance, instance_id))
         caller = Caller(self.account_id, self.zone)
         with self.database.transaction() as session:
             wanted = CaptureRequest(instance.instance_id, instance, "recorded")

@@ -92,7 +92,9 @@ async def test_image_import_makes_a_public_system_image(
         "available",
     )
     assert (image["image_name"], image["os_family"]) == ("ubuntu-24.04", "ubuntu")
-    stored = service_settings.image_dir / f"{imported['image_id']}.raw"
+    # Copied by a worker as a capture is, into a file named by the image and the run.
+    stored = stored_file(service_settings.image_dir, imported["image_id"])
+    assert stored.name == f"{imported['image_id']}.1.raw"
     assert stored.read_bytes() == raw_disk.read_bytes()
 
 
@@ -181,9 +183,14 @@ def _walkthrough(settings: Settings, http: Http, tmp_path: Path) -> None:
 
 def _check_metrics_and_startup_lines(http: Http, service: ServiceProcess) -> None:
     """The API process serves the job counts the worker process wrote; startup is quiet."""
-    with urllib.request.urlopen(http.base + "/metrics", timeout=10) as response:
-        page = response.read().decode()
-    assert 'imagesvc_jobs_finished_total{action="CaptureInstance",status="successful"} 1.0' in page
+    counted = 'imagesvc_jobs_finished_total{action="CaptureInstance",status="successful"} 1.0'
+    for _ in range(50):  # the worker counts a job just after it commits the outcome
+        with urllib.request.urlopen(http.base + "/metrics", timeout=10) as response:
+            page = response.read().decode()
+        if counted in page:
+            break
+        time.sleep(0.1)
+    assert counted in page, page
     assert 'route="/v2/zone/{zone}/images"' in page  # the API's own counters, from its files
     assert sum(f"Running on {http.base}" in line for line in service.output) == 1
     assert not any("celery@" in line or "Task " in line for line in service.output)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import update
 
+from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
 from models.images import SystemImageSpec
@@ -15,9 +16,9 @@ from tests.conftest import Tenant, TenantFactory, stored_file
 from workers.system_images import import_system_image
 
 
-def system_image(database: Database, settings: Settings, disk: Path) -> str:
+def system_image(services: Services, disk: Path) -> str:
     spec = SystemImageSpec(zone="ac1", image_name="centos-base", os_family="centos")
-    return import_system_image(database, settings.image_dir, disk, spec)
+    return import_system_image(services, disk, spec)
 
 
 async def test_delete_moves_images_to_deleted_and_keeps_their_files(
@@ -61,9 +62,9 @@ async def test_another_tenants_image_cannot_be_deleted_and_is_not_revealed(
 
 
 async def test_system_images_are_read_only_to_users(
-    tenant: Tenant, raw_disk: Path, database: Database, service_settings: Settings
+    tenant: Tenant, raw_disk: Path, services: Services
 ) -> None:
-    system = system_image(database, service_settings, raw_disk)
+    system = system_image(services, raw_disk)
     own = await tenant.captured_image(raw_disk)
     delete = await tenant.call("DELETE", f"/images/{own},{system}")
     assert (delete.status, delete.body["ret_code"]) == (403, 1400), delete

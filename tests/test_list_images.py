@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from imagesvc.settings import Settings
+from imagesvc.bootstrap import Services
 from models import ids
 from models.db import Database
 from models.images import SystemImageSpec
 from models.states import ProcessorType
 from models.tables import Image
 from tests.conftest import MiB, Reply, Tenant, TenantFactory, make_raw_disk
+from tests.support import ServiceProcess
 from workers.system_images import import_system_image
 
 IMAGE_FIELDS = {
@@ -56,7 +57,7 @@ class SystemImages:
 
 @pytest.fixture(scope="module")
 def system_images(
-    database: Database, service_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+    services: Services, worker: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> SystemImages:
     word = f"sys{secrets.token_hex(4)}"
     disk = make_raw_disk(tmp_path_factory.mktemp("system") / "base.raw", size=MiB, regions=1)
@@ -68,7 +69,7 @@ def system_images(
             os_family=os_family,
             processor_type=processor_type,
         )
-        return import_system_image(database, service_settings.image_dir, disk, spec)
+        return import_system_image(services, disk, spec)
 
     return SystemImages(word, make("Ubuntu", "ubuntu", "64bit"), make("CentOS", "centos", "32bit"))
 

@@ -21,12 +21,20 @@ from sqlalchemy.exc import DBAPIError
 
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
-from models.jobs import claim_job, fail_job, move_job
+from models.job_failures import FailedRun, fail_and_give_back
+from models.jobs import claim_job, hold_job, move_job
 from models.states import ImageAction, JobAction, JobStatus
 from models.tables import Image, Job
 from models.transitions import move_images
 from workers import job_metrics
-from workers.disk import DiskError, DiskFormat, StoredDisk, partial_dir, store_disk
+from workers.disk import (
+    DiskError,
+    DiskFormat,
+    StoredDisk,
+    detect_format,
+    partial_dir,
+    store_disk,
+)
 from workers.heartbeat import Heartbeat, Superseded
 
 log = logging.getLogger(__name__)
@@ -89,7 +97,7 @@ def _run(context: Services, job: ClaimedJob) -> bool:
         raise
     except Exception:
         log.exception("job run failed unexpectedly", extra=_run_fields(job))
-        _ABANDON[job.action](context, job, "InternalError", "internal error; see the worker log")
+        abandon(context, job, "InternalError", "internal error; see the worker log")
     return True
 
 
@@ -110,17 +118,23 @@ def _claim(context: Services, job_id: str) -> ClaimedJob | None:
         )
 
 
+# Jobs whose resource ids are [the image, its source] and that copy a disk into the store.
+COPYING_ACTIONS = frozenset({JobAction.CAPTURE_INSTANCE, JobAction.IMPORT_IMAGE})
+
+
 def _job_fields(job: ClaimedJob) -> dict[str, object]:
     """What a job's log lines carry: enough to find it, its owner and its images."""
-    images = job.resource_ids[:1] if job.action is JobAction.CAPTURE_INSTANCE else job.resource_ids
+    copies = job.action in COPYING_ACTIONS
     fields: dict[str, object] = {
         "job_id": job.job_id,
         "action": job.action.value,
         "owner": job.owner,
-        "image_ids": images,
+        "image_ids": job.resource_ids[:1] if copies else job.resource_ids,
     }
     if job.action is JobAction.CAPTURE_INSTANCE:
         fields["instance_id"] = job.resource_ids[1]
+    elif job.action is JobAction.IMPORT_IMAGE:
+        fields["disk"] = job.resource_ids[1]
     if job.request_id:
         fields["request_id"] = job.request_id
     return fields
@@ -169,7 +183,7 @@ def _outcome(context: Services, job: ClaimedJob) -> _Outcome | None:
         if row is None or row.attempts != job.attempt or not JobStatus(row.status).is_terminal:
             return None
         copied = 0
-        if job.action is JobAction.CAPTURE_INSTANCE and row.status == JobStatus.SUCCESSFUL:
+        if job.action in COPYING_ACTIONS and row.status == JobStatus.SUCCESSFUL:
             image = session.get(Image, job.resource_ids[0])
             copied = image.byte_size if image is not None else 0
         return _Outcome(JobStatus(row.status), row.error_code, row.error_message, copied)
@@ -181,14 +195,39 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
 
 
 def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    image_id, instance_id = job.resource_ids
+    """Copy the source disk into the store and make the image available (capture or import)."""
+    image_id = job.resource_ids[0]
     _remove_earlier_runs(context, job, image_id)
     try:
-        stored = _copy_instance_disk(context, job, heartbeat, image_id, instance_id)
+        stored = _copy_instance_disk(context, job, heartbeat, image_id)
     except JobFailure as failure:
-        abandon_capture(context, job, failure.code, failure.message)
+        abandon(context, job, failure.code, failure.message)
         return
     _finish_capture(context, job, image_id, stored)
+
+
+@dataclass(frozen=True)
+class SourceDisk:
+    """The disk a capture or an import copies, and how to name it in errors."""
+
+    path: Path
+    disk_format: DiskFormat
+    label: str
+
+
+def _source_disk(context: Services, job: ClaimedJob) -> SourceDisk:
+    """A capture reads its instance's disk; an import, the file the operator named."""
+    source = job.resource_ids[1]
+    if job.action is JobAction.IMPORT_IMAGE:
+        try:
+            return SourceDisk(Path(source), detect_format(Path(source)), f"disk {source}")
+        except DiskError as exc:
+            raise JobFailure(exc.code, f"import of disk {source} failed: {exc}") from exc
+    instance = context.inventory.find(job.zone, source)
+    if instance is None:
+        raise JobFailure("InstanceNotFound", f"instance {source} no longer exists")
+    disk_format = DiskFormat(instance.disk_format)
+    return SourceDisk(Path(instance.disk_path), disk_format, f"instance {source}")
 
 
 def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> None:
@@ -201,26 +240,20 @@ def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> N
 
 
 def _copy_instance_disk(
-    context: Services,
-    job: ClaimedJob,
-    heartbeat: Heartbeat,
-    image_id: str,
-    instance_id: str,
+    context: Services, job: ClaimedJob, heartbeat: Heartbeat, image_id: str
 ) -> StoredDisk:
-    instance = context.inventory.find(job.zone, instance_id)
-    if instance is None:
-        raise JobFailure("InstanceNotFound", f"instance {instance_id} no longer exists")
-    disk_format = DiskFormat(instance.disk_format)
+    source = _source_disk(context, job)
+    disk_format = source.disk_format
     try:
         return store_disk(
-            Path(instance.disk_path),
+            source.path,
             disk_format,
             capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
             on_progress=heartbeat.progress,
         )
     except DiskError as exc:
-        raise JobFailure(exc.code, f"capture of instance {instance_id} failed: {exc}") from exc
+        raise JobFailure(exc.code, f"capture of {source.label} failed: {exc}") from exc
 
 
 class _CaptureOvertaken(Exception):
@@ -254,21 +287,6 @@ def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: S
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
-def abandon_capture(context: Services, job: ClaimedJob, code: str, message: str) -> None:
-    """Fail the job and cease the image it was creating, if this run still owns the job."""
-    fail_capture(context, job.job_id, job.resource_ids[0], job.attempt, code, message)
-
-
-def fail_capture(
-    context: Services, job_id: str, image_id: str, attempt: int, code: str, message: str
-) -> bool:
-    with context.database.transaction() as session:
-        if not fail_job(session, job_id, code, message, attempt=attempt):
-            return False
-        move_images(session, [image_id], ImageAction.FAIL_CAPTURE)
-    return True
-
-
 def run_delete(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish deleting; the files stay until the image is ceased."""
     _finish_batch(context, job, ImageAction.FINISH_DELETE)
@@ -280,61 +298,43 @@ def run_recover(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> Non
 
 
 def _finish_batch(
-    context: Services, job: ClaimedJob, action: ImageAction, **values: object
+    services: Services, job: ClaimedJob, action: ImageAction, **values: object
 ) -> None:
-    with context.database.transaction() as session:
-        moved = move_images(session, job.resource_ids, action, **values)
-        if moved == len(job.resource_ids):
-            move_job(session, job.job_id, JobStatus.SUCCESSFUL, attempt=job.attempt, progress=100)
+    """Settle a delete or recover: the job first, fenced by the run, then its images.
+
+    A run given up for lost that wakes up finds the job no longer its own and
+    changes nothing; its successor settles the job and the images.
+    """
+    with services.database.transaction() as session:
+        if not hold_job(session, job.job_id, job.attempt):
+            log.warning("job %s attempt %d was superseded", job.job_id, job.attempt)
             return
-        move_job(
-            session,
-            job.job_id,
-            JobStatus.DONE_WITH_FAILURE,
-            attempt=job.attempt,
-            progress=100,
-            error_code="ImagesChanged",
-            error_message=f"{len(job.resource_ids) - moved} image(s) changed meanwhile",
-        )
+        moved = move_images(session, job.resource_ids, action, **values)
+        missed = len(job.resource_ids) - moved
+        outcome = JobStatus.SUCCESSFUL if missed == 0 else JobStatus.DONE_WITH_FAILURE
+        errors = {} if missed == 0 else _images_changed(missed)
+        move_job(session, job.job_id, outcome, attempt=job.attempt, progress=100, **errors)
 
 
-CANCEL_BATCH = {
-    JobAction.DELETE_IMAGES: ImageAction.CANCEL_DELETE,
-    JobAction.RECOVER_IMAGES: ImageAction.CANCEL_RECOVER,
-}
+def _images_changed(missed: int) -> dict[str, object]:
+    return {
+        "error_code": "ImagesChanged",
+        "error_message": f"{missed} image(s) changed meanwhile",
+    }
 
 
-def abandon_batch(context: Services, job: ClaimedJob, code: str, message: str) -> None:
-    fail_batch(context, job.job_id, job.action, job.resource_ids, job.attempt, code, message)
-
-
-def fail_batch(
-    context: Services,
-    job_id: str,
-    action: JobAction,
-    image_ids: list[str],
-    attempt: int,
-    code: str,
-    message: str,
-) -> bool:
-    """Fail the job and give its images back as they were before it started."""
-    with context.database.transaction() as session:
-        if not fail_job(session, job_id, code, message, attempt=attempt):
-            return False
-        move_images(session, image_ids, CANCEL_BATCH[action])
-    return True
+def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> None:
+    """Fail the job and give its images back, if this run still owns the job."""
+    failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, code, message)
+    with services.database.transaction() as session:
+        fail_and_give_back(session, failed)
 
 
 Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
-Abandon = Callable[[Services, ClaimedJob, str, str], None]
 
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
+    JobAction.IMPORT_IMAGE: run_capture,
     JobAction.DELETE_IMAGES: run_delete,
     JobAction.RECOVER_IMAGES: run_recover,
-}
-_ABANDON: dict[JobAction, Abandon] = {
-    JobAction.CAPTURE_INSTANCE: abandon_capture,
-    JobAction.DELETE_IMAGES: abandon_batch,
-    JobAction.RECOVER_IMAGES: abandon_batch,
 }

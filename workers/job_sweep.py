@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 
 from imagesvc.bootstrap import Services
+from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
-from models.states import JobAction
 from workers import job_metrics
-from workers.job_runner import fail_batch, fail_capture
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +18,14 @@ def sweep_jobs(context: Services) -> None:
     rescue_lost(context)
 
 
-def resend_unclaimed(context: Services) -> list[str]:
+def resend_unclaimed(context: Services) -> None:
+    """Send again the pending jobs nobody claimed within the dispatch grace."""
     with context.database.transaction() as session:
         job_ids = take_jobs_to_resend(session, context.settings.dispatch_grace)
     for job_id in job_ids:
         context.job_queue.send(job_id)
     if job_ids:
-        log.info("re-dispatched unclaimed jobs", extra={"job_ids": job_ids})
-    return job_ids
+        log.info("sent unclaimed jobs again", extra={"job_ids": job_ids})
 
 
 def rescue_lost(context: Services) -> list[str]:
@@ -47,16 +46,12 @@ def rescue_lost(context: Services) -> list[str]:
     return rescued
 
 
-def _give_up(context: Services, job: LostJob) -> None:
+def _give_up(services: Services, job: LostJob) -> None:
     message = f"the job's worker was lost {job.attempt} times; giving up"
-    if job.action is JobAction.CAPTURE_INSTANCE:
-        image_id = job.resource_ids[0]
-        failed = fail_capture(context, job.job_id, image_id, job.attempt, "WorkerLost", message)
-    else:
-        failed = fail_batch(
-            context, job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message
-        )
-    if not failed:
+    failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message)
+    with services.database.transaction() as session:
+        gave_up = fail_and_give_back(session, failed)
+    if not gave_up:
         return  # its run came back and settled it meanwhile
     job_metrics.job_given_up(job.action)
     fields = _lost_fields(job) | {"status": "failed", "error_code": "WorkerLost", "error": message}

@@ -1,48 +1,53 @@
-"""``imagesvc image import``: a system image's disk goes into the store like a capture's."""
+"""Disks the operator names: inspect an instance's disk, import a public system image.
+
+An import is recorded as an image and a job, and runs on a worker like a
+capture, so a crash in the middle is recovered like any other job.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from models.db import Database
+from imagesvc.bootstrap import Services
 from models.errors import InvalidParameter
-from models.images import SystemImageSpec, new_system_image, size_in_gb
-from models.states import ImageAction
-from models.transitions import move_images
-from workers.disk import DiskError, DiskFormat, detect_format, store_disk, virtual_size
+from models.images import SystemImageSpec, import_image
+from models.states import JobStatus
+from models.tables import Job
+from workers.disk import DiskError, DiskFormat, detect_format, virtual_size
+
+POLL_INTERVAL_S = 0.2
 
 
 def import_system_image(
-    database: Database, image_dir: Path, disk: Path, spec: SystemImageSpec
+    services: Services, disk: Path, spec: SystemImageSpec, timeout: float = 3600.0
 ) -> str:
-    """Copy ``disk`` into the store as a public, available system image; its id."""
-    disk_format, _ = inspect_disk(disk)
-    with database.transaction() as session:
-        image_id = new_system_image(session, spec).image_id
-    try:
-        stored = store_disk(
-            disk,
-            disk_format,
-            image_dir / f"{image_id}.{disk_format.value}",
-            partial_name=f"import-{image_id}",
-        )
-    except DiskError as exc:
-        with database.transaction() as session:
-            move_images(session, [image_id], ImageAction.FAIL_CAPTURE)
-        raise InvalidParameter(f"import of {disk.name} failed: {exc}") from exc
-    with database.transaction() as session:
-        move_images(
-            session,
-            [image_id],
-            ImageAction.FINISH_CAPTURE,
-            size=size_in_gb(stored.virtual_size),
-            virtual_size=stored.virtual_size,
-            byte_size=stored.byte_size,
-            disk_format=stored.disk_format.value,
-            checksum=stored.checksum,
-            file_name=stored.path.name,
-        )
+    """Copy ``disk`` into the store as a public system image, through a worker; its id.
+
+    Waits for the job; InvalidParameter if the disk is unreadable or the copy fails.
+    """
+    inspect_disk(disk)
+    with services.database.transaction() as session:
+        recorded = import_image(session, spec, str(disk))
+        job_id, image_id = recorded.job.job_id, recorded.image.image_id
+    services.job_queue.send(job_id)
+    job = _wait_for(services, job_id, timeout)
+    if job.status != JobStatus.SUCCESSFUL:
+        raise InvalidParameter(f"import of {disk.name} failed: {job.error_message}")
     return image_id
+
+
+def _wait_for(services: Services, job_id: str, timeout: float) -> Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        with services.database.reading() as session:
+            job = session.get(Job, job_id)
+        assert job is not None, f"job {job_id} vanished"
+        if JobStatus(job.status).is_terminal:
+            return job
+        if time.monotonic() > deadline:
+            raise InvalidParameter(f"import job {job_id} did not finish in {timeout:.0f} s")
+        time.sleep(POLL_INTERVAL_S)
 
 
 def inspect_disk(disk: Path) -> tuple[DiskFormat, int]:
