@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from api.app import create_app
+from api.metrics import is_allowed
 from api.request_ids import AccessLogger
-from imagesvc.settings import Settings
+from imagesvc.logs import JsonFormatter, TextFormatter
+from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
 from models.migrate import upgrade
 from models.tables import Job
@@ -235,3 +237,53 @@ def test_jobs_of_the_earlier_release_keep_working_after_the_request_id_migration
             job = session.get(Job, "j-old")
             assert job is not None and job.status == "successful" and job.request_id is None
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("remote", "allowed"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("::ffff:10.1.2.3", True),  # an IPv4 peer on a dual-stack socket
+        ("192.168.4.5", True),
+        ("8.8.8.8", False),
+        ("2001:db8::1", False),
+        (None, False),
+        ("not-an-address", False),
+    ],
+)
+def test_the_default_allow_list_is_loopback_and_private_ranges(
+    remote: str | None, allowed: bool
+) -> None:
+    networks = Settings(metrics_allow=DEFAULT_METRICS_ALLOW).metrics_networks
+    assert is_allowed(remote, networks) is allowed
+
+
+def test_text_lines_carry_the_same_fields_as_json_lines() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "workers.job_runner",
+            "levelno": logging.WARNING,
+            "levelname": "WARNING",
+            "msg": "job failed",
+            "job_id": "j-1",
+            "image_ids": ["img-1", "img-2"],
+            "error": 'disk "a" gone',
+            "duration_s": 1.23456,
+        }
+    )
+    text = TextFormatter().format(record)
+    assert text.endswith(
+        'WARNING job failed job_id=j-1 image_ids=img-1,img-2 error="disk \\"a\\" gone" '
+        "duration_s=1.235"
+    ), text
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "job failed" and entry["level"] == "WARNING"
+    assert entry["image_ids"] == ["img-1", "img-2"] and entry["error"] == 'disk "a" gone'
+
+
+def test_an_unknown_log_level_or_network_is_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="LOUD"):
+        Settings(log_level="loud")
+    with pytest.raises(ValueError, match=r"10\.0\.0\.300"):
+        Settings(metrics_allow=("10.0.0.300/8",))
