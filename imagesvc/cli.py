@@ -209,7 +209,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     argv += [f"--concurrency={concurrency}", "-Q", settings.queue]
     argv += ["-n", f"imagesvc-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     _keep_celery_off_logging()
-    worker_process_shutdown.connect(lambda **_: forget_exited_process(), weak=False)
+    # Celery sends this as each pool process exits, naming it.
+    worker_process_shutdown.connect(lambda pid=None, **_: forget_exited_process(pid), weak=False)
     services = bootstrap(settings)
     register_tasks(services.celery, lambda: bootstrap(settings))
     services.celery.worker_main(argv)

@@ -25,10 +25,10 @@ from imagesvc.settings import Settings
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def process_identity() -> str:
-    """This process's name in the directory: distinct among all live writers of it."""
+def process_identity(pid: int | None = None) -> str:
+    """A process's name in the directory: distinct among all live writers of it."""
     host = socket.gethostname().replace("_", "-")  # '_' separates fields in file names
-    return f"{host}-{os.getpid()}"
+    return f"{host}-{pid or os.getpid()}"
 
 
 def write_metrics_to_dir(settings: Settings, *, empty_first: bool = False) -> Path:
@@ -47,7 +47,7 @@ def writes_to_dir(directory: Path) -> bool:
     return os.environ.get(MULTIPROC_ENV) == str(directory.resolve())
 
 
-def forget_exited_process() -> None:
-    """For a process that is exiting: drop what only counts while it lives (live gauges)."""
+def forget_exited_process(pid: int | None = None) -> None:
+    """For a process that exits (this one by default): drop what counts only while it lives."""
     if MULTIPROC_ENV in os.environ:
-        mark_process_dead(process_identity())  # type: ignore[no-untyped-call]
+        mark_process_dead(process_identity(pid))  # type: ignore[no-untyped-call]

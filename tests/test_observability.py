@@ -78,6 +78,7 @@ async def test_a_json_worker_logs_one_object_per_line_and_one_line_per_job_outco
     settings = service_settings.model_copy(
         update={"log_format": "json", "queue": f"test-{secrets.token_hex(4)}"}
     )
+    live_before = set(settings.resolved_metrics_dir.glob("gauge_live*"))
     worker = ServiceProcess(settings, "worker", "--concurrency", "1")
     try:
         worker.wait_for_output(" ready.")
@@ -94,6 +95,8 @@ async def test_a_json_worker_logs_one_object_per_line_and_one_line_per_job_outco
         lines = list(worker.output)  # before the stop: Celery prints its shutdown notice raw
     finally:
         worker.stop()
+    # Its pool's processes counted running jobs while they lived, and forgot them on exit.
+    assert set(settings.resolved_metrics_dir.glob("gauge_live*")) <= live_before
     entries = [json.loads(line) for line in lines if line.strip()]
     assert all(isinstance(entry, dict) for entry in entries)
 
