@@ -10,7 +10,7 @@ from aiohttp import web
 from celery import Celery
 from sqlalchemy import text
 
-from api import auth, image_routes, job_routes
+from api import auth, docs_routes, image_routes, job_routes
 from api.errors import error_middleware
 from api.job_sending import drain_sends
 from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, SETTINGS
@@ -21,7 +21,10 @@ from api.metrics import (
     request_metrics_middleware,
     serve_metrics,
 )
+from api.openapi import documented
 from api.request_ids import request_id_middleware
+from api.responses import json
+from api.schemas import HealthOut
 from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
 from models.db import Database
@@ -46,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get(METRICS_PATH, serve_metrics)
     app.add_routes(image_routes.routes)
     app.add_routes(job_routes.routes)
+    app.add_routes(docs_routes.routes)
     return app
 
 
@@ -61,14 +65,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(services.close)
 
 
+@documented(response=HealthOut)
 async def healthz(request: web.Request) -> web.Response:
     """Which dependency is down, if any: 200 when all are up, else 503."""
-    checks = {
-        "database": await asyncio.to_thread(_database_ok, request.app[DATABASE]),
-        "broker": await asyncio.to_thread(_broker_ok, request.app[CELERY]),
-    }
-    healthy = all(value == "ok" for value in checks.values())
-    return web.json_response(checks, status=200 if healthy else 503)
+    checks = HealthOut(
+        database=await asyncio.to_thread(_database_ok, request.app[DATABASE]),
+        broker=await asyncio.to_thread(_broker_ok, request.app[CELERY]),
+    )
+    healthy = checks.database == checks.broker == "ok"
+    return json(checks, status=200 if healthy else 503)
 
 
 def _database_ok(database: Database) -> str:

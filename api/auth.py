@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.keys import ACCOUNT_ID, DATABASE, SETTINGS
+from api.openapi import DOCUMENTATION_PATHS, documented
 from api.params import parse_params
 from api.schemas import TokenOut, TokenParams
 from models.accounts import authenticate, issue_token
@@ -24,11 +25,19 @@ class ClientAuthenticationFailed(AuthenticationFailed):
     challenge = 'Basic realm="imagesvc"'
 
 
-# /metrics answers only allowed addresses (api/metrics.py), without a user's token.
-PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz", "/metrics"})
+# Route templates (``resource.canonical``) answered without a bearer token; /metrics
+# answers only the allowed addresses (api/metrics.py).
+PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz", "/metrics", *DOCUMENTATION_PATHS})
 
 
+@documented(
+    params=TokenParams,
+    response=TokenOut,
+    body_type="application/x-www-form-urlencoded",
+    basic_auth=True,
+)
 async def create_token(request: web.Request) -> web.Response:
+    """A bearer token for HTTP Basic ``api_key:secret`` and ``grant_type=client_credentials``."""
     params = await parse_params(request, TokenParams)
     if params.grant_type != "client_credentials":
         raise InvalidParameter("invalid parameter 'grant_type': must be client_credentials")
@@ -66,7 +75,7 @@ def _client_credentials(request: web.Request, params: TokenParams) -> tuple[str,
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if _needs_no_token(request):
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -79,3 +88,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
     request[ACCOUNT_ID] = await asyncio.to_thread(check)
     return await handler(request)
+
+
+def _needs_no_token(request: web.Request) -> bool:
+    """Public routes, and paths or methods the router does not know: their 404 or 405
+    reveals nothing, and a client that mistyped a path learns so, not that it needs a token.
+    """
+    match = request.match_info
+    if match.http_exception is not None:
+        return True
+    return match.route.resource is not None and match.route.resource.canonical in PUBLIC_PATHS

@@ -9,6 +9,7 @@ from aiohttp import web
 from api.caller import caller_of, in_idempotent_transaction, in_reading, in_transaction
 from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
+from api.openapi import documented
 from api.params import parse_params, validate_params
 from api.responses import json
 from api.schemas import (
@@ -28,6 +29,7 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/v2/zone/{zone}/images")
+@documented(params=CaptureParams, response=CaptureOut, status=202, errors=(403, 409, 429))
 async def capture_instance(request: web.Request) -> web.Response:
     """Capture a stopped instance into a new image; returns the job and the image id."""
     caller = caller_of(request)
@@ -48,6 +50,7 @@ async def capture_instance(request: web.Request) -> web.Response:
 
 
 @routes.delete("/v2/zone/{zone}/images/{ids}")
+@documented(params=RequestIdParams, response=JobOut, status=202, errors=(403, 409))
 async def delete_images(request: web.Request) -> web.Response:
     """Delete images, ``ids`` comma-joined: all of them or none."""
     caller = caller_of(request)
@@ -62,6 +65,7 @@ async def delete_images(request: web.Request) -> web.Response:
 
 
 @routes.post("/v2/zone/{zone}/images/recover")
+@documented(params=RecoverParams, response=JobOut, status=202, errors=(403, 409))
 async def recover_images(request: web.Request) -> web.Response:
     """Bring deleted images back while they are within the retention window."""
     caller = caller_of(request)
@@ -73,6 +77,7 @@ async def recover_images(request: web.Request) -> web.Response:
 
 
 @routes.put("/v2/zone/{zone}/images")
+@documented(params=ModifyParams, response=JobOut, errors=(403, 409))
 async def modify_image(request: web.Request) -> web.Response:
     """Change one image's name and/or description."""
     caller = caller_of(request)
@@ -84,6 +89,7 @@ async def modify_image(request: web.Request) -> web.Response:
 
 
 @routes.get("/v2/zone/{zone}/images")
+@documented(params=ListImagesParams, response=ImagesPage)
 async def list_images(request: web.Request) -> web.Response:
     """Public images and the caller's own, filtered, newest first."""
     caller = caller_of(request)

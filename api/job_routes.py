@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.caller import caller_of, in_reading
+from api.openapi import documented
 from api.params import parse_params
 from api.responses import json
 from api.schemas import JobOut, JobsPage, ListJobsParams
@@ -14,14 +15,18 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/v2/zone/{zone}/job/{job_id}")
+@documented(response=JobOut)
 async def describe_job(request: web.Request) -> web.Response:
+    """One of your jobs: poll it until its status is terminal."""
     caller = caller_of(request)
     job = await in_reading(request, jobs.get_job, caller, request.match_info["job_id"])
     return json(JobOut.from_row(job))
 
 
 @routes.get("/v2/zone/{zone}/jobs")
+@documented(params=ListJobsParams, response=JobsPage)
 async def list_jobs(request: web.Request) -> web.Response:
+    """Your jobs, filtered, newest first."""
     caller = caller_of(request)
     params = await parse_params(request, ListJobsParams)
     rows, total = await in_reading(request, jobs.list_jobs, caller, **params.model_dump())

@@ -25,6 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from api.keys import DATABASE, SETTINGS
+from api.openapi import documented
 from imagesvc.metrics import writes_to_dir
 from imagesvc.settings import Network, Settings
 from models.db import Database
@@ -98,8 +99,9 @@ def is_allowed(remote: str | None, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
+@documented(content_type="text/plain", errors=(404,))
 async def serve_metrics(request: web.Request) -> web.Response:
-    """The metrics in Prometheus's text format; 404 unless the peer is allowed."""
+    """Prometheus metrics for addresses in `IMAGESVC_METRICS_ALLOW`; others get a 404."""
     settings = request.app[SETTINGS]
     if not is_allowed(request.remote, settings.metrics_networks):
         raise web.HTTPNotFound

@@ -10,14 +10,24 @@ import json
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 from models.states import (
     ImageStatus,
     JobAction,
     JobStatus,
+    Platform,
     ProcessorType,
     Provider,
+    TransitionStatus,
     Visibility,
 )
 from models.tables import Image, Job
@@ -58,7 +68,9 @@ IdList = Annotated[list[ResourceId], ListOf, Field(max_length=MAX_IDS)]
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 Limit = Annotated[int, Field(ge=0), AfterValidator(_at_most_100)]
 IsoTime = Annotated[
-    datetime, PlainSerializer(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str)
+    datetime,
+    PlainSerializer(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-27T04:46:17Z"]}),
 ]
 ImageName = Annotated[str, Field(max_length=128)]
 Description = Annotated[str, Field(max_length=1024)]
@@ -66,104 +78,187 @@ Description = Annotated[str, Field(max_length=1024)]
 
 class Params(BaseModel):
     # Unknown parameters are ignored, as QingCloud does: SDKs send extras.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
 
 
 RequestId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
 class CaptureParams(Params):
+    """Capture a stopped instance into a new image."""
+
     instance: ResourceId
+    """The id of the instance to capture (`i-` prefix); it must be yours and stopped."""
     image_name: ImageName | None = None
+    """The new image's name; empty if not given."""
     request_id: RequestId | None = None
+    """Idempotency key: the same caller repeating it within 24 hours gets the first job back."""
 
 
 class RequestIdParams(Params):
+    """An optional idempotency key."""
+
     request_id: RequestId | None = None
+    """Idempotency key: the same caller repeating it within 24 hours gets the first job back."""
 
 
 class DeleteParams(Params):
     images: Annotated[IdList, Field(min_length=1)]
+    """The ids of the images to delete (`img-` prefix): all of them are deleted, or none."""
 
 
 class RecoverParams(Params):
+    """Bring deleted images back within the retention window."""
+
     images: Annotated[IdList, Field(min_length=1)]
+    """The ids of your deleted images: all of them are recovered, or none."""
 
 
 class ModifyParams(Params):
+    """Change one image's name and/or description."""
+
     image: ResourceId
+    """The id of your image (`img-` prefix)."""
     image_name: ImageName | None = None
+    """The new name; unchanged if not given."""
     description: Description | None = None
+    """The new description; unchanged if not given."""
 
 
 class ListImagesParams(Params):
+    """Filters for public images and your own; all of them optional."""
+
     images: IdList = []
+    """Only these image ids."""
     processor_type: ProcessorType | None = None
+    """Only images for this processor type."""
     os_family: Annotated[str, Field(max_length=64)] | None = None
+    """Only this operating system family, e.g. `ubuntu`, `centos`, `windows`."""
     visibility: Visibility | None = None
+    """Only `public` or only `private` images."""
     provider: Provider | None = None
+    """`system`: images the platform ships; `self`: images you captured."""
     status: Annotated[list[ImageStatus], ListOf] = []
+    """Only images in these statuses; without it, every status but `ceased`."""
     search_word: Annotated[str, Field(max_length=128)] | None = None
+    """Only images whose id or name contains this text."""
     offset: Offset = 0
+    """How many matching images to skip."""
     limit: Limit = 10
+    """How many images to return at most; above 100 is served as 100."""
 
 
 class ListJobsParams(Params):
+    """Filters for your jobs; all of them optional."""
+
     jobs: IdList = []
+    """Only these job ids."""
     status: Annotated[list[JobStatus], ListOf] = []
+    """Only jobs in these statuses."""
     action: Annotated[list[JobAction], ListOf] = []
+    """Only jobs of these actions."""
     offset: Offset = 0
+    """How many matching jobs to skip."""
     limit: Limit = 10
+    """How many jobs to return at most; above 100 is served as 100."""
 
 
 class TokenParams(Params):
+    """OAuth2 client credentials (RFC 6749 section 4.4)."""
+
     grant_type: str = ""
+    """Must be `client_credentials`."""
     client_id: str | None = None
+    """Your API key, if not sent as HTTP Basic credentials."""
     client_secret: str | None = None
+    """Your secret, if not sent as HTTP Basic credentials."""
 
 
 class ImageOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    """An image: a captured instance disk, or a system image the platform ships."""
+
+    model_config = ConfigDict(from_attributes=True, use_attribute_docstrings=True)
 
     image_id: str
+    """The image id, `img-` prefix."""
     image_name: str
+    """Its name."""
     description: str
+    """Its description."""
     size: int
-    processor_type: str
-    platform: str
+    """The disk's virtual size in GB (2^30 bytes), rounded up."""
+    processor_type: ProcessorType
+    """`64bit` or `32bit`."""
+    platform: Platform
+    """`linux` or `windows`."""
     os_family: str
-    visibility: str
-    provider: str
+    """The operating system family, e.g. `ubuntu`."""
+    visibility: Visibility
+    """`public`: every account sees it; `private`: only its owner."""
+    provider: Provider
+    """`system`: shipped by the platform, read-only; `self`: captured by a user."""
     owner: str
+    """The account that owns it."""
     recommended_type: str
-    status: str
-    transition_status: str
+    """The instance type recommended for it."""
+    status: ImageStatus
+    """Where the image is in its lifecycle."""
+    transition_status: TransitionStatus
+    """The move in progress, or `""` when none is."""
     create_time: IsoTime
+    """When it was created, UTC."""
     status_time: IsoTime
+    """When its status last changed, UTC."""
     default_user: str
+    """The login user of instances made from it."""
     default_passwd: str
+    """The default password of instances made from it (empty: none)."""
     disk_format: str
+    """The stored file's format: `raw` or `qcow2`."""
     checksum: str
+    """SHA-256 of the stored file, hex; empty until the capture has finished."""
 
 
 class JobError(BaseModel):
+    """Why a job failed."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     code: str
+    """A short name of the failure, e.g. `DiskNotFound`, `WorkerLost`, `ImagesChanged`."""
     message: str
+    """What went wrong, naming the resource."""
 
 
 class JobOut(BaseModel):
+    """A job: the slow work a request started. Poll it until its status is terminal."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     job_id: str
-    action: str
-    status: str
+    """The job id, `j-` prefix."""
+    action: JobAction
+    """What the job does."""
+    status: JobStatus
+    """`pending` → `working` → `successful`, `failed` or `done with failure`."""
     progress: int
+    """Percent done, 0 to 100."""
     create_time: IsoTime
+    """When the job was accepted, UTC."""
     begin_time: IsoTime | None
+    """When a worker began it, UTC; null while pending."""
     finished_time: IsoTime | None
+    """When it reached a terminal status, UTC; null until then."""
     status_time: IsoTime
+    """When its status last changed, UTC."""
     zone: str
+    """The zone it runs in."""
     resource_ids: list[str]
+    """The images (and, for a capture, the instance) it touches."""
     owner: str
+    """The account that started it."""
     error: JobError | None
+    """Null unless the job is `failed` or `done with failure`."""
 
     @classmethod
     def from_row(cls, job: Job) -> JobOut:
@@ -172,8 +267,8 @@ class JobOut(BaseModel):
             error = JobError(code=job.error_code, message=job.error_message or "")
         return cls(
             job_id=job.job_id,
-            action=job.action,
-            status=job.status,
+            action=JobAction(job.action),
+            status=JobStatus(job.status),
             progress=job.progress,
             create_time=job.create_time,
             begin_time=job.begin_time,
@@ -187,12 +282,21 @@ class JobOut(BaseModel):
 
 
 class CaptureOut(JobOut):
+    """The capture job, and the id of the image it is creating."""
+
     image_id: str
+    """The new image's id; the image is `pending` until the job is `successful`."""
 
 
 class ImagesPage(BaseModel):
+    """One page of images, newest first."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     images: list[ImageOut]
+    """The images on this page."""
     total_count: int
+    """How many images match the filters in all pages."""
 
     @classmethod
     def from_rows(cls, rows: list[Image], total: int) -> ImagesPage:
@@ -200,16 +304,47 @@ class ImagesPage(BaseModel):
 
 
 class JobsPage(BaseModel):
+    """One page of jobs, newest first."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     jobs: list[JobOut]
+    """The jobs on this page."""
     total_count: int
+    """How many jobs match the filters in all pages."""
 
 
 class TokenOut(BaseModel):
+    """A bearer token for every other call."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     access_token: str
+    """Send it as `Authorization: Bearer <access_token>`."""
     token_type: str = "Bearer"
+    """Always `Bearer`."""
     expires_in: int
+    """Seconds until the token expires."""
+
+
+class HealthOut(BaseModel):
+    """Whether the service's dependencies answer."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    database: str
+    """`ok` or `down`."""
+    broker: str
+    """`ok` or `down`."""
 
 
 class ErrorOut(BaseModel):
+    """Every failure: the contract's status code, with this body."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     ret_code: int
+    """1100 bad parameter, 1200 authentication, 1400 denied or state conflict, 2100 not found,
+    2500 quota, 5000 internal, 5100 a dependency is down."""
     message: str
+    """What was wrong, naming the parameter or resource."""

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imagesvc.help_format import say_defaults
 from imagesvc.logs import configure_logging
 from imagesvc.settings import Settings
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_account_commands(sub)
     _add_instance_commands(sub)
     _add_image_commands(sub)
-    return parser
+    return say_defaults(parser)
 
 
 def _add_service_commands(sub: Any) -> None:
@@ -59,7 +60,12 @@ def _add_service_commands(sub: Any) -> None:
     _add_listen_args(api)
     api.set_defaults(command=cmd_api)
     worker = sub.add_parser("worker", help="a Celery worker")
-    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="disk copies at once (default: IMAGESVC_WORKER_CONCURRENCY, itself 2 by default)",
+    )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
     worker.set_defaults(command=cmd_worker)
     scheduler = sub.add_parser("scheduler", help="the periodic sweeps (Celery beat)")
@@ -84,8 +90,12 @@ def _add_account_commands(sub: Any) -> None:
     create.set_defaults(command=cmd_account_create)
     quota = account.add_parser("set-quota", help="override the default quota of one account")
     quota.add_argument("account_id")
-    quota.add_argument("--images", type=int, default=None, help="most non-ceased images")
-    quota.add_argument("--gb", type=int, default=None, help="most GB of non-ceased images")
+    quota.add_argument(
+        "--images", type=int, default=None, help="most non-ceased images (default: unchanged)"
+    )
+    quota.add_argument(
+        "--gb", type=int, default=None, help="most GB of non-ceased images (default: unchanged)"
+    )
     quota.add_argument("--json", action="store_true")
     quota.set_defaults(command=cmd_account_set_quota)
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
+import time
+import urllib.request
 from base64 import b64encode
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -246,3 +249,65 @@ def disk_factory(tmp_path: Path) -> Callable[..., Path]:
         return make_raw_disk(tmp_path / f"disk-{secrets.token_hex(3)}.raw", size, regions)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def api_url(service_settings: Settings, worker: ServiceProcess) -> Iterator[str]:
+    """``imagesvc api`` on a real port, for clients that are separate programs."""
+    process, url = serve_api(service_settings)
+    yield url
+    process.stop()
+
+
+def serve_api(settings: Settings) -> tuple[ServiceProcess, str]:
+    """Start ``imagesvc api`` on a free loopback port; the process and its URL, once it answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = ServiceProcess(settings, "api", "--host", "127.0.0.1", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    _wait_until_listening(process, url)
+    return process, url
+
+
+def _wait_until_listening(process: ServiceProcess, url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.process.poll() is None, f"the API exited:\n{process.log()}"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"the API never answered at {url}:\n{process.log()}")
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account's id and credentials, for clients that get their own tokens."""
+
+    account_id: str
+    api_key: str
+    secret: str
+
+
+@pytest.fixture
+def account(database: Database) -> Account:
+    with database.transaction() as session:
+        credentials = create_account(session, f"user-{secrets.token_hex(3)}")
+    return Account(credentials.account_id, credentials.api_key, credentials.secret)
+
+
+def register_instance(database: Database, owner: str, disk: Path, zone: str = "ac1") -> str:
+    """Register a stopped instance of ``disk``, as ``imagesvc instance add`` does."""
+    disk_format, disk_size = inspect_disk(disk)
+    new = NewInstance(
+        zone=zone,
+        owner=owner,
+        disk_path=str(disk),
+        disk_format=disk_format.value,
+        disk_size=disk_size,
+        status=InstanceStatus.STOPPED,
+    )
+    with database.transaction() as session:
+        return add_instance(session, new).instance_id
