@@ -32,6 +32,7 @@ from models.db import Database
 from models.jobs import queue_state
 
 METRICS_PATH = "/metrics"
+HTTP = "imagesvc_http_"  # the prefix of the API processes' own metrics
 # Methods a client may use; any other is counted as "other", so labels stay few.
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 
@@ -49,10 +50,10 @@ class RequestMetrics:
         registry = CollectorRegistry()
         labels = ["method", "route", "status"]
         requests = Counter(
-            "imagesvc_http_requests_total", "HTTP requests answered", labels, registry=registry
+            HTTP + "requests_total", "HTTP requests answered", labels, registry=registry
         )
         latency = Histogram(
-            "imagesvc_http_request_duration_seconds",
+            HTTP + "request_duration_seconds",
             "Seconds to answer an HTTP request",
             labels,
             registry=registry,
@@ -119,14 +120,30 @@ def gather_metrics(
 ) -> CollectorRegistry:
     """A registry of every process's metrics and the service's state, read when collected."""
     registry = CollectorRegistry(auto_describe=False)
-    directory = settings.resolved_metrics_dir
-    if directory.is_dir():
-        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
-    if not writes_to_dir(directory):
-        # This process keeps its own request counters in memory (a test, an embedded app).
+    directory = str(settings.resolved_metrics_dir)
+    if writes_to_dir(settings.resolved_metrics_dir):
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        # This process keeps its request counters in memory (a test, an embedded app): it
+        # reports those, and from the files only what the workers counted, never the same
+        # series twice.
         registry.register(own.registry)
+        if settings.resolved_metrics_dir.is_dir():
+            files = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+            registry.register(WorkerMetrics(files))
     registry.register(ServiceStateCollector(settings, database))
     return registry
+
+
+class WorkerMetrics(Collector):
+    """The families of the multiprocess files but the API processes' request metrics."""
+
+    def __init__(self, files: MultiProcessCollector) -> None:
+        self._files = files
+
+    def collect(self) -> Iterator[Metric]:
+        families: Iterator[Metric] = self._files.collect()  # type: ignore[no-untyped-call]
+        return (family for family in families if not family.name.startswith(HTTP))
 
 
 class ServiceStateCollector(Collector):

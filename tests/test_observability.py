@@ -33,12 +33,15 @@ AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def metric_values(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a /metrics page, by name and labels."""
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
+    """Every sample of a /metrics page, by name and labels; each series appears once."""
+    samples = [
+        ((sample.name, frozenset(sample.labels.items())), sample.value)
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-    }
+    ]
+    values = dict(samples)
+    assert len(values) == len(samples), "a series appears twice"
+    return values
 
 
 def sample(values: dict[Any, float], name: str, **labels: str) -> float:
