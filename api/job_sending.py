@@ -25,14 +25,14 @@ FAULT_EXIT_CODE = 70
 
 
 def send_after_commit(request: web.Request, job: Job) -> None:
-    """Send a pending job to the workers in the background."""
+    """Send a pending job to its host's workers (any worker if it has none) in the background."""
     if job.status != JobStatus.PENDING.value:
         return
     if request.app[SETTINGS].fault_after_commit:
         log.critical("fault injection: exiting between commit and dispatch of %s", job.job_id)
         os._exit(FAULT_EXIT_CODE)
     sender = request.app[JOB_QUEUE]
-    task = asyncio.create_task(asyncio.to_thread(sender.send, job.job_id))
+    task = asyncio.create_task(asyncio.to_thread(sender.send, job.job_id, job.host))
     in_flight = request.app[IN_FLIGHT]
     in_flight.add(task)
     task.add_done_callback(in_flight.discard)

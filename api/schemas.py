@@ -288,6 +288,22 @@ class CaptureOut(JobOut):
     """The new image's id; the image is `pending` until the job is `successful`."""
 
 
+class OperatorJobOut(JobOut):
+    """A job as the operator sees it (``imagesvc job show``): also where and how often it ran.
+
+    Never served by the API: tenants do not learn the cloud's hosts and workers.
+    """
+
+    host: str
+    worker: str
+    attempts: int
+
+    @classmethod
+    def from_job(cls, job: Job) -> OperatorJobOut:
+        tenant_view = JobOut.from_row(job).model_dump()
+        return cls(**tenant_view, host=job.host, worker=job.worker, attempts=job.attempts)
+
+
 class ImagesPage(BaseModel):
     """One page of images, newest first."""
 

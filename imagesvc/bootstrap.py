@@ -44,7 +44,7 @@ def bootstrap(settings: Settings) -> Services:
         database=database,
         inventory=SqlInventory(database),
         celery=celery,
-        job_queue=JobQueue(celery),
+        job_queue=JobQueue(celery, settings.queue),
     )
 
 

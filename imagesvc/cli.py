@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_account_commands(sub)
     _add_instance_commands(sub)
     _add_image_commands(sub)
+    _add_job_commands(sub)
     return say_defaults(parser)
 
 
@@ -67,9 +68,34 @@ def _add_service_commands(sub: Any) -> None:
         help="disk copies at once (default: IMAGESVC_WORKER_CONCURRENCY, itself 2 by default)",
     )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
+    worker.add_argument(
+        "--host",
+        type=_host_name,
+        default=None,
+        help="the compute host this worker serves (default: IMAGESVC_COMPUTE_HOST or local)",
+    )
     worker.set_defaults(command=cmd_worker)
-    scheduler = sub.add_parser("scheduler", help="the periodic sweeps (Celery beat)")
+    scheduler = sub.add_parser(
+        "scheduler", help="the periodic sweeps (Celery beat; run as many as you like)"
+    )
     scheduler.set_defaults(command=cmd_scheduler)
+
+
+def _host_name(value: str) -> str:
+    """argparse type of a compute host's name."""
+    from models.errors import InvalidParameter
+    from models.instances import require_host_name
+
+    try:
+        return require_host_name(value)
+    except InvalidParameter as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
+def _add_host_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    from models.tables import LOCAL_HOST
+
+    parser.add_argument("--host", type=_host_name, default=LOCAL_HOST, help=help_text)
 
 
 def _add_listen_args(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +135,7 @@ def _add_instance_commands(sub: Any) -> None:
     add.add_argument("--disk", required=True, type=Path)
     add.add_argument("--status", default="stopped", choices=["stopped", "running"])
     add.add_argument("--name", default="")
+    _add_host_arg(add, "the compute host the disk is on; its workers capture it")
     _add_image_attribute_args(add)
     add.add_argument("--json", action="store_true")
     add.set_defaults(command=cmd_instance_add)
@@ -131,6 +158,7 @@ def _add_image_commands(sub: Any) -> None:
     imp.add_argument("--zone", required=True)
     imp.add_argument("--disk", required=True, type=Path)
     imp.add_argument("--name", required=True)
+    _add_host_arg(imp, "the compute host whose workers read --disk")
     _add_image_attribute_args(imp, os_required=True)
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(command=cmd_image_import)
@@ -141,6 +169,16 @@ def _add_image_commands(sub: Any) -> None:
         move.add_argument("image_id")
         move.add_argument("--json", action="store_true")
         move.set_defaults(command=cmd_image_move, action=action)
+
+
+def _add_job_commands(sub: Any) -> None:
+    job = sub.add_parser("job", help="jobs, as the operator sees them").add_subparsers(
+        required=True
+    )
+    show = job.add_parser("show", help="one job of any account, with its host and worker")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(command=cmd_job_show)
 
 
 @contextmanager
@@ -205,6 +243,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from imagesvc.metrics import write_metrics_to_dir
 
+    if args.host is not None:
+        settings = settings.model_copy(update={"compute_host": args.host})
     settings.ensure_dirs()
     write_metrics_to_dir(settings)  # before any job metric is touched
 
@@ -212,12 +252,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from imagesvc.bootstrap import bootstrap
     from imagesvc.metrics import forget_exited_process
+    from workers.job_queue import host_queue
     from workers.tasks import register_tasks
 
     concurrency = args.concurrency or settings.worker_concurrency
+    host = settings.compute_host
     argv = ["--quiet", "worker", f"--loglevel={settings.log_level}", f"--pool={args.pool}"]
-    argv += [f"--concurrency={concurrency}", "-Q", settings.queue]
-    argv += ["-n", f"imagesvc-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    argv += [f"--concurrency={concurrency}"]
+    # The shared queue (no disk work, sweeps) and this compute host's own queue.
+    argv += ["-Q", f"{settings.queue},{host_queue(settings.queue, host)}"]
+    argv += ["-n", f"imagesvc-{host}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     _keep_celery_off_logging()
     # Celery sends this as each pool process exits, naming it.
     worker_process_shutdown.connect(lambda pid=None, **_: forget_exited_process(pid), weak=False)
@@ -228,13 +272,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    """Celery beat with its schedule in memory: any number may run, on any data dir.
+
+    The sweeps it asks for are safe to run concurrently, so two schedulers only
+    ask more often; a restarted one starts its intervals afresh.
+    """
+    from celery.beat import Scheduler
+
     from imagesvc.bootstrap import bootstrap
 
     settings.ensure_dirs()
     _keep_celery_off_logging()
-    schedule = settings.data_dir / "celerybeat-schedule"
     beat = bootstrap(settings).celery.Beat(
-        schedule=str(schedule), loglevel=settings.log_level, quiet=True
+        scheduler=Scheduler, loglevel=settings.log_level, quiet=True
     )
     beat.run()
     return 0
@@ -291,6 +341,7 @@ def cmd_instance_add(args: argparse.Namespace, settings: Settings) -> int:
         platform=Platform(args.platform),
         processor_type=ProcessorType(args.processor_type),
         default_user=args.default_user,
+        host=args.host,
     )
     with _transaction(settings) as session:
         instance_id = add_instance(session, new).instance_id
@@ -321,6 +372,7 @@ def cmd_image_import(args: argparse.Namespace, settings: Settings) -> int:
         platform=args.platform,
         processor_type=args.processor_type,
         default_user=args.default_user,
+        host=args.host,
     )
     with services_for(settings) as services:
         image_id = import_system_image(services, args.disk.resolve(), spec)
@@ -361,4 +413,17 @@ def cmd_image_move(args: argparse.Namespace, settings: Settings) -> int:
         print(image.model_dump_json())
     else:
         print(f"{image.image_id}: {image.status}")
+    return 0
+
+
+def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
+    from api.schemas import OperatorJobOut
+    from models.jobs import find_job
+
+    with _transaction(settings) as session:
+        job = OperatorJobOut.from_job(find_job(session, args.job_id))
+    if args.json:
+        print(job.model_dump_json())
+    else:
+        _print(job.model_dump(mode="json"), as_json=False)
     return 0

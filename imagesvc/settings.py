@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.instances import HOST_PATTERN
 from models.quotas import Quota
+from models.tables import LOCAL_HOST
 
 EMBEDDED_BROKER_SCHEME = "embedded"
 
@@ -77,6 +79,11 @@ class Settings(BaseSettings):
     )
     metrics_allow: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_METRICS_ALLOW, description="Networks GET /metrics answers, comma-separated"
+    )
+    compute_host: str = Field(
+        default=LOCAL_HOST,
+        pattern=f"^{HOST_PATTERN}$",
+        description="A worker's compute host: it runs the captures of that host's instances",
     )
 
     @field_validator("zones", mode="before")

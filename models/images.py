@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from models import ids
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
-from models.instances import InstanceInfo, require_stopped
+from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
 from models.scoping import Caller, visible_images
@@ -32,7 +32,7 @@ from models.states import (
     TransitionStatus,
     Visibility,
 )
-from models.tables import Image, Job, utcnow
+from models.tables import LOCAL_HOST, Image, Job, utcnow
 from models.transitions import can_move, move_images, refusal
 
 GIB = 1024**3
@@ -90,7 +90,8 @@ def capture_instance(
         session.flush()
     except IntegrityError as exc:  # the partial unique index: a capture raced us
         raise _already_capturing(instance.instance_id) from exc
-    job = new_job(session, caller, action, [image.image_id, instance.instance_id], job_id=job_id)
+    resources = [image.image_id, instance.instance_id]
+    job = new_job(session, caller, action, resources, job_id=job_id, host=instance.host)
     return Capture(job, image)
 
 
@@ -308,14 +309,18 @@ class SystemImageSpec:
     platform: str = "linux"
     processor_type: str = "64bit"
     default_user: str = "root"
+    # The compute host whose workers read the operator's disk path.
+    host: str = LOCAL_HOST
 
 
 def import_image(session: Session, spec: SystemImageSpec, source: str) -> Capture:
     """Record a public system image, pending, and the job that copies ``source`` into the store.
 
     The job runs like a capture (its resources are the image and the source
-    file), so a crash during an import is recovered like any other job.
+    file), so a crash during an import is recovered like any other job. It
+    runs on ``spec.host``, the compute host where ``source`` is readable.
     """
+    require_host_name(spec.host)
     attributes = {
         "processor_type": spec.processor_type,
         "platform": spec.platform,
@@ -333,7 +338,8 @@ def import_image(session: Session, spec: SystemImageSpec, source: str) -> Captur
     session.add(image)
     session.flush()
     caller = Caller(SYSTEM_OWNER, spec.zone)
-    job = new_job(session, caller, JobAction.IMPORT_IMAGE, [image.image_id, source])
+    resources = [image.image_id, source]
+    job = new_job(session, caller, JobAction.IMPORT_IMAGE, resources, host=spec.host)
     return Capture(job, image)
 
 

@@ -9,6 +9,7 @@ service's inventory until a real backend replaces it. The operator's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,10 +18,14 @@ from sqlalchemy.orm import Session
 
 from models import ids
 from models.db import Database
-from models.errors import ResourceNotFound, StateConflict
+from models.errors import InvalidParameter, ResourceNotFound, StateConflict
 from models.scoping import Caller, owned_instances
 from models.states import InstanceStatus, Platform, ProcessorType
-from models.tables import Account, Instance
+from models.tables import LOCAL_HOST, Account, Instance
+
+# A compute host's name; it becomes part of a queue name, so it is kept plain.
+HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+HOST_NAME = re.compile(HOST_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class InstanceInfo:
     processor_type: str
     default_user: str
     recommended_type: str
+    host: str = LOCAL_HOST
 
     def attributes(self) -> dict[str, str]:
         """What an image captured from this instance inherits."""
@@ -95,6 +101,7 @@ def instance_info(row: Instance) -> InstanceInfo:
         processor_type=row.processor_type,
         default_user=row.default_user,
         recommended_type=row.recommended_type,
+        host=row.host,
     )
 
 
@@ -114,9 +121,20 @@ class NewInstance:
     processor_type: ProcessorType = ProcessorType.BIT64
     default_user: str = "root"
     recommended_type: str = ""
+    host: str = LOCAL_HOST
+
+
+def require_host_name(name: str) -> str:
+    """``name`` if it can name a compute host (and so a queue); InvalidParameter if not."""
+    if not HOST_NAME.fullmatch(name):
+        raise InvalidParameter(
+            f"host {name!r} is not a host name: letters, digits, '.', '_' or '-', at most 64"
+        )
+    return name
 
 
 def add_instance(session: Session, new: NewInstance) -> Instance:
+    require_host_name(new.host)
     if session.get(Account, new.owner) is None:
         raise ResourceNotFound(f"account {new.owner} not found")
     row = Instance(
@@ -133,6 +151,7 @@ def add_instance(session: Session, new: NewInstance) -> Instance:
         processor_type=new.processor_type.value,
         default_user=new.default_user,
         recommended_type=new.recommended_type,
+        host=new.host,
     )
     session.add(row)
     return row

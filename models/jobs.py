@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from models import ids
@@ -15,6 +15,9 @@ from models.errors import ResourceNotFound
 from models.scoping import Caller, owned_jobs
 from models.states import JOB_MOVES, JobAction, JobStatus
 from models.tables import Job, utcnow
+
+# The host of a job with no disk work: any worker may run it (the shared queue).
+ANY_HOST = ""
 
 
 def new_job(
@@ -24,7 +27,9 @@ def new_job(
     resource_ids: list[str],
     status: JobStatus = JobStatus.PENDING,
     job_id: str | None = None,
+    host: str = ANY_HOST,
 ) -> Job:
+    """Record a job; ``host`` names the compute host whose workers must run it."""
     now = utcnow()
     done = now if status.is_terminal else None
     job = Job(
@@ -41,6 +46,7 @@ def new_job(
         finished_time=done,
         send_requested_at=None if status.is_terminal else now,
         request_id=caller.request_id,
+        host=host,
     )
     session.add(job)
     session.flush()
@@ -60,17 +66,26 @@ def move_job(
     With ``attempt``, only that run of the job may move it: a worker that was
     given up for lost and comes back cannot settle a job another run now owns.
     """
+    fence = () if attempt is None else (Job.attempts == attempt,)
+    return _move_job_where(session, job_id, target, fence, values)
+
+
+def _move_job_where(
+    session: Session,
+    job_id: str,
+    target: JobStatus,
+    conditions: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+) -> bool:
+    """The compare-and-set behind every move: the status table's sources plus ``conditions``."""
     sources = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
-    conditions = [Job.job_id == job_id, Job.status.in_([s.value for s in sources])]
-    if attempt is not None:
-        conditions.append(Job.attempts == attempt)
     stmt = (
         update(Job)
-        .where(*conditions)
+        .where(Job.job_id == job_id, Job.status.in_([s.value for s in sources]), *conditions)
         .values(status=target.value, **values)
         .execution_options(synchronize_session=False)
     )
@@ -78,18 +93,22 @@ def move_job(
     return result.rowcount == 1
 
 
-def claim_job(session: Session, job_id: str, worker: str) -> Job | None:
-    """Take a pending job for this worker; None if someone else has it or it is done."""
+def claim_job(session: Session, job_id: str, worker: str, host: str | None = None) -> Job | None:
+    """Take a pending job for this worker; None if someone else has it or it is done.
+
+    With ``host``, only a job of that compute host (or of any host) is taken:
+    a capture delivered to the wrong host's worker stays pending, and the
+    sweep sends it again to its own host.
+    """
     now = utcnow()
-    claimed = move_job(
-        session,
-        job_id,
-        JobStatus.WORKING,
-        begin_time=func.coalesce(Job.begin_time, now),
-        heartbeat_at=now,
-        worker=worker,
-        attempts=Job.attempts + 1,
-    )
+    on_host = () if host is None else (Job.host.in_((ANY_HOST, host)),)
+    started = {
+        "begin_time": func.coalesce(Job.begin_time, now),
+        "heartbeat_at": now,
+        "worker": worker,
+        "attempts": Job.attempts + 1,
+    }
+    claimed = _move_job_where(session, job_id, JobStatus.WORKING, on_host, started)
     return session.get(Job, job_id, populate_existing=True) if claimed else None
 
 
@@ -136,6 +155,15 @@ class LostJob:
     action: JobAction
     attempt: int
     resource_ids: list[str]
+    host: str = ANY_HOST
+
+
+@dataclass(frozen=True)
+class JobToSend:
+    """A pending job and the compute host whose queue it goes to ('' for the shared one)."""
+
+    job_id: str
+    host: str = ANY_HOST
 
 
 def lost_jobs(session: Session, timeout: float, now: datetime | None = None) -> list[LostJob]:
@@ -147,7 +175,7 @@ def lost_jobs(session: Session, timeout: float, now: datetime | None = None) -> 
         .limit(500)
     )
     return [
-        LostJob(job.job_id, JobAction(job.action), job.attempts, list(job.resource_ids))
+        LostJob(job.job_id, JobAction(job.action), job.attempts, list(job.resource_ids), job.host)
         for job in session.scalars(stmt)
     ]
 
@@ -180,6 +208,14 @@ def queue_state(session: Session, now: datetime | None = None) -> QueueState:
     return QueueState(pending, rows.get(JobStatus.WORKING.value, (0, None))[0], max(age, 0.0))
 
 
+def find_job(session: Session, job_id: str) -> Job:
+    """Any account's job, for the operator; ResourceNotFound if there is none."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ResourceNotFound(f"job {job_id} not found")
+    return job
+
+
 def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     job = session.scalars(owned_jobs(caller).where(Job.job_id == job_id)).one_or_none()
     if job is None:
@@ -209,18 +245,25 @@ def list_jobs(
     return list(session.scalars(page)), total
 
 
-def take_jobs_to_resend(session: Session, grace: float, now: datetime | None = None) -> list[str]:
-    """Pending jobs nobody claimed within ``grace`` seconds; marks them re-dispatched."""
+def take_jobs_to_resend(
+    session: Session, grace: float, now: datetime | None = None
+) -> list[JobToSend]:
+    """Pending jobs nobody claimed within ``grace`` seconds; marks them re-dispatched.
+
+    The mark is a compare-and-set on the stale stamp, so of two sweeps running
+    at once each job is taken by one only.
+    """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=grace)
-    stale = select(Job.job_id).where(
-        Job.status == JobStatus.PENDING.value, Job.send_requested_at < cutoff
+    stale = (Job.status == JobStatus.PENDING.value, Job.send_requested_at < cutoff)
+    job_ids = list(session.scalars(select(Job.job_id).where(*stale).limit(500)))
+    if not job_ids:
+        return []
+    taken = session.execute(
+        update(Job)
+        .where(Job.job_id.in_(job_ids), *stale)
+        .values(send_requested_at=now)
+        .returning(Job.job_id, Job.host)
+        .execution_options(synchronize_session=False)
     )
-    job_ids = list(session.scalars(stale.limit(500)))
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.job_id.in_(job_ids), Job.status == JobStatus.PENDING.value)
-            .values(send_requested_at=now)
-        )
-    return job_ids
+    return [JobToSend(job_id, host) for job_id, host in taken]

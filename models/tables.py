@@ -29,6 +29,10 @@ NAMING = {
 }
 
 
+# The compute host of every instance registered without one, served by ``imagesvc up``.
+LOCAL_HOST = "local"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -100,6 +104,8 @@ class Instance(Base):
     default_user: Mapped[str] = mapped_column(String(64), default="")
     recommended_type: Mapped[str] = mapped_column(String(64), default="")
     create_time: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The compute host whose disk this is: its captures run on that host's workers.
+    host: Mapped[str] = mapped_column(String(64), default=LOCAL_HOST, server_default=LOCAL_HOST)
 
 
 class Image(Base):
@@ -172,6 +178,8 @@ class Job(Base):
     worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
     # The X-Request-Id of the API request that made the job, to join API and worker logs.
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The compute host whose workers must run the job ('' for any: no disk work).
+    host: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class ClientRequest(Base):

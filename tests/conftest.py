@@ -59,7 +59,10 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         if TEST_REDIS_URL:
             import redis
 
-            redis.Redis.from_url(TEST_REDIS_URL).delete(settings.queue)
+            client = redis.Redis.from_url(TEST_REDIS_URL)
+            # The shared queue and every compute host's queue (<queue>.host.<name>).
+            for key in client.scan_iter(f"{settings.queue}*"):
+                client.delete(key)
 
 
 @pytest.fixture(scope="session")

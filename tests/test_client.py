@@ -13,7 +13,6 @@ from imagesvc.bootstrap import Services
 from imagesvc.client import ApiError, Capture, Client, Image, Job, JobFailed, WaitTimeout
 from imagesvc.settings import Settings
 from models.images import CaptureRequest, capture_instance, delete_images
-from models.instances import SqlInventory
 from models.scoping import Caller
 from models.states import ImageAction
 from models.transitions import move_images
@@ -164,7 +163,7 @@ def test_wait_gives_up_after_its_timeout(
     api: Client, account: Account, services: Services, tmp_path: Path
 ) -> None:
     instance_id = register_instance(services.database, account.account_id, small_disk(tmp_path))
-    instance = SqlInventory(services.database).find("ac1", instance_id)
+    instance = services.inventory.find("ac1", instance_id)
     assert instance is not None
     with services.database.transaction() as session:
         wanted = CaptureRequest(instance_id, instance, "never sent")

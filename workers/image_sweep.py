@@ -13,6 +13,7 @@ from sqlalchemy import select
 from imagesvc.bootstrap import Services
 from models.client_requests import forget_expired
 from models.image_lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
+from models.sweep_lock import sweep_lock
 from models.tables import Image
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,21 @@ class SweepReport:
     orphans: int
 
 
-def sweep_images(context: Services) -> SweepReport:
+def sweep_images(context: Services) -> SweepReport | None:
     """One pass; safe to run concurrently and again after a crash at any point.
 
     Rows move first and files go after, so a crash leaves at worst a ceased
-    row still naming its file, which the next pass frees.
+    row still naming its file, which the next pass frees. On PostgreSQL a pass
+    that finds another one running skips it (None; see :mod:`models.sweep_lock`).
     """
+    with sweep_lock(context.database, "images") as mine:
+        if not mine:
+            log.info("image sweep: another pass is running; skipped")
+            return None
+        return _sweep_images(context)
+
+
+def _sweep_images(context: Services) -> SweepReport:
     settings = context.settings
     with context.database.transaction() as session:
         ceased = cease_expired(session, settings.deleted_retention)

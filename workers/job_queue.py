@@ -1,6 +1,9 @@
 """Sending jobs to workers, by task name only: senders never import the task bodies.
 
-A job that fails to send stays pending; the sweep sends it again.
+Jobs with disk work go to their compute host's queue (``<queue>.host.<name>``),
+which only that host's workers consume; every other job and the sweeps go to
+the shared queue, which every worker consumes. A job that fails to send stays
+pending; the sweep sends it again, to the same host.
 """
 
 from __future__ import annotations
@@ -16,16 +19,23 @@ SWEEP_JOBS = "imagesvc.sweep_jobs"
 SWEEP_IMAGES = "imagesvc.sweep_images"
 
 
+def host_queue(queue: str, host: str) -> str:
+    """The queue of one compute host's workers."""
+    return f"{queue}.host.{host}"
+
+
 class JobQueue:
-    """Puts job ids on the Celery queue the workers consume."""
+    """Puts job ids on the Celery queues the workers consume."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, queue: str) -> None:
         self._app = app
+        self._queue = queue
 
-    def send(self, job_id: str) -> bool:
-        """Send one job to the workers; False (logged) if the broker refused."""
+    def send(self, job_id: str, host: str = "") -> bool:
+        """Send one job to ``host``'s workers (any worker if ''); False (logged) if refused."""
+        queue = host_queue(self._queue, host) if host else self._queue
         try:
-            self._app.send_task(RUN_JOB, args=[job_id])
+            self._app.send_task(RUN_JOB, args=[job_id], queue=queue)
         except Exception:  # any broker failure: the job row is still there
             log.warning("could not send job %s; the sweep will retry", job_id, exc_info=True)
             return False

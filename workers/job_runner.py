@@ -68,7 +68,10 @@ def execute_job(context: Services, job_id: str) -> None:
     """
     job = _claim(context, job_id)
     if job is None:
-        log.info("job not pending; nothing to do", extra={"job_id": job_id})
+        host = context.settings.compute_host
+        log.info(
+            "job not pending for this host; nothing to do", extra={"job_id": job_id, "host": host}
+        )
         return
     started = time.monotonic()
     log.info("job started", extra=_job_fields(job) | {"attempt": job.attempt})
@@ -102,9 +105,11 @@ def _run(context: Services, job: ClaimedJob) -> bool:
 
 
 def _claim(context: Services, job_id: str) -> ClaimedJob | None:
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    """Take the job if it is pending and runs on this worker's compute host (or on any)."""
+    host = context.settings.compute_host
+    worker = f"{host}/{socket.gethostname()}:{os.getpid()}"
     with context.database.transaction() as session:
-        job = claim_job(session, job_id, worker)
+        job = claim_job(session, job_id, worker, host)
         if job is None:
             return None
         return ClaimedJob(

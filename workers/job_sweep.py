@@ -7,25 +7,39 @@ import logging
 from imagesvc.bootstrap import Services
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
+from models.sweep_lock import sweep_lock
 from workers import job_metrics
 
 log = logging.getLogger(__name__)
 
 
 def sweep_jobs(context: Services) -> None:
-    """One pass; safe to run concurrently with workers and with itself."""
-    resend_unclaimed(context)
-    rescue_lost(context)
+    """One pass; safe to run concurrently with workers and with itself.
+
+    Any number of schedulers may ask for it; on PostgreSQL a pass that finds
+    another one running skips (see :mod:`models.sweep_lock`).
+    """
+    with sweep_lock(context.database, "jobs") as mine:
+        if not mine:
+            log.info("job sweep: another pass is running; skipped")
+            return
+        resend_unclaimed(context)
+        rescue_lost(context)
 
 
 def resend_unclaimed(context: Services) -> None:
-    """Send again the pending jobs nobody claimed within the dispatch grace."""
+    """Send again, each to its own host, the pending jobs nobody claimed within the grace.
+
+    A job whose host has no live worker waits in that host's queue, and is sent
+    there again at each grace: never to another host.
+    """
     with context.database.transaction() as session:
-        job_ids = take_jobs_to_resend(session, context.settings.dispatch_grace)
-    for job_id in job_ids:
-        context.job_queue.send(job_id)
-    if job_ids:
-        log.info("sent unclaimed jobs again", extra={"job_ids": job_ids})
+        jobs = take_jobs_to_resend(session, context.settings.dispatch_grace)
+    for job in jobs:
+        context.job_queue.send(job.job_id, job.host)
+    if jobs:
+        sent = [f"{job.job_id}@{job.host or '*'}" for job in jobs]
+        log.info("sent unclaimed jobs again", extra={"jobs": sent})
 
 
 def rescue_lost(context: Services) -> list[str]:
@@ -41,7 +55,7 @@ def rescue_lost(context: Services) -> list[str]:
             requeued = requeue_job(session, job.job_id, job.attempt)
         if requeued:
             log.warning("job lost its worker; requeued", extra=_lost_fields(job))
-            context.job_queue.send(job.job_id)
+            context.job_queue.send(job.job_id, job.host)
             rescued.append(job.job_id)
     return rescued
 

@@ -24,13 +24,14 @@ def import_system_image(
 ) -> str:
     """Copy ``disk`` into the store as a public system image, through a worker; its id.
 
+    The copy runs on a worker of ``spec.host``, where ``disk`` must be readable.
     Waits for the job; InvalidParameter if the disk is unreadable or the copy fails.
     """
     inspect_disk(disk)
     with services.database.transaction() as session:
         recorded = import_image(session, spec, str(disk))
         job_id, image_id = recorded.job.job_id, recorded.image.image_id
-    services.job_queue.send(job_id)
+    services.job_queue.send(job_id, spec.host)
     job = _wait_for(services, job_id, timeout)
     if job.status != JobStatus.SUCCESSFUL:
         raise InvalidParameter(f"import of {disk.name} failed: {job.error_message}")

@@ -1,7 +1,7 @@
 """jobs.request_id: the X-Request-Id of the API request that made the job
 
 Revision ID: 0009
-Revises: 0004
+Revises: 0010
 Create Date: 2026-11-27 14:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0004"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
