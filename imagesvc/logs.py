@@ -21,8 +21,10 @@ TEXT_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 # Loggers whose INFO lines are noise to an operator; DEBUG shows them again.
 QUIET_LOGGERS = ("celery", "kombu", "amqp", "alembic", "aiohttp.server")
-# ...except the worker's "<name> ready." line, which says it is taking jobs.
-READY_LOGGER = "celery.apps.worker"
+# ...except the worker's "<name> ready." and the scheduler's "beat: Starting..." lines,
+# which say they are at work; the scheduler's line per sweep it sends is dropped.
+READY_LOGGERS = ("celery.apps.worker", "celery.beat")
+ROUTINE_MESSAGES = ("Scheduler: Sending due task",)
 
 # Attributes every LogRecord has; anything else on a record came as ``extra``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -62,6 +64,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RoutineFilter(logging.Filter):
+    """Drops the lines a component writes every time it does its routine work."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ROUTINE_MESSAGES)
+
+
 def _text(value: object) -> str:
     if isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)
@@ -85,5 +94,9 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     quiet = level if level <= logging.DEBUG else max(level, logging.WARNING)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
-    logging.getLogger(READY_LOGGER).setLevel(level)
+    for name in READY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    beat = logging.getLogger("celery.beat")
+    if level > logging.DEBUG and not any(isinstance(f, RoutineFilter) for f in beat.filters):
+        beat.addFilter(RoutineFilter())
     logging.captureWarnings(True)  # warnings too become lines in the one format

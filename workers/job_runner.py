@@ -69,9 +69,8 @@ def execute_job(context: Services, job_id: str) -> None:
     job = _claim(context, job_id)
     if job is None:
         host = context.settings.compute_host
-        log.info(
-            "job not pending for this host; nothing to do", extra={"job_id": job_id, "host": host}
-        )
+        fields = {"job_id": job_id, "host": host}
+        log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
         return
     started = time.monotonic()
     log.info("job started", extra=_job_fields(job) | {"attempt": job.attempt})
