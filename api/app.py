@@ -12,8 +12,10 @@ from sqlalchemy import text
 
 from api import auth, docs_routes, image_routes, job_routes
 from api.errors import error_middleware
+from api.headers import on_response_prepare
 from api.job_sending import drain_sends
-from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, SETTINGS
+from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, SETTINGS
+from api.limits import MAX_BODY_BYTES, limits_middleware
 from api.metrics import (
     METRICS_PATH,
     REQUEST_METRICS,
@@ -25,26 +27,36 @@ from api.openapi import documented
 from api.request_ids import request_id_middleware
 from api.responses import json
 from api.schemas import HealthOut
+from api.throttle import FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter
 from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
 from models.db import Database
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 8190
+MAX_HEADERS = 64
+# After answering a request whose body was not read (a 401, a 413, a 408), aiohttp reads and
+# discards the rest for this long before closing, so the client can read its answer.
+LINGER_S = 2.0
 
 
 def create_app(settings: Settings) -> web.Application:
     """The API, with its database and broker opened on startup and closed on cleanup."""
     middlewares = [request_id_middleware, request_metrics_middleware, error_middleware]
     app = web.Application(
-        middlewares=[*middlewares, auth.auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[*middlewares, limits_middleware, auth.auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
+        handler_args=_connection_limits(settings),
     )
     app[SETTINGS] = settings
     app[REQUEST_METRICS] = RequestMetrics.create()
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_login_guard)
     app.cleanup_ctx.append(drain_sends)
+    app.on_response_prepare.append(on_response_prepare)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
+    app.router.add_post(auth.REVOKE_PATH, auth.revoke)
     app.router.add_get("/healthz", healthz)
     app.router.add_get(METRICS_PATH, serve_metrics)
     app.add_routes(image_routes.routes)
@@ -63,6 +75,46 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[JOB_QUEUE] = services.job_queue
     yield
     await asyncio.to_thread(services.close)
+
+
+def _connection_limits(settings: Settings) -> dict[str, object]:
+    """What one connection may hold: header sizes, and how long it may stall.
+
+    aiohttp closes a connection whose request has not fully arrived when its
+    keep-alive timer fires, and that timer starts when the connection opens:
+    so ``keepalive_timeout`` bounds both slow headers and idle keep-alive. A
+    stalled body is cut by :mod:`api.limits` after ``body_timeout``, plus
+    ``LINGER_S`` of lingering: at most 30 s. Bodies are inflated by
+    :mod:`api.limits`, never by the parser.
+    """
+    return {
+        "keepalive_timeout": settings.header_timeout,
+        "lingering_time": LINGER_S,
+        "max_line_size": MAX_HEADER_BYTES,
+        "max_field_size": MAX_HEADER_BYTES,
+        "max_headers": MAX_HEADERS,
+        "auto_decompress": False,
+    }
+
+
+async def _login_guard(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    counter: FailureCounter
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        counter = RedisFailureCounter(
+            settings.broker_url, settings.throttle_failures, settings.throttle_window
+        )
+    else:
+        counter = MemoryFailureCounter(settings.throttle_failures, settings.throttle_window)
+    app[LOGIN_GUARD] = LoginGuard(
+        counter,
+        settings.queue,
+        settings.hash_workers,
+        settings.hash_queue,
+        settings.hash_per_address,
+    )
+    yield
+    await app[LOGIN_GUARD].close()
 
 
 @documented(response=HealthOut)

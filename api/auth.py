@@ -1,22 +1,40 @@
-"""OAuth2 client credentials, and the bearer token check on every other route."""
+"""OAuth2 client credentials (RFC 6749), token revocation (RFC 7009), and the bearer check.
+
+Client credentials come from the Basic header or the form body (RFC 6749
+§2.3.1), never from the query string: query strings end up in logs and
+browser histories. Secrets are checked by :class:`api.throttle.LoginGuard`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import binascii
+import re
 from base64 import b64decode
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy.orm import Session
 
-from api.keys import ACCOUNT_ID, DATABASE, SETTINGS
+from api.caller import in_reading, in_transaction
+from api.keys import ACCOUNT_ID, LOGIN_GUARD, SETTINGS
 from api.openapi import DOCUMENTATION_PATHS, documented
 from api.params import parse_params
-from api.schemas import TokenOut, TokenParams
-from models.accounts import authenticate, issue_token
+from api.schemas import RevokeOut, RevokeParams, TokenOut, TokenParams
+from models.accounts import ClientRecord, authenticate, client_record, issue_token, revoke_token
 from models.errors import AuthenticationFailed, InvalidParameter
 
 TOKEN_PATH = "/v2/oauth2/token"
+REVOKE_PATH = "/v2/oauth2/revoke"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# What the service issues: anything else is refused before it reaches the database.
+_API_KEY = re.compile(r"[A-Za-z0-9]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_SECRET_PARAMS = frozenset({"client_id", "client_secret", "token"})
+
+ClientParamsT = TypeVar("ClientParamsT", bound=TokenParams)
+R = TypeVar("R")
 
 
 class ClientAuthenticationFailed(AuthenticationFailed):
@@ -27,7 +45,7 @@ class ClientAuthenticationFailed(AuthenticationFailed):
 
 # Route templates (``resource.canonical``) answered without a bearer token; /metrics
 # answers only the allowed addresses (api/metrics.py).
-PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz", "/metrics", *DOCUMENTATION_PATHS})
+PUBLIC_PATHS = frozenset({TOKEN_PATH, REVOKE_PATH, "/healthz", "/metrics", *DOCUMENTATION_PATHS})
 
 
 @documented(
@@ -37,56 +55,105 @@ PUBLIC_PATHS = frozenset({TOKEN_PATH, "/healthz", "/metrics", *DOCUMENTATION_PAT
     basic_auth=True,
 )
 async def create_token(request: web.Request) -> web.Response:
-    """A bearer token for HTTP Basic ``api_key:secret`` and ``grant_type=client_credentials``."""
-    params = await parse_params(request, TokenParams)
+    """Exchange the client's api_key and secret for a bearer token."""
+    params = await _client_params(request, TokenParams)
     if params.grant_type != "client_credentials":
         raise InvalidParameter("invalid parameter 'grant_type': must be client_credentials")
-    database = request.app[DATABASE]
+    client = await _verified_client(request, params)
     ttl = request.app[SETTINGS].token_ttl
+    token = await _as_client(in_transaction(request, _issue, client, ttl))
+    return web.json_response(text=token.model_dump_json(), headers=NO_STORE)
 
-    def issue(api_key: str, secret: str) -> TokenOut:
-        with database.transaction() as session:
-            token = issue_token(session, api_key, secret, ttl)
-        return TokenOut(access_token=token.access_token, expires_in=token.expires_in)
 
+def _issue(session: Session, client: ClientRecord, ttl: int) -> TokenOut:
+    issued = issue_token(session, client, ttl)
+    return TokenOut(access_token=issued.access_token, expires_in=issued.expires_in)
+
+
+@documented(
+    params=RevokeParams,
+    response=RevokeOut,
+    body_type="application/x-www-form-urlencoded",
+    basic_auth=True,
+)
+async def revoke(request: web.Request) -> web.Response:
+    """RFC 7009: the client revokes one of its tokens; an unknown token is no error."""
+    params = await _client_params(request, RevokeParams)
+    client = await _verified_client(request, params)
+    await _as_client(in_transaction(request, revoke_token, client, params.token))
+    return web.json_response(text=RevokeOut().model_dump_json(), headers=NO_STORE)
+
+
+async def _as_client(work: Awaitable[R]) -> R:
+    """A secret rotated or an account disabled since the check: refused as client auth."""
     try:
-        token = await asyncio.to_thread(issue, *_client_credentials(request, params))
+        return await work
     except AuthenticationFailed as refused:
         raise ClientAuthenticationFailed(refused.message) from None
-    return web.json_response(
-        text=token.model_dump_json(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
-    )
+
+
+async def _client_params(request: web.Request, model: type[ClientParamsT]) -> ClientParamsT:
+    leaked = sorted(_SECRET_PARAMS & set(request.query))
+    if leaked:
+        raise InvalidParameter(
+            f"parameter '{leaked[0]}' must not be sent in the query string: send client "
+            "credentials as HTTP Basic (or in the form body)"
+        )
+    return await parse_params(request, model)
+
+
+async def _verified_client(request: web.Request, params: TokenParams) -> ClientRecord:
+    """The client whose secret checks out; throttled, and counted when it does not."""
+    guard = request.app[LOGIN_GUARD]
+    api_key, secret = _client_credentials(request, params)
+    address = request.remote or ""
+    keys = guard.keys(api_key if _API_KEY.fullmatch(api_key) else "", address)
+    await guard.refuse_if_throttled(keys)
+    if not _API_KEY.fullmatch(api_key):
+        await guard.record_failure(keys)
+        raise ClientAuthenticationFailed("invalid api_key or secret")
+    client = await in_reading(request, client_record, api_key)
+    if not await guard.verify(secret, client.secret_hash, address) or client.account_id is None:
+        await guard.record_failure(keys)
+        raise ClientAuthenticationFailed("invalid api_key or secret")
+    return client
 
 
 def _client_credentials(request: web.Request, params: TokenParams) -> tuple[str, str]:
-    header = request.headers.get("Authorization", "")
-    scheme, _, encoded = header.partition(" ")
+    scheme, _, encoded = _authorization(request).partition(" ")
     if scheme.lower() == "basic":
         try:
-            api_key, sep, secret = b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthenticationFailed("malformed Basic authorization header") from None
+            decoded = b64decode(encoded.strip().encode("ascii"), validate=True).decode()
+        except (binascii.Error, UnicodeError):
+            raise ClientAuthenticationFailed("malformed Basic authorization header") from None
+        api_key, sep, secret = decoded.partition(":")
         if sep:
             return api_key, secret
     if params.client_id and params.client_secret:
         return params.client_id, params.client_secret
-    raise AuthenticationFailed("send the api_key and secret as HTTP Basic credentials")
+    raise ClientAuthenticationFailed("send the api_key and secret as HTTP Basic credentials")
+
+
+def _authorization(request: web.Request) -> str:
+    """The one Authorization header; two of them are a 400, not a choice."""
+    values = request.headers.getall("Authorization", [])
+    if len(values) > 1:
+        raise InvalidParameter("send one Authorization header, not several")
+    return values[0] if values else ""
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    authorization = _authorization(request)
     if _needs_no_token(request):
         return await handler(request)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise AuthenticationFailed("missing bearer token: send 'Authorization: Bearer <token>'")
-    database = request.app[DATABASE]
-
-    def check() -> str:
-        with database.reading() as session:
-            return authenticate(session, token.strip())
-
-    request[ACCOUNT_ID] = await asyncio.to_thread(check)
+    if not _TOKEN.fullmatch(token):
+        raise AuthenticationFailed("invalid access token")
+    request[ACCOUNT_ID] = await in_reading(request, authenticate, token)
     return await handler(request)
 
 

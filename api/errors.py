@@ -8,12 +8,24 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from api.access_log import logged_path, printable
 from api.schemas import ErrorOut
 from models.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-_HTTP_RET_CODES = {400: 1100, 401: 1200, 403: 1400, 404: 2100, 409: 1400, 413: 1100, 429: 2500}
+_HTTP_RET_CODES = {
+    400: 1100,
+    401: 1200,
+    403: 1400,
+    404: 2100,
+    405: 1100,
+    408: 1100,
+    409: 1400,
+    413: 1100,
+    415: 1100,
+    429: 2500,
+}
 
 
 def error_response(status: int, ret_code: int, message: str) -> web.Response:
@@ -26,6 +38,11 @@ def service_error_response(error: ServiceError) -> web.Response:
     if error.http_status == 401:
         challenge = getattr(error, "challenge", 'Bearer realm="imagesvc"')
         response.headers["WWW-Authenticate"] = challenge
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if getattr(error, "closes_connection", False):
+        response.force_close()
     return response
 
 
@@ -39,12 +56,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _http_error(request, exc)
     except (OperationalError, DBAPIError) as exc:
         if exc.connection_invalidated or isinstance(exc, OperationalError):
-            log.warning("database unavailable: %s", exc.orig)
+            log.warning("database unavailable: %s", printable(str(exc.orig), 500))
             return service_error_response(ServiceUnavailable("the database is unavailable"))
-        log.exception("database error on %s %s", request.method, request.path)
+        log.exception("database error on %s %s", request.method, logged_path(request))
         return error_response(500, 5000, "internal error")
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, logged_path(request))
         return error_response(500, 5000, "internal error")
 
 

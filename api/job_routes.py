@@ -8,8 +8,9 @@ from api.caller import caller_of, in_reading
 from api.openapi import documented
 from api.params import parse_params
 from api.responses import json
-from api.schemas import JobOut, JobsPage, ListJobsParams
+from api.schemas import RESOURCE_ID, JobOut, JobsPage, ListJobsParams
 from models import jobs
+from models.errors import ResourceNotFound
 
 routes = web.RouteTableDef()
 
@@ -19,7 +20,10 @@ routes = web.RouteTableDef()
 async def describe_job(request: web.Request) -> web.Response:
     """One of your jobs: poll it until its status is terminal."""
     caller = caller_of(request)
-    job = await in_reading(request, jobs.get_job, caller, request.match_info["job_id"])
+    job_id = request.match_info["job_id"]
+    if not RESOURCE_ID.fullmatch(job_id):  # no id we issue looks like this: skip the database
+        raise ResourceNotFound("job not found")
+    job = await in_reading(request, jobs.get_job, caller, job_id)
     return json(JobOut.from_row(job))
 
 

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 from celery import Celery
 
+from api.throttle import LoginGuard
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory
@@ -17,6 +18,7 @@ DATABASE = web.AppKey("database", Database)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 JOB_QUEUE = web.AppKey("job_queue", JobQueue)
+LOGIN_GUARD = web.AppKey("login_guard", LoginGuard)
 IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.

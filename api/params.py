@@ -7,7 +7,6 @@ the same pydantic model.
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -15,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from api.limits import JsonRejected, decode_json, read_body
 from models.errors import InvalidParameter
 
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
@@ -46,21 +46,19 @@ def _query_params(request: web.Request) -> dict[str, Any]:
 
 
 async def _body_params(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         text = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise InvalidParameter("request body is not UTF-8 text") from None
     if not text:
         return {}
+    if request.content_type == FORM and not text.startswith(("{", "[")):
+        return _form_params(text)
     try:
-        body = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if request.content_type == FORM and not text.startswith(("{", "[")):
-            return _form_params(text)
-        raise InvalidParameter(f"request body is not valid JSON: {exc.msg}") from None
-    except RecursionError:
-        raise InvalidParameter("request body is nested too deeply") from None
+        body = decode_json(text)
+    except JsonRejected as exc:
+        raise InvalidParameter(f"request body is refused: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidParameter("request body must be a JSON object")
     return body

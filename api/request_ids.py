@@ -1,4 +1,5 @@
-"""Request ids: every response says ``X-Request-Id``, the access log and the job record it.
+"""Request ids: every response says ``X-Request-Id``; the access log (``api/access_log.py``)
+and the job record it.
 
 A caller's valid ``X-Request-Id`` is kept (so its own logs and ours join);
 otherwise the API makes one. The header keeps its other role too: on
@@ -8,10 +9,7 @@ idempotency key (``image_routes.request_id_of``), and an id made here never is.
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 from pydantic import TypeAdapter, ValidationError
 
@@ -43,23 +41,3 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         raise
     response.headers[HEADER] = request_id
     return response
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path without the query, status, seconds, request id."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        path = ascii(request.rel_url.raw_path)[1:-1]  # control characters escaped
-        fields = {
-            "request_id": request.get(REQUEST_ID, "-"),
-            "remote": request.remote,
-            "method": ascii(request.method)[1:-1],
-            "path": path,
-            "status": response.status,
-            "duration_s": round(time, 4),
-        }
-        self.logger.info("%s %s %s", fields["method"], path, response.status, extra=fields)
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)

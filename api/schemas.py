@@ -6,7 +6,9 @@ so an OpenAPI document can be generated from them.
 
 from __future__ import annotations
 
-import json
+import re
+import unicodedata
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -19,10 +21,13 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
 )
+from sqlalchemy import Row
 
+from api.limits import JsonRejected, decode_json
 from models.states import (
     ImageStatus,
     JobAction,
+    JobPhase,
     JobStatus,
     Platform,
     ProcessorType,
@@ -37,25 +42,54 @@ MAX_IDS = 100
 MAX_OFFSET = 2**31 - 1
 
 
+_DIGITS = re.compile(r"[0-9]{1,100}")
+# Bidirectional formatting characters: they make a name read differently than it sorts.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
+    "\u2066\u2067\u2068\u2069"
+)
+
+
 def _as_list(value: Any) -> Any:
-    """A JSON array, a comma-joined string, or repeated keys: all become a list."""
+    """A JSON array, a comma-joined string, or repeated keys: all become a list of strings."""
     if value is None:
         return []
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                return value
-        value = [value]
-    if isinstance(value, list):
-        return [part.strip() for item in value for part in _split(item) if part.strip()]
+        value = _json_array(text) if text.startswith("[") else [value]
+    if not isinstance(value, list):
+        return value
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError("must be a list of strings")
+    return [part.strip() for item in value for part in item.split(",") if part.strip()]
+
+
+def _json_array(text: str) -> Any:
+    try:
+        return decode_json(text)
+    except JsonRejected as exc:
+        raise ValueError(f"a JSON array is expected, but {exc}") from None
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer, from JSON or as decimal digits: the same rule for the body and the query.
+
+    ``true``, ``1.0`` and ``"1_000"`` are refused: a client sending them has a bug.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a whole number")
+    if isinstance(value, str):
+        if not _DIGITS.fullmatch(value):
+            raise ValueError("must be a whole number of at most 100 decimal digits")
+        return int(value)
     return value
 
 
-def _split(item: Any) -> list[Any]:
-    return item.split(",") if isinstance(item, str) else [item]
+def _plain_text(value: str) -> str:
+    """Trimmed of surrounding white space; control and bidi characters are refused."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Cs") or char in _BIDI_CONTROLS:
+            raise ValueError(f"must not contain the control character U+{ord(char):04X}")
+    return value.strip()
 
 
 def _at_most_100(value: int) -> int:
@@ -63,17 +97,20 @@ def _at_most_100(value: int) -> int:
 
 
 ListOf = BeforeValidator(_as_list)
+RESOURCE_ID = re.compile(r"[A-Za-z0-9-]{1,32}")
 ResourceId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9-]+$")]
 IdList = Annotated[list[ResourceId], ListOf, Field(max_length=MAX_IDS)]
-Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
-Limit = Annotated[int, Field(ge=0), AfterValidator(_at_most_100)]
+WholeNumber = BeforeValidator(_whole_number)
+PlainText = AfterValidator(_plain_text)
+Offset = Annotated[int, WholeNumber, Field(ge=0, le=MAX_OFFSET)]
+Limit = Annotated[int, WholeNumber, Field(ge=0), AfterValidator(_at_most_100)]
 IsoTime = Annotated[
     datetime,
     PlainSerializer(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ"), return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-27T04:46:17Z"]}),
 ]
-ImageName = Annotated[str, Field(max_length=128)]
-Description = Annotated[str, Field(max_length=1024)]
+ImageName = Annotated[str, Field(max_length=128), PlainText]
+Description = Annotated[str, Field(max_length=1024), PlainText]
 
 
 class Params(BaseModel):
@@ -132,7 +169,7 @@ class ListImagesParams(Params):
     """Only these image ids."""
     processor_type: ProcessorType | None = None
     """Only images for this processor type."""
-    os_family: Annotated[str, Field(max_length=64)] | None = None
+    os_family: Annotated[str, Field(max_length=64), PlainText] | None = None
     """Only this operating system family, e.g. `ubuntu`, `centos`, `windows`."""
     visibility: Visibility | None = None
     """Only `public` or only `private` images."""
@@ -140,7 +177,7 @@ class ListImagesParams(Params):
     """`system`: images the platform ships; `self`: images you captured."""
     status: Annotated[list[ImageStatus], ListOf] = []
     """Only images in these statuses; without it, every status but `ceased`."""
-    search_word: Annotated[str, Field(max_length=128)] | None = None
+    search_word: Annotated[str, Field(max_length=128), PlainText] | None = None
     """Only images whose id or name contains this text."""
     offset: Offset = 0
     """How many matching images to skip."""
@@ -166,12 +203,25 @@ class ListJobsParams(Params):
 class TokenParams(Params):
     """OAuth2 client credentials (RFC 6749 section 4.4)."""
 
-    grant_type: str = ""
+    grant_type: Annotated[str, Field(max_length=64)] = ""
     """Must be `client_credentials`."""
-    client_id: str | None = None
+    client_id: Annotated[str, Field(max_length=256)] | None = None
     """Your API key, if not sent as HTTP Basic credentials."""
-    client_secret: str | None = None
+    client_secret: Annotated[str, Field(max_length=256)] | None = None
     """Your secret, if not sent as HTTP Basic credentials."""
+
+
+class RevokeParams(TokenParams):
+    """RFC 7009: the token to revoke, and the client's own credentials."""
+
+    token: Annotated[str, Field(min_length=1, max_length=256)]
+    """The access token to revoke."""
+    token_type_hint: Annotated[str, Field(max_length=64)] | None = None
+    """Ignored: only access tokens exist."""
+
+
+class RevokeOut(BaseModel):
+    """An empty object: the token no longer works (RFC 7009 answers 200 for unknown ones too)."""
 
 
 class ImageOut(BaseModel):
@@ -216,7 +266,12 @@ class ImageOut(BaseModel):
     disk_format: str
     """The stored file's format: `raw` or `qcow2`."""
     checksum: str
-    """SHA-256 of the stored file, hex; empty until the capture has finished."""
+    """The stored file's checksum, hex, computed as `checksum_algorithm` says; empty until the
+    capture has finished."""
+    checksum_algorithm: str
+    """`sha256-chunks-4MiB` (SHA-256 of the SHA-256s of each 4 MiB chunk; this release) or
+    `sha256` (the whole file; images checksummed by earlier releases). The README gives the
+    recipe to recompute it."""
 
 
 class JobError(BaseModel):
@@ -242,7 +297,9 @@ class JobOut(BaseModel):
     status: JobStatus
     """`pending` → `working` → `successful`, `failed` or `done with failure`."""
     progress: int
-    """Percent done, 0 to 100."""
+    """Percent done, 0 to 100, counted in data bytes (holes are not work)."""
+    phase: str
+    """What a working job is doing: `queued`, `copying`, `syncing`, `recording` or `done`."""
     create_time: IsoTime
     """When the job was accepted, UTC."""
     begin_time: IsoTime | None
@@ -270,6 +327,7 @@ class JobOut(BaseModel):
             action=JobAction(job.action),
             status=JobStatus(job.status),
             progress=job.progress,
+            phase=JobPhase.of(job.status, job.phase, job.action),
             create_time=job.create_time,
             begin_time=job.begin_time,
             finished_time=job.finished_time,
@@ -315,7 +373,7 @@ class ImagesPage(BaseModel):
     """How many images match the filters in all pages."""
 
     @classmethod
-    def from_rows(cls, rows: list[Image], total: int) -> ImagesPage:
+    def from_rows(cls, rows: Sequence[Image | Row[Any]], total: int) -> ImagesPage:
         return cls(images=[ImageOut.model_validate(row) for row in rows], total_count=total)
 
 

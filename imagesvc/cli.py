@@ -124,6 +124,20 @@ def _add_account_commands(sub: Any) -> None:
     )
     quota.add_argument("--json", action="store_true")
     quota.set_defaults(command=cmd_account_set_quota)
+    for action, summary in (
+        ("disable", "disable an account: its secret and tokens stop working at once"),
+        ("enable", "enable a disabled account again (its old tokens stay revoked)"),
+    ):
+        toggle = account.add_parser(action, help=summary)
+        toggle.add_argument("account_id")
+        toggle.add_argument("--json", action="store_true")
+        toggle.set_defaults(command=cmd_account_toggle, action=action)
+    rotate = account.add_parser(
+        "rotate-secret", help="a new secret (shown once); the old one and its tokens stop working"
+    )
+    rotate.add_argument("account_id")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(command=cmd_account_rotate_secret)
 
 
 def _add_instance_commands(sub: Any) -> None:
@@ -169,6 +183,10 @@ def _add_image_commands(sub: Any) -> None:
         move.add_argument("image_id")
         move.add_argument("--json", action="store_true")
         move.set_defaults(command=cmd_image_move, action=action)
+    verify = image.add_parser("verify", help="recompute an image's checksum from its stored file")
+    verify.add_argument("image_id")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(command=cmd_image_verify)
 
 
 def _add_job_commands(sub: Any) -> None:
@@ -217,26 +235,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
     from api.app import create_app
-    from api.request_ids import AccessLogger
+    from api.server import serve
     from imagesvc.metrics import write_metrics_to_dir
 
     write_metrics_to_dir(settings)
-    url = f"http://{args.host}:{args.port}"
-
-    def listening(*banner: object, **_: object) -> None:
-        log.info("Running on %s", url)
-
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        shutdown_timeout=30,
-        access_log_class=AccessLogger,
-        print=listening,
-    )
+    serve(create_app(settings), host=args.host, port=args.port)
     return 0
 
 
@@ -310,6 +314,33 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 
     with _transaction(settings) as session:
         credentials = create_account(session, args.name)
+    _print(
+        {
+            "account_id": credentials.account_id,
+            "api_key": credentials.api_key,
+            "secret": credentials.secret,
+        },
+        args.json,
+    )
+    return 0
+
+
+def cmd_account_toggle(args: argparse.Namespace, settings: Settings) -> int:
+    from models.accounts import disable_account, enable_account
+
+    toggle = disable_account if args.action == "disable" else enable_account
+    with _transaction(settings) as session:
+        account = toggle(session, args.account_id)
+        disabled = account.disabled_at is not None
+    _print({"account_id": args.account_id, "disabled": disabled}, args.json)
+    return 0
+
+
+def cmd_account_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from models.accounts import rotate_secret
+
+    with _transaction(settings) as session:
+        credentials = rotate_secret(session, args.account_id)
     _print(
         {
             "account_id": credentials.account_id,
@@ -427,3 +458,36 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print(job.model_dump(mode="json"), as_json=False)
     return 0
+
+
+def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Recompute the checksum of an image's stored file; exit 0 if it matches, 1 if not."""
+    from models.errors import InvalidParameter, ResourceNotFound
+    from models.tables import Image
+    from workers.checksum import ALGORITHMS, checksum_file
+
+    with _transaction(settings) as session:
+        image = session.get(Image, args.image_id)
+        if image is None:
+            raise ResourceNotFound(f"image {args.image_id} not found")
+        file_name, algorithm, recorded = image.file_name, image.checksum_algorithm, image.checksum
+    if not file_name or algorithm not in ALGORITHMS:
+        raise InvalidParameter(f"image {args.image_id} has no stored file with a checksum")
+    try:
+        recomputed = checksum_file(settings.image_dir / file_name, algorithm)
+    except OSError as exc:
+        raise InvalidParameter(
+            f"image {args.image_id}: stored file unreadable: {exc.strerror}"
+        ) from exc
+    matches = recomputed == recorded
+    _print(
+        {
+            "image_id": args.image_id,
+            "checksum_algorithm": algorithm,
+            "checksum": recorded,
+            "recomputed": recomputed,
+            "matches": matches,
+        },
+        args.json,
+    )
+    return 0 if matches else 1

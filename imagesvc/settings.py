@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from models.instances import HOST_PATTERN
 from models.quotas import Quota
@@ -85,6 +87,27 @@ class Settings(BaseSettings):
         pattern=f"^{HOST_PATTERN}$",
         description="A worker's compute host: it runs the captures of that host's instances",
     )
+    # Hostile clients (docs/security.md): every wait on a client is bounded.
+    header_timeout: float = Field(
+        default=15.0, gt=0, le=30, description="Seconds to send a request's headers, or idle"
+    )
+    # At most 28: with the 2 s an unread body lingers (api/app.py), a stall ends within 30 s.
+    body_timeout: float = Field(
+        default=15.0, gt=0, le=28, description="Seconds to send a request's body"
+    )
+    throttle_failures: int = Field(
+        default=20, ge=1, description="Failed client logins per api_key or address per window"
+    )
+    throttle_window: float = Field(
+        default=60.0, gt=0, description="Seconds over which failed client logins are counted"
+    )
+    hash_workers: int = Field(default=1, ge=1, description="Threads that verify secrets")
+    hash_queue: int = Field(
+        default=32, ge=1, description="Secret checks waiting at most; more are refused (429)"
+    )
+    hash_per_address: int = Field(
+        default=4, ge=1, description="Secret checks waiting at most for one client address"
+    )
 
     @field_validator("zones", mode="before")
     @classmethod
@@ -155,7 +178,25 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         return self.data_dir / "broker"
 
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file, when the database is one."""
+        url = make_url(self.resolved_database_url)
+        if url.get_backend_name() != "sqlite" or not url.database:
+            return None
+        return Path(url.database)
+
     def ensure_dirs(self) -> None:
-        """Create the directories the embedded defaults write into."""
+        """Create the directories the embedded defaults write into, readable by us alone.
+
+        The SQLite file holds secret hashes and token digests, and the store
+        holds tenants' disks: neither is for other local users (mode 0600/0700).
+        """
         for path in (self.data_dir, self.image_dir, self.broker_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)
+        sqlite_file = self.sqlite_file
+        if sqlite_file is not None and sqlite_file.parent.is_dir():
+            # SQLite gives its -wal and -shm files the mode of the database file.
+            os.close(os.open(sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))
+            sqlite_file.chmod(0o600)

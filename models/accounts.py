@@ -3,6 +3,12 @@
 Secrets are stored as salted scrypt hashes; access tokens as SHA-256 digests
 (they are 256-bit random values, so a fast digest is enough and lets the
 token be looked up on every request). Both are compared in constant time.
+
+A secret is checked in two steps, so that the API can run the slow scrypt
+apart from its database threads: :func:`client_record` reads the hash, and
+:func:`verified_account` re-reads the account when the token is issued, so a
+secret rotated or an account disabled in between is refused. The operator
+disables, enables and rotates; disabling and rotating revoke every token.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from models import ids
-from models.errors import AuthenticationFailed
+from models.errors import AuthenticationFailed, ResourceNotFound
 from models.tables import AccessToken, Account, utcnow
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -53,11 +59,14 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 
 def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return hashlib.scrypt(
+        secret.encode("utf-8", "surrogatepass"), salt=salt, n=n, r=r, p=p, dklen=32
+    )
 
 
 def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogatepass: a token decoded from hostile bytes still has a digest (that matches nothing).
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def create_account(session: Session, name: str) -> Credentials:
@@ -72,12 +81,38 @@ def create_account(session: Session, name: str) -> Credentials:
     return Credentials(account.account_id, account.api_key, secret)
 
 
-def issue_token(session: Session, api_key: str, secret: str, ttl: int) -> IssuedToken:
-    """Exchange an API key and secret for a bearer token (OAuth2 client credentials)."""
+@dataclass(frozen=True)
+class ClientRecord:
+    """What a secret is checked against: the account's hash, or a decoy for an unknown key."""
+
+    account_id: str | None
+    secret_hash: str
+
+
+def client_record(session: Session, api_key: str) -> ClientRecord:
+    """The stored hash for ``api_key``; unknown keys get a decoy, so both cost one scrypt."""
     account = session.scalars(select(Account).where(Account.api_key == api_key)).one_or_none()
-    valid = verify_secret(secret, account.secret_hash if account else _DECOY_HASH)
-    if account is None or not valid:
+    if account is None:
+        return ClientRecord(None, _DECOY_HASH)
+    return ClientRecord(account.account_id, account.secret_hash)
+
+
+def verified_account(session: Session, client: ClientRecord) -> Account:
+    """The account whose secret was verified against ``client``, if it is still valid.
+
+    A secret rotated or an account disabled since the check refuses it.
+    """
+    account = session.get(Account, client.account_id) if client.account_id else None
+    if account is None or account.secret_hash != client.secret_hash:
         raise AuthenticationFailed("invalid api_key or secret")
+    if account.disabled_at is not None:
+        raise AuthenticationFailed(f"account {account.account_id} is disabled")
+    return account
+
+
+def issue_token(session: Session, client: ClientRecord, ttl: int) -> IssuedToken:
+    """A bearer token for a verified client (OAuth2 client credentials)."""
+    account = verified_account(session, client)
     token = secrets.token_urlsafe(32)
     now = utcnow()
     session.execute(delete(AccessToken).where(AccessToken.expires_at <= now))
@@ -91,12 +126,71 @@ def issue_token(session: Session, api_key: str, secret: str, ttl: int) -> Issued
     return IssuedToken(token, ttl)
 
 
+def revoke_token(session: Session, client: ClientRecord, token: str) -> None:
+    """RFC 7009: forget ``token`` if it was issued to this client; anything else is a no-op."""
+    account = verified_account(session, client)
+    session.execute(
+        delete(AccessToken).where(
+            AccessToken.token_hash == token_digest(token),
+            AccessToken.account_id == account.account_id,
+        )
+    )
+
+
 def authenticate(session: Session, token: str) -> str:
-    """The account id a bearer token stands for; AuthenticationFailed otherwise."""
+    """The account id a bearer token stands for; AuthenticationFailed otherwise.
+
+    Read on every request, never cached: a revoked token or a disabled
+    account stops working at once.
+    """
     digest = token_digest(token)
-    row = session.get(AccessToken, digest)
+    row = session.execute(
+        select(
+            AccessToken.token_hash, AccessToken.expires_at, Account.account_id, Account.disabled_at
+        )
+        .join(Account, Account.account_id == AccessToken.account_id)
+        .where(AccessToken.token_hash == digest)
+    ).one_or_none()
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise AuthenticationFailed("invalid access token")
     if row.expires_at <= utcnow():
         raise AuthenticationFailed("access token expired")
-    return row.account_id
+    if row.disabled_at is not None:
+        raise AuthenticationFailed(f"account {row.account_id} is disabled")
+    return str(row.account_id)
+
+
+def _account(session: Session, account_id: str) -> Account:
+    account = session.get(Account, account_id)
+    if account is None:
+        raise ResourceNotFound(f"account {account_id} not found")
+    return account
+
+
+def _revoke_all_tokens(session: Session, account_id: str) -> None:
+    session.execute(delete(AccessToken).where(AccessToken.account_id == account_id))
+
+
+def disable_account(session: Session, account_id: str) -> Account:
+    """The account's secret and every token stop working (operator)."""
+    account = _account(session, account_id)
+    if account.disabled_at is None:
+        account.disabled_at = utcnow()
+    _revoke_all_tokens(session, account_id)
+    return account
+
+
+def enable_account(session: Session, account_id: str) -> Account:
+    """The account's secret works again; its old tokens stay revoked (operator)."""
+    account = _account(session, account_id)
+    account.disabled_at = None
+    return account
+
+
+def rotate_secret(session: Session, account_id: str) -> Credentials:
+    """A new secret, shown once; the old one and every token issued with it stop working."""
+    account = _account(session, account_id)
+    secret = secrets.token_urlsafe(32)
+    account.secret_hash = hash_secret(secret)
+    _revoke_all_tokens(session, account_id)
+    return Credentials(account.account_id, account.api_key, secret)

@@ -27,7 +27,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _create_engine(url)
-        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(_reading_engine(self.engine), expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
@@ -40,12 +40,21 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read-only unit of work."""
+        """A read-only unit of work (see :func:`_reading_engine`)."""
         with self._reader() as session, session.begin():
             yield session
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _reading_engine(engine: Engine) -> Engine:
+    """Reads on PostgreSQL run in autocommit: under READ COMMITTED each statement
+    has its own snapshot anyway, so BEGIN and COMMIT would only add two round
+    trips. SQLite keeps its transaction, which does give one snapshot."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _create_engine(url: str) -> Engine:

@@ -6,12 +6,30 @@ functions that start slow work return the Job to dispatch after commit.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +39,7 @@ from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, Stat
 from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
-from models.scoping import Caller, visible_images
+from models.scoping import Caller, is_public, visible_image_ranges, visible_images
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -32,7 +50,7 @@ from models.states import (
     TransitionStatus,
     Visibility,
 )
-from models.tables import LOCAL_HOST, Image, Job, utcnow
+from models.tables import LOCAL_HOST, Image, Job, PublicImageCount, utcnow
 from models.transitions import can_move, move_images, refusal
 
 GIB = 1024**3
@@ -248,6 +266,15 @@ def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
         raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """The two statements of one listing, its exact total and its page, and their values."""
+
+    total: Select[Any]
+    page: Select[Any]
+    values: dict[str, Any]
+
+
 def list_images(
     session: Session,
     caller: Caller,
@@ -261,34 +288,171 @@ def list_images(
     search_word: str | None = None,
     offset: int = 0,
     limit: int = 10,
-) -> tuple[list[Image], int]:
-    """Public images and the caller's own, newest first; and the filtered total."""
-    stmt = visible_images(caller)
+) -> tuple[list[Row[Any]], int]:
+    """Public images and the caller's own, newest first; and the filtered total.
+
+    Rows, not ORM objects: a page is read-only.
+    """
+    listing = image_listing(
+        caller,
+        public_counts=_has_public_counts(session),
+        images=images,
+        processor_type=processor_type,
+        os_family=os_family,
+        visibility=visibility,
+        provider=provider,
+        status=status,
+        search_word=search_word,
+        offset=offset,
+        limit=limit,
+    )
+    total = int(session.scalar(listing.total, listing.values) or 0)
+    return list(session.execute(listing.page, listing.values)), total
+
+
+def _has_public_counts(session: Session) -> bool:
+    """PostgreSQL keeps public_image_counts (migration 0007); SQLite counts rows."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def image_listing(
+    caller: Caller,
+    *,
+    public_counts: bool = False,
+    images: Sequence[str] = (),
+    processor_type: ProcessorType | None = None,
+    os_family: str | None = None,
+    visibility: Visibility | None = None,
+    provider: Provider | None = None,
+    status: Sequence[ImageStatus] = (),
+    search_word: str | None = None,
+    offset: int = 0,
+    limit: int = 10,
+) -> ImageListing:
+    """The statements of :func:`list_images` and the values of their parameters.
+
+    Both the page and the exact total are answered per visibility range
+    (scoping.visible_image_ranges), each from its own index, so their cost
+    follows the caller's rows and the public rows, not the table's size. With
+    ``public_counts`` (PostgreSQL), the public images of a total come from
+    ``public_image_counts`` whenever it can answer the filters (all but
+    ``images`` and ``search_word``), so the total follows the caller's rows only.
+    """
+    values: dict[str, Any] = {"zone": caller.zone, "owner": caller.account_id}
+    values |= {"head": offset + limit, "offset": offset, "limit": limit}
     if images:
-        stmt = stmt.where(Image.image_id.in_(images))
+        values["images"] = list(images)
     if processor_type:
-        stmt = stmt.where(Image.processor_type == processor_type.value)
+        values["processor_type"] = processor_type.value
     if os_family:
-        stmt = stmt.where(func.lower(Image.os_family) == os_family.lower())
+        values["os_family"] = os_family.lower()
     if visibility:
-        stmt = stmt.where(Image.visibility == visibility.value)
+        values["visibility"] = visibility.value
     if provider:
-        stmt = stmt.where(Image.provider == provider.value)
+        values["provider"] = provider.value
     if status:
-        stmt = stmt.where(Image.status.in_([s.value for s in status]))
+        values["status"] = [s.value for s in status]
     elif not images:
-        stmt = stmt.where(Image.status.not_in([s.value for s in DEFAULT_HIDDEN]))
+        values["hidden"] = [s.value for s in DEFAULT_HIDDEN]
     if search_word:
-        word = search_word.lower()
-        stmt = stmt.where(
-            or_(
-                func.lower(Image.image_id).contains(word, autoescape=True),
-                func.lower(Image.image_name).contains(word, autoescape=True),
-            )
-        )
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    page = stmt.order_by(Image.create_time.desc(), Image.image_id.desc())
-    return list(session.scalars(page.offset(offset).limit(limit))), total
+        values["pattern"] = f"%{_escape_like(search_word.lower())}%"
+    total, page = _listing_statements(frozenset(values), public_counts)
+    return ImageListing(total, page, values)
+
+
+def _escape_like(word: str) -> str:
+    return word.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+# Each filter of a listing, by the name of its parameter.
+_FILTERS: dict[str, ColumnElement[bool]] = {
+    "images": Image.image_id.in_(bindparam("images", type_=String, expanding=True)),
+    "processor_type": Image.processor_type == bindparam("processor_type", type_=String),
+    "os_family": func.lower(Image.os_family) == bindparam("os_family", type_=String),
+    "visibility": Image.visibility == bindparam("visibility", type_=String),
+    "provider": Image.provider == bindparam("provider", type_=String),
+    "status": Image.status.in_(bindparam("status", type_=String, expanding=True)),
+    "hidden": Image.status.not_in(bindparam("hidden", type_=String, expanding=True)),
+    # Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL).
+    "pattern": or_(
+        func.lower(Image.image_id).like(bindparam("pattern", type_=String), escape="/"),
+        func.lower(Image.image_name).like(bindparam("pattern", type_=String), escape="/"),
+    ),
+}
+
+
+# The filters public_image_counts answers, on its columns.
+_COUNTED_FILTERS: dict[str, ColumnElement[bool]] = {
+    "processor_type": PublicImageCount.processor_type == bindparam("processor_type", type_=String),
+    "os_family": PublicImageCount.os_family == bindparam("os_family", type_=String),
+    "visibility": literal_column(f"'{Visibility.PUBLIC.value}'")
+    == bindparam("visibility", type_=String),
+    "provider": PublicImageCount.provider == bindparam("provider", type_=String),
+    "status": PublicImageCount.status.in_(bindparam("status", type_=String, expanding=True)),
+    "hidden": PublicImageCount.status.not_in(bindparam("hidden", type_=String, expanding=True)),
+}
+
+
+@functools.cache
+def _listing_statements(
+    parameters: frozenset[str], public_counts: bool
+) -> tuple[Select[Any], Select[Any]]:
+    """The total and the page for one set of filters, built once: their values
+    are all parameters, so each request only binds them (building the
+    statements cost more than running them)."""
+    filters = sorted(parameters & _FILTERS.keys())
+    wanted = and_(true(), *(_FILTERS[name] for name in filters))
+    zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
+    own, others_public = (visible & wanted for visible in visible_image_ranges(zone, owner))
+    page = _page_of([own, others_public])
+    if public_counts and _COUNTED_FILTERS.keys() >= set(filters):
+        return _counted_total(own, zone, filters), page
+    return _total_of([own, others_public]), page
+
+
+def _counted_total(
+    own: ColumnElement[bool], zone: ColumnElement[str], filters: list[str]
+) -> Select[Any]:
+    """The caller's own images that are not public, counted, plus every public
+    image of the zone that passes the filters, from public_image_counts."""
+    own_private = select(func.count()).where(own, ~is_public()).scalar_subquery()
+    counted = [PublicImageCount.zone == zone, *(_COUNTED_FILTERS[name] for name in filters)]
+    public = func.coalesce(func.sum(PublicImageCount.images), 0)
+    public_total = select(cast(public, BigInteger)).where(*counted).scalar_subquery()
+    return select(own_private + public_total)
+
+
+def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """The sum of each range's count: the ranges are disjoint, so the sum is exact."""
+    counts = [select(func.count()).where(where).scalar_subquery() for where in ranges]
+    return select(sum(counts[1:], counts[0]))
+
+
+def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
+    """Newest first: the first ``head`` (offset + limit) keys of each range,
+    merged, then the ``limit`` rows after ``offset`` read in full by primary key."""
+    newest_first = (Image.create_time.desc(), Image.image_id.desc())
+    heads = [
+        select(Image.image_id, Image.create_time)
+        .where(where)
+        .order_by(*newest_first)
+        .limit(bindparam("head", type_=Integer))
+        .subquery()
+        for where in ranges
+    ]
+    keys = union_all(*(select(head.c.image_id, head.c.create_time) for head in heads)).subquery()
+    page = (
+        select(keys.c.image_id)
+        .order_by(keys.c.create_time.desc(), keys.c.image_id.desc())
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+        .subquery()
+    )
+    return (
+        select(*Image.__table__.columns)
+        .join(page, page.c.image_id == Image.image_id)
+        .order_by(*newest_first)
+    )
 
 
 def size_in_gb(virtual_size: int) -> int:

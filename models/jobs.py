@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from models import ids
@@ -120,9 +120,14 @@ def fail_job(
     )
 
 
-def beat(session: Session, job_id: str, attempt: int, progress: int) -> bool:
+def beat(
+    session: Session, job_id: str, attempt: int, progress: int, phase: str | None = None
+) -> bool:
     """Record that this run of the job is alive; False if the job is no longer its own."""
-    return _touch_own_run(session, job_id, attempt, progress=max(0, min(99, progress)))
+    values: dict[str, Any] = {"progress": max(0, min(99, progress))}
+    if phase is not None:
+        values["phase"] = phase
+    return _touch_own_run(session, job_id, attempt, **values)
 
 
 def hold_job(session: Session, job_id: str, attempt: int) -> bool:
@@ -233,6 +238,24 @@ def list_jobs(
     offset: int = 0,
     limit: int = 10,
 ) -> tuple[list[Job], int]:
+    """The caller's jobs, newest first, and the filtered total."""
+    total, page = job_listing(
+        caller, jobs=jobs, status=status, action=action, offset=offset, limit=limit
+    )
+    return list(session.scalars(page)), int(session.scalar(total) or 0)
+
+
+def job_listing(
+    caller: Caller,
+    *,
+    jobs: Sequence[str] = (),
+    status: Sequence[JobStatus] = (),
+    action: Sequence[JobAction] = (),
+    offset: int = 0,
+    limit: int = 10,
+) -> tuple[Select[Any], Select[Job]]:
+    """The total and the page of :func:`list_jobs`: both read the caller's range of
+    the (zone, owner, create_time, job_id) index, whatever the table's size."""
     stmt = owned_jobs(caller)
     if jobs:
         stmt = stmt.where(Job.job_id.in_(jobs))
@@ -240,9 +263,9 @@ def list_jobs(
         stmt = stmt.where(Job.status.in_([s.value for s in status]))
     if action:
         stmt = stmt.where(Job.action.in_([a.value for a in action]))
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    total = select(func.count()).select_from(stmt.subquery())
     page = stmt.order_by(Job.create_time.desc(), Job.job_id.desc()).offset(offset).limit(limit)
-    return list(session.scalars(page)), total
+    return total, page
 
 
 def take_jobs_to_resend(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import ColumnElement, Select, literal_column, or_, select
 
 from models.states import Visibility
 from models.tables import Image, Instance, Job
@@ -28,6 +28,30 @@ def visible_images(caller: Caller) -> Select[Image]:
         Image.zone == caller.zone,
         or_(Image.owner == caller.account_id, Image.visibility == Visibility.PUBLIC.value),
     )
+
+
+def visible_image_ranges(
+    zone: str | ColumnElement[str], account_id: str | ColumnElement[str]
+) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The rule of :func:`visible_images` for the caller ``account_id`` in ``zone``
+    (values or bound parameters) as two disjoint ranges: the caller's own
+    images, and other owners' public ones.
+
+    Listings read each range from its own index, so a page and its count cost
+    the caller's rows and the public rows, never the whole table. ``'public'``
+    is a literal, not a parameter: only then can PostgreSQL match the partial
+    index on public images in a prepared (generic) plan.
+    """
+    return (
+        (Image.zone == zone) & (Image.owner == account_id),
+        (Image.zone == zone) & is_public() & (Image.owner != account_id),
+    )
+
+
+def is_public() -> ColumnElement[bool]:
+    """An image anyone in its zone may see (``'public'`` literal: see above)."""
+    public: ColumnElement[str] = literal_column(f"'{Visibility.PUBLIC.value}'")
+    return Image.visibility == public
 
 
 def owned_jobs(caller: Caller) -> Select[Job]:

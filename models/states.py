@@ -71,6 +71,32 @@ TERMINAL_JOB_STATUSES = frozenset(
 )
 
 
+class JobPhase(enum.StrEnum):
+    """What a job is doing, shown next to its progress.
+
+    ``queued`` while pending, ``done`` once terminal; a working capture goes
+    copying -> syncing -> recording, other working jobs are ``recording``.
+    """
+
+    QUEUED = "queued"
+    COPYING = "copying"  # reading the instance's disk and writing the image file
+    SYNCING = "syncing"  # waiting for the image file to reach the disk
+    RECORDING = "recording"  # committing the outcome to the database
+    DONE = "done"
+
+    @classmethod
+    def of(cls, status: str, phase: str, action: str) -> JobPhase:
+        """The phase to show for a job row: derived from a pending or terminal status."""
+        if status == JobStatus.PENDING:
+            return cls.QUEUED
+        if JobStatus(status).is_terminal:
+            return cls.DONE
+        try:
+            return cls(phase)
+        except ValueError:  # not written yet (or by an earlier release)
+            return cls.COPYING if action == JobAction.CAPTURE_INSTANCE else cls.RECORDING
+
+
 class JobAction(enum.StrEnum):
     CAPTURE_INSTANCE = "CaptureInstance"
     DELETE_IMAGES = "DeleteImages"

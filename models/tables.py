@@ -32,6 +32,17 @@ NAMING = {
 # The compute host of every instance registered without one, served by ``imagesvc up``.
 LOCAL_HOST = "local"
 
+PUBLIC_ONLY = "visibility = 'public'"
+# Columns a listing filters public images by, carried in their index.
+PUBLIC_LISTING_COLUMNS = (
+    "owner",
+    "status",
+    "provider",
+    "processor_type",
+    "os_family",
+    "image_name",
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -72,6 +83,8 @@ class Account(Base):
     quota_images: Mapped[int | None] = mapped_column(Integer, default=None)
     quota_gb: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set by the operator: the account's secret and tokens stop working at once.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class AccessToken(Base):
@@ -113,6 +126,27 @@ class Image(Base):
     __table_args__ = (
         Index("ix_images_zone_create_time", "zone", "create_time", "image_id"),
         Index("ix_images_status_status_time", "status", "status_time"),
+        # A caller's listing reads two ranges: their own images and the public
+        # ones (models.scoping); PostgreSQL answers counts from the index alone.
+        Index(
+            "ix_images_zone_owner_create_time",
+            "zone",
+            "owner",
+            "create_time",
+            "image_id",
+            postgresql_include=["status"],
+        ),
+        Index(
+            "ix_images_public_zone_create_time",
+            "zone",
+            "create_time",
+            "image_id",
+            postgresql_include=list(PUBLIC_LISTING_COLUMNS),
+            postgresql_where=text(PUBLIC_ONLY),
+            sqlite_where=text(PUBLIC_ONLY),
+        ),
+        # PostgreSQL also has pg_trgm GIN indexes on lower(image_id) and
+        # lower(image_name) of public images, for search_word (migration 0007).
         # One capture of an instance at a time: the database refuses the second.
         Index(
             "uq_images_capturing_instance",
@@ -133,6 +167,8 @@ class Image(Base):
     byte_size: Mapped[int] = mapped_column(BigInteger, default=0)
     disk_format: Mapped[str] = mapped_column(String(16), default="")
     checksum: Mapped[str] = mapped_column(String(64), default="")
+    # How ``checksum`` was computed (workers.checksum): like Glance's os_hash_algo.
+    checksum_algorithm: Mapped[str] = mapped_column(String(32), default="", server_default="")
     file_name: Mapped[str | None] = mapped_column(String(128), default=None)
     processor_type: Mapped[str] = mapped_column(String(16))
     platform: Mapped[str] = mapped_column(String(16))
@@ -151,10 +187,36 @@ class Image(Base):
     deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
+class PublicImageCount(Base):
+    """How many public images each combination of listing filters matches.
+
+    PostgreSQL only: triggers on ``images`` keep it exact (migration 0007), so
+    an exact ``total_count`` does not grow with the public images.
+    """
+
+    __tablename__ = "public_image_counts"
+
+    zone: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    processor_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # lower(os_family): the filter is case-insensitive.
+    os_family: Mapped[str] = mapped_column(String(64), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(16), primary_key=True)
+    images: Mapped[int] = mapped_column(BigInteger)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_owner_create_time", "owner", "create_time", "job_id"),
+        Index(
+            "ix_jobs_zone_owner_create_time",
+            "zone",
+            "owner",
+            "create_time",
+            "job_id",
+            postgresql_include=["status", "action"],
+        ),
         Index("ix_jobs_status_send_requested_at", "status", "send_requested_at"),
         Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
     )
@@ -166,6 +228,8 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(32))
     resource_ids: Mapped[list[str]] = mapped_column(JSON)
     progress: Mapped[int] = mapped_column(Integer, default=0)
+    # models.states.JobPhase of a working job, written by its heartbeat.
+    phase: Mapped[str] = mapped_column(String(16), default="", server_default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)

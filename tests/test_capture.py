@@ -14,12 +14,13 @@ from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
 from tests.support import qemu_img_info, require_qemu_img
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def chunked_sha256_of(path: Path) -> str:
+    """``sha256-chunks-4MiB``, the plain way: every 4 MiB chunk read and hashed."""
+    outer = hashlib.sha256()
     with open(path, "rb") as stream:
-        while chunk := stream.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
+        while chunk := stream.read(4 * MiB):
+            outer.update(hashlib.sha256(chunk).digest())
+    return outer.hexdigest()
 
 
 async def test_capture_makes_an_available_image_with_its_disk_in_the_store(
@@ -50,7 +51,8 @@ async def test_capture_makes_an_available_image_with_its_disk_in_the_store(
     assert image["size"] == math.ceil(raw_disk.stat().st_size / 1024**3)
     stored = stored_file(service_settings.image_dir, image_id)
     assert stored.read_bytes() == raw_disk.read_bytes()
-    assert image["checksum"] == sha256_of(raw_disk)
+    assert image["checksum"] == chunked_sha256_of(raw_disk)
+    assert image["checksum_algorithm"] == "sha256-chunks-4MiB"
     assert stored.stat().st_blocks < raw_disk.stat().st_size // 512, "holes were filled"
 
 
@@ -70,7 +72,8 @@ async def test_capture_of_a_qcow2_disk_goes_through_qemu_img(
     assert info["format"] == "qcow2"
     assert image["size"] == math.ceil(info["virtual-size"] / 1024**3) == 3
     assert image["disk_format"] == "qcow2"
-    assert image["checksum"] == sha256_of(stored)
+    assert image["checksum"] == chunked_sha256_of(stored)
+    assert image["checksum_algorithm"] == "sha256-chunks-4MiB"
 
 
 async def test_a_running_instance_is_refused_and_nothing_is_created(

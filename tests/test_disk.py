@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from workers.checksum import CHUNKED_SHA256, data_extents
 from workers.disk import (
+    CopyPhase,
     DiskCopyFailed,
     DiskError,
     DiskFormat,
@@ -60,6 +62,24 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 def full_sha256(path: Path) -> str:
     """Reference digest: hash every byte read plainly, as sha256sum does."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def chunked_sha256(path: Path) -> str:
+    """Reference ``sha256-chunks-4MiB``: every byte read plainly, as the README's recipe does."""
+    outer = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            outer.update(hashlib.sha256(chunk).digest())
+    return outer.hexdigest()
+
+
+def data_bytes(path: Path) -> int:
+    """Bytes in the file's data extents, as SEEK_DATA/SEEK_HOLE report them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sum(end - start for start, end in data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
 
 
 def allocated(path: Path) -> int:
@@ -242,7 +262,7 @@ def test_sparse_copy_reports_progress(tmp_path: Path) -> None:
 
     sparse_copy(src, tmp_path / "dst.raw", recorder)
 
-    recorder.assert_complete(200 * MiB)
+    recorder.assert_complete(data_bytes(src))  # data bytes, not the 200 MiB length
     assert len(recorder.calls) >= 3  # not just a single final call
 
 
@@ -325,7 +345,7 @@ def test_sha256_file_leading_hole_and_all_hole(tmp_path: Path) -> None:
 
 def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
     target = store / "img-1.raw"
-    expected = full_sha256(sparse_source)
+    expected = chunked_sha256(sparse_source)
 
     stored = store_disk(
         sparse_source, DiskFormat.RAW, target, partial_name="job-1", use_qemu_img=False
@@ -337,8 +357,10 @@ def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
         virtual_size=SPARSE_SIZE,
         byte_size=SPARSE_SIZE,
         checksum=expected,
+        checksum_algorithm=CHUNKED_SHA256,
     )
-    assert full_sha256(target) == expected
+    assert chunked_sha256(target) == expected
+    assert full_sha256(target) == full_sha256(sparse_source)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert list(partial_dir(target).iterdir()) == []
     if allocated(sparse_source) < SPARSE_SIZE:
@@ -348,12 +370,14 @@ def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
 def test_store_raw_with_qemu_img(store: Path, sparse_source: Path) -> None:
     require_qemu_img()
     target = store / "img-1.raw"
-    expected = full_sha256(sparse_source)
+    expected = chunked_sha256(sparse_source)
 
-    stored = store_disk(sparse_source, DiskFormat.RAW, target, partial_name="job-1")
+    stored = store_disk(
+        sparse_source, DiskFormat.RAW, target, partial_name="job-1", use_qemu_img=True
+    )
 
     assert stored == StoredDisk(target, DiskFormat.RAW, SPARSE_SIZE, SPARSE_SIZE, expected)
-    assert full_sha256(target) == expected
+    assert chunked_sha256(target) == expected
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert list(partial_dir(target).iterdir()) == []
     if allocated(sparse_source) < SPARSE_SIZE:  # qemu-img writes holes for zero runs
@@ -366,7 +390,7 @@ def test_store_raw_odd_size_is_exact(store: Path, tmp_path: Path) -> None:
     src.write_bytes(os.urandom(1000))
     stored = store_disk(src, DiskFormat.RAW, store / "odd.raw", partial_name="odd")
     assert (stored.virtual_size, stored.byte_size) == (1000, 1000)
-    assert stored.checksum == full_sha256(src) == full_sha256(store / "odd.raw")
+    assert stored.checksum == chunked_sha256(src) == chunked_sha256(store / "odd.raw")
 
 
 def test_store_overwrites_existing_target(store: Path, tmp_path: Path) -> None:
@@ -397,13 +421,14 @@ def test_store_qcow2(store: Path, tmp_path: Path) -> None:
     assert stored.path == target
     assert stored.disk_format is DiskFormat.QCOW2
     assert stored.byte_size == target.stat().st_size
-    assert stored.checksum == full_sha256(target)
+    assert stored.checksum == chunked_sha256(target)  # qcow2: the stored file's bytes
     assert detect_format(target) is DiskFormat.QCOW2
     # Same guest-visible content, block for block.
     run(exe, "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(src), str(target))
     assert list(partial_dir(target).iterdir()) == []
-    recorder.assert_complete(1 << 30)
-    assert recorder.calls[0] == (0, 1 << 30)
+    # Data bytes, each counted once copied and once synced; not the 1 GiB virtual size.
+    recorder.assert_complete(2 * data_bytes(src))
+    assert recorder.calls[0] == (0, 2 * data_bytes(src))
 
 
 def test_qcow2_without_qemu_img_is_unsupported(store: Path, tmp_path: Path) -> None:
@@ -475,7 +500,7 @@ def test_leftover_partial_is_replaced(store: Path, sparse_source: Path, use_qemu
     )
 
     assert not leftover.exists()
-    assert stored.checksum == full_sha256(sparse_source) == full_sha256(target)
+    assert stored.checksum == chunked_sha256(sparse_source) == chunked_sha256(target)
     assert stored.byte_size == SPARSE_SIZE
 
 
@@ -570,8 +595,9 @@ def test_store_progress(store: Path, sparse_source: Path, use_qemu: bool) -> Non
         on_progress=recorder,
         use_qemu_img=engine(use_qemu),
     )
-    recorder.assert_complete(SPARSE_SIZE)
-    assert recorder.calls[0] == (0, SPARSE_SIZE)
+    total = 2 * data_bytes(sparse_source)
+    recorder.assert_complete(total)
+    assert recorder.calls[0] == (0, total)
 
 
 def test_store_empty_raw(store: Path, tmp_path: Path) -> None:
@@ -594,3 +620,30 @@ def test_fsync_directory(tmp_path: Path) -> None:
 
 def test_partial_dir(tmp_path: Path) -> None:
     assert partial_dir(tmp_path / "store" / "img.qcow2") == tmp_path / "store" / ".partial"
+
+
+@pytest.mark.parametrize("use_qemu", ENGINES)
+def test_progress_moves_in_every_phase(store: Path, tmp_path: Path, use_qemu: bool) -> None:
+    src = tmp_path / "src.raw"
+    with src.open("wb") as f:  # several chunks of data, and holes
+        f.truncate(256 * MiB)
+        f.seek(64 * MiB)
+        f.write(os.urandom(40 * MiB))
+    phases: list[CopyPhase] = []
+    seen: list[tuple[CopyPhase, int]] = []
+
+    store_disk(
+        src,
+        DiskFormat.RAW,
+        store / "img.raw",
+        partial_name="j",
+        on_progress=lambda done, total: seen.append((phases[-1], done)) if phases else None,
+        on_phase=phases.append,
+        use_qemu_img=engine(use_qemu),
+    )
+
+    assert phases == [CopyPhase.COPYING, CopyPhase.SYNCING]
+    for phase in phases:
+        done = [d for p, d in seen if p is phase]
+        assert len(done) >= 2 and done[-1] > done[0], f"progress stood still while {phase}"
+    assert seen[-1][1] == 2 * data_bytes(src)

@@ -7,6 +7,12 @@ The copy is written to ``<store>/.partial/<name>.part`` and only renamed onto th
 once its bytes are on disk (fsync of the file, rename, fsync of the directory). A crash at any
 point therefore leaves either no image or a complete one, never a truncated one.
 
+Cost follows the data, not the virtual size: only the source's data extents are read, each
+once; their checksum (``workers.checksum``) is computed from the same buffers on other
+threads while the copy goes on, and writeback to disk starts while the copy is running so the
+final fsync has little left to do. A qcow2 disk is converted by ``qemu-img`` and its stored
+file is hashed from the page cache while its writeback is awaited.
+
 Every error raised to callers is a :class:`DiskError` whose message is safe to show to users:
 it never contains server paths (the caller adds the instance id for context).
 """
@@ -14,20 +20,35 @@ it never contains server paths (the caller adds the instance id for context).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
-import errno
-import hashlib
 import os
+import queue
 import re
+import select
 import shutil
 import stat
 import struct
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from workers.checksum import (
+    CHUNK_SIZE,
+    CHUNKED_SHA256,
+    ChecksumError,
+    ChunkBuffers,
+    ChunkedDigest,
+    data_chunks,
+    data_extents,
+    is_all_zero,
+    plain_sha256_fd,
+)
 
 QCOW2_MAGIC = b"QFI\xfb"
 # qcow2 header (v2 and v3): magic u32, version u32, backing_file_offset u64,
@@ -35,20 +56,9 @@ QCOW2_MAGIC = b"QFI\xfb"
 _QCOW2_SIZE_OFFSET = 24
 _QCOW2_SIZE = struct.Struct(">Q")
 
-_READ_CHUNK = 1 << 20  # 1 MiB: hashing / read-write fallback granularity
-_COPY_CHUNK = 64 << 20  # 64 MiB: one copy_file_range call, and one progress report
 _SECTOR = 512  # qemu-img rounds raw images up to whole sectors
 _STORED_MODE = 0o600
-
-# copy_file_range refuses some fd pairs (cross-filesystem on old kernels, special files,
-# filesystems without support); these errnos mean "do it by hand", anything else is real.
-_COPY_FALLBACK_ERRNOS = frozenset(
-    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
-)
-# lseek(SEEK_DATA) raises these when the filesystem cannot report holes.
-_NO_HOLE_SUPPORT_ERRNOS = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP})
-
-_ZEROS = bytes(_READ_CHUNK)
+_POLL_SECONDS = 0.25  # how often a qemu-img copy's output is looked at (progress, writeback)
 
 
 class DiskFormat(enum.StrEnum):
@@ -66,10 +76,21 @@ class StoredDisk:
     disk_format: DiskFormat
     virtual_size: int  # bytes the guest sees (raw: file length; qcow2: header's virtual size)
     byte_size: int  # st_size of the stored file in bytes
-    checksum: str  # sha256 hex digest of the stored file's bytes (holes read as zeros)
+    checksum: str  # hex digest of the stored file's bytes (holes read as zeros)
+    checksum_algorithm: str = CHUNKED_SHA256  # how ``checksum`` was computed
 
 
-ProgressCallback = Callable[[int, int], None]  # (bytes_done, bytes_total)
+class CopyPhase(enum.StrEnum):
+    """What store_disk is doing; reported through ``on_phase``."""
+
+    COPYING = "copying"  # reading the source's data and writing the copy
+    SYNCING = "syncing"  # waiting for the copy to reach the disk (qcow2: and hashing it)
+
+
+# (bytes_done, bytes_total), in data bytes: store_disk counts every data byte of the source
+# once when it is copied and once when it is on disk, so bytes_total is twice the data.
+ProgressCallback = Callable[[int, int], None]
+PhaseCallback = Callable[[CopyPhase], None]
 
 
 class DiskError(Exception):
@@ -161,15 +182,17 @@ def store_disk(
     *,
     partial_name: str,
     on_progress: ProgressCallback | None = None,
+    on_phase: PhaseCallback | None = None,
     use_qemu_img: bool | None = None,
 ) -> StoredDisk:
     """Copy ``source`` durably to ``target`` and describe the stored file.
 
     The copy keeps the source format. It is written to ``partial_dir(target)/<partial_name>.part``
     (a leftover from an earlier attempt is replaced), fsynced, then renamed onto ``target`` and
-    the directory fsynced. ``use_qemu_img``: None uses qemu-img when installed, False forces the
-    pure-Python copy (raw only), True requires qemu-img. In auto mode a raw file whose length
-    is not a multiple of 512 is copied in Python, because qemu-img would pad it.
+    the directory fsynced. ``use_qemu_img``: None uses qemu-img for qcow2 and the single-pass
+    Python copy for raw, False forbids qemu-img (raw only), True copies raw through qemu-img
+    too. ``on_progress`` gets data bytes (see ProgressCallback) at least once per chunk or
+    poll; ``on_phase`` gets each CopyPhase as it begins.
 
     On failure nothing is left behind (no partial file, no target) and a DiskError is raised:
     DiskNotFound, UnsupportedDiskFormat or DiskCopyFailed. A ``partial_name`` that is not a
@@ -178,7 +201,9 @@ def store_disk(
     _check_partial_name(partial_name)
     partial = partial_dir(target) / f"{partial_name}.part"
     try:
-        return _store(source, source_format, target, partial, on_progress, use_qemu_img)
+        return _store(
+            source, source_format, target, partial, _Progress(on_progress), on_phase, use_qemu_img
+        )
     except BaseException:
         # Also on cancellation (KeyboardInterrupt, task time limits): never leave a partial.
         _discard(partial)
@@ -190,28 +215,38 @@ def _store(
     source_format: DiskFormat,
     target: Path,
     partial: Path,
-    on_progress: ProgressCallback | None,
+    progress: _Progress,
+    on_phase: PhaseCallback | None,
     use_qemu_img: bool | None,
 ) -> StoredDisk:
     """Body of store_disk; the caller removes ``partial`` if this raises."""
-    total = virtual_size(source, source_format)  # also: DiskNotFound before touching the store
-    copier = _choose_copier(source_format, total, use_qemu_img)
-    progress = _Progress(on_progress, total)
+    size = virtual_size(source, source_format)  # also: DiskNotFound before touching the store
+    copier = _choose_copier(source_format, size, use_qemu_img)
+    progress.start(_data_bytes(source))
+    phase = on_phase or _no_phase
     try:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)  # a previous attempt's leftover
-        progress.update(0)
-        copier(source, source_format, partial, progress)
-        progress.update(total)
-        _sync_file(partial)
-        stored = _describe(partial, source_format, target)
+        phase(CopyPhase.COPYING)
+        checksum = copier(source, source_format, partial, progress)
+        progress.copied(progress.data)
+        phase(CopyPhase.SYNCING)
+        stored = _make_durable(partial, source_format, target, progress, checksum)
         _publish(partial, target)
     except OSError as exc:
         raise _copy_error(exc, source) from exc
+    except ChecksumError as exc:
+        raise DiskCopyFailed("the disk changed size while it was being copied") from exc
     return stored
 
 
-_Copier = Callable[[Path, DiskFormat, Path, "_Progress"], None]
+def _no_phase(phase: CopyPhase) -> None:
+    """Default on_phase: nobody is listening."""
+
+
+# A copier writes the partial file and returns its checksum, or None when it could not hash
+# while copying (qemu-img): then the file is hashed while its writeback is awaited.
+_Copier = Callable[[Path, DiskFormat, Path, "_Progress"], str | None]
 
 
 def _choose_copier(disk_format: DiskFormat, size: int, use_qemu_img: bool | None) -> _Copier:
@@ -227,14 +262,14 @@ def _choose_copier(disk_format: DiskFormat, size: int, use_qemu_img: bool | None
         raise DiskCopyFailed("qemu-img was requested but is not installed on this worker")
     # qemu-img pads raw images to whole sectors, which would change the bytes (and checksum)
     # of an odd-sized file; the Python copy is exact, so use it for those.
-    if exe is None or (size % _SECTOR and not use_qemu_img):
-        return _python_copier
-    return _qemu_copier(exe)
+    if use_qemu_img and exe is not None and size % _SECTOR == 0:
+        return _qemu_copier(exe)
+    return _python_copier
 
 
-def _python_copier(source: Path, _fmt: DiskFormat, partial: Path, progress: _Progress) -> None:
-    """Copier for raw disks without qemu-img."""
-    sparse_copy(source, partial, lambda done, _total: progress.update(done))
+def _python_copier(source: Path, _fmt: DiskFormat, partial: Path, progress: _Progress) -> str:
+    """Copier for raw disks: one pass that copies, hashes and starts writeback."""
+    return sparse_copy(source, partial, lambda done, _total: progress.copied(done))
 
 
 def _qemu_copier(exe: str) -> _Copier:
@@ -246,15 +281,63 @@ def _qemu_copier(exe: str) -> _Copier:
     return copy
 
 
-def _describe(partial: Path, disk_format: DiskFormat, target: Path) -> StoredDisk:
-    """Measure and hash the finished partial file."""
+def _make_durable(
+    partial: Path,
+    disk_format: DiskFormat,
+    target: Path,
+    progress: _Progress,
+    checksum: str | None,
+) -> StoredDisk:
+    """Wait for the partial's data to reach the disk (hashing it if needed), then fsync it."""
+    # O_RDONLY suffices for fsync and sync_file_range on Linux; qemu-img creates files with
+    # the umask's mode, so set the same private mode the Python copy uses.
+    fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, _STORED_MODE)
+        size = _fd_size(fd)
+        if checksum is None:
+            checksum = _sync_and_hash(fd, size, progress)
+        else:
+            _sync_data(fd, size, progress)
+        os.fsync(fd)  # metadata, and the device's cache
+    finally:
+        os.close(fd)
     return StoredDisk(
         path=target,
         disk_format=disk_format,
         virtual_size=virtual_size(partial, disk_format),
-        byte_size=partial.stat().st_size,
-        checksum=sha256_file(partial),
+        byte_size=size,
+        checksum=checksum,
     )
+
+
+def _sync_data(fd: int, size: int, progress: _Progress) -> None:
+    """Wait, chunk by chunk, for the file's data to be written back; report it as synced."""
+    extents = list(data_extents(fd, size))
+    total = sum(end - start for start, end in extents)
+    _writeback(fd, 0, 0, _SYNC_WRITE)  # queue all of it at once: the disk sees a deep queue
+    done = 0
+    for start, end in extents:
+        for offset in range(start, end, CHUNK_SIZE):
+            length = min(CHUNK_SIZE, end - offset)
+            _writeback(fd, offset, length, _SYNC_WAIT)
+            done += length
+            progress.synced(done, total)
+
+
+def _sync_and_hash(fd: int, size: int, progress: _Progress) -> str:
+    """Hash the file's data chunks (from the page cache) while their writeback is awaited."""
+    extents = list(data_extents(fd, size))
+    total = sum(end - start for start, end in extents)
+    _writeback(fd, 0, 0, _SYNC_WRITE)
+    done = 0
+    with ChunkBuffers() as buffers, ChunkedDigest(size) as digest:
+        for index, pieces in data_chunks(iter(extents)):
+            digest.add_chunk(index, buffers.read(fd, index, size))
+            _writeback(fd, index * CHUNK_SIZE, CHUNK_SIZE, _SYNC_WAIT)
+            done += sum(end - start for start, end in pieces)
+            progress.synced(done, total)
+        return digest.hexdigest()
 
 
 def _publish(partial: Path, target: Path) -> None:
@@ -281,18 +364,6 @@ def _discard(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _sync_file(path: Path) -> None:
-    """Restrict the file's permissions and flush its data to stable storage."""
-    # O_RDONLY suffices for fsync on Linux; qemu-img creates files with the umask's mode,
-    # so set the same private mode the Python copy uses.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        os.fchmod(fd, _STORED_MODE)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_directory(path: Path) -> None:
     """fsync a directory so renames/creations inside it survive a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -300,6 +371,35 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- writeback
+
+# sync_file_range(2) flags. Writeback is started early and awaited chunk by chunk so the copy
+# and the disk work at once and the sync phase can report progress; it is only a means to
+# that: durability still comes from fsync, so where the call is missing it is skipped.
+_SYNC_WRITE = 2  # SYNC_FILE_RANGE_WRITE: start writeback of dirty pages, do not wait
+_SYNC_WAIT = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on its way to disk
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def _writeback(fd: int, offset: int, length: int, flags: int) -> None:
+    """Best-effort sync_file_range (ctypes releases the GIL while it waits)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, flags)  # a failure is left to the final fsync
 
 
 # --------------------------------------------------------------------------- qemu-img
@@ -320,7 +420,8 @@ def _qemu_convert(
     # Default cache mode (no -t): qemu does not flush, we fsync the result ourselves, which
     # also works on tmpfs where -t none (O_DIRECT) is refused.
     argv = [exe, "convert", "-p", "-f", fmt.value, "-O", fmt.value, src, dst]
-    rc, stderr = _run_with_progress(argv, lambda pct: progress.update(int(progress.total * pct)))
+    watch = _OutputWatch(partial, progress)
+    rc, stderr = _run_with_progress(argv, watch.on_fraction, watch.on_tick)
     if rc == 0:
         return
     if not source.exists():
@@ -328,7 +429,40 @@ def _qemu_convert(
     raise DiskCopyFailed(f"qemu-img failed: {_scrub_qemu_message(stderr, (src, dst))}")
 
 
-def _run_with_progress(argv: list[str], on_fraction: Callable[[float], None]) -> tuple[int, str]:
+class _OutputWatch:
+    """Progress of a qemu-img copy: its ``-p`` percentage and the growth of its output.
+
+    qemu-img prints only whole-percent steps, which can be minutes apart on a big disk, so
+    the output's allocated bytes are also polled; each poll also starts writeback of what
+    qemu-img wrote, so the disk works during the copy rather than only at the final fsync.
+    """
+
+    def __init__(self, partial: Path, progress: _Progress) -> None:
+        self._partial = partial
+        self._progress = progress
+
+    def on_fraction(self, fraction: float) -> None:
+        """qemu-img's percentage: of the allocated data it has to copy."""
+        self._progress.copied(int(self._progress.data * fraction))
+
+    def on_tick(self) -> None:
+        """Poll the output file: its allocation so far, and start its writeback."""
+        try:
+            fd = os.open(self._partial, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return  # not created yet
+        try:
+            allocated = os.fstat(fd).st_blocks * 512
+            _writeback(fd, 0, 0, _SYNC_WRITE)
+        finally:
+            os.close(fd)
+        # Metadata also takes blocks: never claim the copy done before qemu-img says so.
+        self._progress.copied(min(allocated, self._progress.data * 99 // 100))
+
+
+def _run_with_progress(
+    argv: list[str], on_fraction: Callable[[float], None], on_tick: Callable[[], None]
+) -> tuple[int, str]:
     """Run a ``qemu-img -p`` command, feeding its progress; return (exit code, stderr)."""
     env = {**os.environ, "LC_ALL": "C"}  # stable, untranslated error messages
     # stderr goes to a file, not a pipe: reading only stdout while qemu-img fills an unread
@@ -339,7 +473,7 @@ def _run_with_progress(argv: list[str], on_fraction: Callable[[float], None]) ->
         ) as proc:
             try:
                 assert proc.stdout is not None  # guaranteed by stdout=PIPE
-                _pump_progress(proc.stdout, on_fraction)
+                _pump_progress(proc.stdout, on_fraction, on_tick)
             except BaseException:
                 # The callback raised or we were interrupted: don't leave qemu-img writing a
                 # file we are about to delete (Popen.__exit__ then reaps it).
@@ -349,10 +483,27 @@ def _run_with_progress(argv: list[str], on_fraction: Callable[[float], None]) ->
         return proc.returncode, err.read().decode("utf-8", "replace")
 
 
-def _pump_progress(stream: IO[bytes], on_fraction: Callable[[float], None]) -> None:
-    """Parse ``(12.50/100%)`` records, separated by carriage returns, until EOF."""
+def _pump_progress(
+    stream: IO[bytes], on_fraction: Callable[[float], None], on_tick: Callable[[], None]
+) -> None:
+    """Parse ``(12.50/100%)`` records, separated by carriage returns, until EOF.
+
+    ``on_tick`` runs whenever qemu-img has been quiet for a poll interval, and at least
+    once per interval while it prints.
+    """
     pending = b""
-    while chunk := os.read(stream.fileno(), 4096):
+    fd = stream.fileno()
+    next_tick = time.monotonic() + _POLL_SECONDS
+    while True:
+        ready, _, _ = select.select([fd], [], [], _POLL_SECONDS)
+        if time.monotonic() >= next_tick:
+            on_tick()
+            next_tick = time.monotonic() + _POLL_SECONDS
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return
         *records, pending = (pending + chunk).split(b"\r")
         for record in records:
             match = _PERCENT.search(record)
@@ -383,12 +534,15 @@ def _scrub_qemu_message(stderr: str, paths: tuple[str, ...]) -> str:
 
 def sparse_copy(
     source: Path, destination: Path, on_progress: ProgressCallback | None = None
-) -> None:
-    """Copy ``source`` to ``destination`` byte for byte, keeping holes as holes.
+) -> str:
+    """Copy ``source`` to ``destination`` byte for byte, keeping holes; return its checksum.
 
-    The destination is created (or truncated) with mode 0o600. Progress is reported after each
-    copied chunk (at most 64 MiB) and once at the end with (total, total).
-    Raises OSError on I/O errors and DiskCopyFailed if the source shrinks during the copy.
+    Only the source's data extents are read, once, in 4 MiB chunks; each chunk is hashed on a
+    thread pool (``sha256-chunks-4MiB``, see workers.checksum) and written unless it is all
+    zeros, and its writeback to disk is started at once. The destination is created (or
+    truncated) with mode 0o600; it is not fsynced. Progress counts data bytes: (copied, data)
+    after each chunk, starting with (0, data).
+    Raises OSError on I/O errors and ChecksumError if the source shrinks during the copy.
     """
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -398,122 +552,114 @@ def sparse_copy(
             _STORED_MODE,
         )
         try:
-            _copy_fd(src, dst, on_progress)
+            return _copy_and_hash(src, dst, on_progress)
         finally:
             os.close(dst)
     finally:
         os.close(src)
 
 
-def _copy_fd(src: int, dst: int, on_progress: ProgressCallback | None) -> None:
-    """Copy the data extents of ``src`` into ``dst``; the rest stays unallocated."""
-    total = _fd_size(src)
-    progress = _Progress(on_progress, total)
+def _copy_and_hash(src: int, dst: int, on_progress: ProgressCallback | None) -> str:
+    """Copy the data chunks of ``src`` into ``dst`` and hash them; the rest stays a hole."""
+    size = _fd_size(src)
+    extents = list(data_extents(src, size))
+    data = sum(end - start for start, end in extents)
+    report = on_progress or _no_progress
+    report(0, data)
     # Truncating to full length first makes every region we skip a hole in the destination.
-    os.ftruncate(dst, total)
-    for start, end in _data_extents(src, total):
-        offset = start
-        while offset < end:
-            offset += _copy_chunk(src, dst, offset, min(end - offset, _COPY_CHUNK))
-            progress.update(offset)
-    progress.update(total)
-
-
-def _copy_chunk(src: int, dst: int, offset: int, count: int) -> int:
-    """Copy up to ``count`` bytes at ``offset``; return how many were copied (never 0)."""
-    try:
-        copied = os.copy_file_range(src, dst, count, offset, offset)
-    except OSError as exc:
-        if exc.errno not in _COPY_FALLBACK_ERRNOS:
-            raise
-        copied = _copy_by_hand(src, dst, offset, count)
-    if copied == 0:
-        # EOF inside what was a data extent: the file was truncated under us.
-        raise DiskCopyFailed("the disk changed size while it was being copied")
-    return copied
-
-
-def _copy_by_hand(src: int, dst: int, offset: int, count: int) -> int:
-    """pread/pwrite fallback for copy_file_range; returns bytes copied."""
+    os.ftruncate(dst, size)
     done = 0
-    while done < count:
-        data = os.pread(src, min(count - done, _READ_CHUNK), offset + done)
-        if not data:
-            break
-        view = memoryview(data)
-        while view:  # pwrite may write less than asked
-            written = os.pwrite(dst, view, offset + done)
-            view = view[written:]
-            done += written
-    return done
+    with ChunkBuffers() as buffers, ChunkedDigest(size) as digest, _Flusher(dst) as flusher:
+        for index, pieces in data_chunks(iter(extents)):
+            chunk = buffers.read(src, index, size)
+            digest.add_chunk(index, chunk)
+            if not is_all_zero(chunk):
+                _write_pieces(dst, chunk, index * CHUNK_SIZE, pieces)
+                flusher.start(index * CHUNK_SIZE, len(chunk))
+            done += sum(end - start for start, end in pieces)
+            report(done, data)
+        return digest.hexdigest()
+
+
+def _no_progress(done: int, total: int) -> None:
+    """Default on_progress: nobody is listening."""
+
+
+def _write_pieces(
+    dst: int, chunk: bytes | bytearray, base: int, pieces: list[tuple[int, int]]
+) -> None:
+    """Write the data pieces of a chunk; its holes stay holes."""
+    view = memoryview(chunk)
+    for start, end in pieces:
+        piece = view[start - base : end - base]
+        offset = start
+        while piece:  # pwrite may write less than asked
+            written = os.pwrite(dst, piece, offset)
+            piece = piece[written:]
+            offset += written
+
+
+class _Flusher:
+    """Starts writeback of written ranges on a thread of its own.
+
+    Submitting writeback can block while the disk's queue is full; doing it here keeps the
+    copy loop reading, hashing and writing meanwhile.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._ranges: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+
+    def __enter__(self) -> _Flusher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ranges.put(None)
+        self._thread.join()  # the fd must stay open until the thread is done with it
+
+    def start(self, offset: int, length: int) -> None:
+        """Have the range's writeback started soon."""
+        self._ranges.put((offset, length))
+
+    def _run(self) -> None:
+        while (item := self._ranges.get()) is not None:
+            _writeback(self._fd, item[0], item[1], _SYNC_WRITE)
 
 
 # --------------------------------------------------------------------------- hashing
 
 
 def sha256_file(path: Path) -> str:
-    """Return the sha256 hex digest of the file's content, as ``sha256sum`` would.
+    """Return the plain sha256 hex digest of the file's content, as ``sha256sum`` would.
 
-    Holes are fed to the hash as zeros without reading them from disk, so a mostly-empty
-    sparse image hashes at CPU speed instead of disk speed.
-    Raises OSError on I/O errors and DiskCopyFailed if the file shrinks while being read.
+    This was the earlier release's checksum (algorithm ``sha256``); images stored then are
+    verified with it. Holes are fed to the hash as zeros without reading them from disk.
+    Raises OSError on I/O errors and ChecksumError if the file shrinks while being read.
     """
-    digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = _fd_size(fd)
-        position = 0
-        for start, end in _data_extents(fd, size):
-            _hash_zeros(digest, start - position)
-            _hash_range(digest, fd, start, end)
-            position = end
-        _hash_zeros(digest, size - position)
+        return plain_sha256_fd(fd, _fd_size(fd))
     finally:
         os.close(fd)
-    return digest.hexdigest()
-
-
-def _hash_zeros(digest: hashlib._Hash, count: int) -> None:
-    """Feed ``count`` zero bytes to the digest."""
-    zeros = memoryview(_ZEROS)
-    while count > 0:
-        step = min(count, len(zeros))
-        digest.update(zeros[:step])
-        count -= step
-
-
-def _hash_range(digest: hashlib._Hash, fd: int, start: int, end: int) -> None:
-    """Feed bytes [start, end) of ``fd`` to the digest."""
-    offset = start
-    while offset < end:
-        data = os.pread(fd, min(end - offset, _READ_CHUNK), offset)
-        if not data:
-            raise DiskCopyFailed("the disk changed size while it was being read")
-        digest.update(data)
-        offset += len(data)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """Yield (start, end) of the regions of ``fd`` that hold data, in order, within ``size``."""
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
-                return
-            if exc.errno in _NO_HOLE_SUPPORT_ERRNOS and offset == 0:
-                yield 0, size  # filesystem can't tell: treat everything as data
-                return
-            raise
-        if start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end
-        offset = end
+def _data_bytes(source: Path) -> int:
+    """Bytes in the data extents of ``source``: what its copy will read and write."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _open_error(exc) from exc
+    try:
+        return sum(end - start for start, end in data_extents(fd, _fd_size(fd)))
+    except OSError as exc:
+        raise _io_error(exc) from exc
+    finally:
+        os.close(fd)
 
 
 def _fd_size(fd: int) -> int:
@@ -527,21 +673,42 @@ def _fd_size(fd: int) -> int:
 
 
 class _Progress:
-    """Forwards progress to an optional callback: non-decreasing, clamped, no repeats."""
+    """Forwards progress in data bytes: non-decreasing, clamped, no repeats.
 
-    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
-        self.total = total
+    Each data byte counts twice, once copied and once on disk, so the total is twice the
+    source's data and progress moves during both the copy and the sync.
+    """
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.data = 0
         self._callback = callback
+        self._copied = 0
+        self._synced = 0
         self._last: int | None = None
 
-    def update(self, done: int) -> None:
-        """Report ``done`` bytes out of ``total``."""
-        done = min(max(done, 0), self.total)
+    def start(self, data: int) -> None:
+        """The source holds ``data`` bytes of data; report (0, total)."""
+        self.data = data
+        self._report()
+
+    def copied(self, done: int) -> None:
+        """``done`` data bytes of the source are copied."""
+        self._copied = min(max(done, self._copied), self.data)
+        self._report()
+
+    def synced(self, done: int, total: int) -> None:
+        """``done`` of the copy's ``total`` data bytes are on their way to disk."""
+        share = self.data if total == 0 else self.data * done // total
+        self._synced = min(max(share, self._synced), self.data)
+        self._report()
+
+    def _report(self) -> None:
+        done = self._copied + self._synced
         if self._last is not None and done <= self._last:
             return
         self._last = done
         if self._callback is not None:
-            self._callback(done, self.total)
+            self._callback(done, 2 * self.data)
 
 
 def _open_error(exc: OSError) -> DiskError:

@@ -23,11 +23,12 @@ from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import claim_job, hold_job, move_job
-from models.states import ImageAction, JobAction, JobStatus
+from models.states import ImageAction, JobAction, JobPhase, JobStatus
 from models.tables import Image, Job
 from models.transitions import move_images
 from workers import job_metrics
 from workers.disk import (
+    CopyPhase,
     DiskError,
     DiskFormat,
     StoredDisk,
@@ -201,12 +202,14 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
 def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Copy the source disk into the store and make the image available (capture or import)."""
     image_id = job.resource_ids[0]
+    heartbeat.phase(JobPhase.COPYING)
     _remove_earlier_runs(context, job, image_id)
     try:
         stored = _copy_instance_disk(context, job, heartbeat, image_id)
     except JobFailure as failure:
         abandon(context, job, failure.code, failure.message)
         return
+    heartbeat.phase(JobPhase.RECORDING, at_once=False)
     _finish_capture(context, job, image_id, stored)
 
 
@@ -255,9 +258,13 @@ def _copy_instance_disk(
             capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
             on_progress=heartbeat.progress,
+            on_phase=lambda phase: heartbeat.phase(_PHASES[phase]),
         )
     except DiskError as exc:
         raise JobFailure(exc.code, f"capture of {source.label} failed: {exc}") from exc
+
+
+_PHASES = {CopyPhase.COPYING: JobPhase.COPYING, CopyPhase.SYNCING: JobPhase.SYNCING}
 
 
 class _CaptureOvertaken(Exception):
@@ -279,6 +286,7 @@ def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: S
                 byte_size=stored.byte_size,
                 disk_format=stored.disk_format.value,
                 checksum=stored.checksum,
+                checksum_algorithm=stored.checksum_algorithm,
                 file_name=stored.path.name,
             )
             if not available:

@@ -5,7 +5,7 @@ Every instance the earlier release knew lives on host ``local`` (the host
 routed there too; other jobs keep the shared queue (host '').
 
 Revision ID: 0010
-Revises: 0004
+Revises: 0007
 Create Date: 2026-11-27 14:40:00
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,57 @@
+"""The access log: one line per request, that request data can neither split nor forge.
+
+The rule (docs/security.md): a line holds the client address, the method,
+the path **without its query string**, the status, the body size and the
+time taken. Query strings are never logged, because clients put secrets in
+them; every request-derived value is escaped (control characters, quotes and
+backslashes as ``\\xNN``/``\\uNNNN``) and cut to a bounded length.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from api.keys import REQUEST_ID
+
+MAX_LOGGED_CHARS = 256
+
+
+def printable(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` on one line and unambiguous: controls, quotes and backslashes escaped."""
+    escaped = "".join(_escape(char) for char in text[:limit])
+    return escaped + ("..." if len(text) > limit else "")
+
+
+def _escape(char: str) -> str:
+    if char in '"\\' or (unicodedata.category(char)[0] in "CZ" and char != " "):
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def logged_path(request: BaseRequest) -> str:
+    """The request's path as received (still percent-encoded), without the query string."""
+    return printable(request.raw_path.partition("?")[0])
+
+
+class SafeAccessLogger(AbstractAccessLogger):
+    """aiohttp's access logger, replaced: no query strings, no raw request bytes."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        # The request id (api/request_ids.py) joins this line to the job and worker lines;
+        # it is the caller's only if valid, so it needs no escaping.
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.3fs',
+            printable(request.remote or "-"),
+            printable(request.method, 16),
+            logged_path(request),
+            request.version.major,
+            request.version.minor,
+            response.status,
+            response.body_length,
+            time,
+            extra={"request_id": request.get(REQUEST_ID, "-")},
+        )

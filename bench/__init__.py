@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench <case>`` runs module ``bench.<case>``'s ``main(argv)``."""

@@ -1,0 +1,194 @@
+"""The baseline: a bare aiohttp + asyncpg server running the same listing queries.
+
+No authentication, no validation models, no ORM: it parses the query string,
+runs the same count and page statements as ``models.images.list_images`` on
+PostgreSQL (public images counted from ``public_image_counts``) and
+``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
+writes the JSON. It is what the API would cost if it did nothing but talk to
+PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+OWNER = web.AppKey("owner", str)
+
+IMAGE_COLUMNS = (
+    "image_id, image_name, description, size, processor_type, platform, os_family, "
+    "visibility, provider, owner, recommended_type, status, transition_status, create_time, "
+    "status_time, default_user, default_passwd, disk_format, checksum"
+)
+JOB_COLUMNS = (
+    "job_id, action, status, progress, create_time, begin_time, finished_time, status_time, "
+    "zone, resource_ids, owner, error_code, error_message"
+)
+
+
+class Query:
+    """A WHERE clause and its positional parameters, built up filter by filter."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def arg(self, value: Any) -> str:
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+
+def _image_filters(query: Query, params: Any) -> tuple[str, str | None]:
+    """The filters on images, and the same on public_image_counts (None if it cannot)."""
+    parts, counted = [], []
+    ids = _listed(params, "images")
+    if ids:
+        parts.append(f"image_id = ANY({query.arg(ids)})")
+    for column in ("processor_type", "provider"):
+        if value := params.get(column):
+            parts.append(f"{column} = {query.arg(value)}")
+            counted.append(parts[-1])
+    if visibility := params.get("visibility"):
+        arg = query.arg(visibility)
+        parts.append(f"visibility = {arg}")
+        counted.append(f"'public' = {arg}")
+    if os_family := params.get("os_family"):
+        arg = query.arg(os_family.lower())
+        parts.append(f"lower(os_family) = {arg}")
+        counted.append(f"os_family = {arg}")
+    if statuses := _listed(params, "status"):
+        parts.append(f"status = ANY({query.arg(statuses)})")
+        counted.append(parts[-1])
+    elif not ids:
+        parts.append("status <> 'ceased'")
+        counted.append(parts[-1])
+    word = params.get("search_word")
+    if word:
+        pattern = query.arg(word.lower().replace("/", "//").replace("%", "/%").replace("_", "/_"))
+        parts.append(
+            f"(lower(image_id) LIKE '%' || {pattern} || '%' ESCAPE '/' "
+            f"OR lower(image_name) LIKE '%' || {pattern} || '%' ESCAPE '/')"
+        )
+    images = "".join(f" AND {part}" for part in parts)
+    return images, None if ids or word else "".join(f" AND {part}" for part in counted)
+
+
+def _listed(params: Any, name: str) -> list[str]:
+    return [part for value in params.getall(name, []) for part in value.split(",") if part]
+
+
+def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, list[Any]]:
+    query = Query()
+    wanted, counted = _image_filters(query, params)
+    zone_arg, owner_arg = query.arg(zone), query.arg(owner)
+    own = f"zone = {zone_arg} AND owner = {owner_arg}{wanted}"
+    public = f"zone = {zone_arg} AND visibility = 'public' AND owner <> {owner_arg}{wanted}"
+    offset, limit = int(params.get("offset", 0)), min(int(params.get("limit", 10)), 100)
+    head, off, lim = query.arg(offset + limit), query.arg(offset), query.arg(limit)
+    count = (
+        f"SELECT (SELECT count(*) FROM images WHERE {own}) "
+        f"+ (SELECT count(*) FROM images WHERE {public})"
+    )
+    if counted is not None:  # as models.images._counted_total
+        count = (
+            f"SELECT (SELECT count(*) FROM images WHERE {own} AND visibility <> 'public') "
+            "+ (SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
+            f"WHERE zone = {zone_arg}{counted})"
+        )
+    newest = "ORDER BY create_time DESC, image_id DESC"
+    page = (
+        f"SELECT {IMAGE_COLUMNS} FROM images JOIN (SELECT k.image_id FROM ("
+        f"SELECT * FROM (SELECT image_id, create_time FROM images WHERE {own} {newest} "
+        f"LIMIT {head}) a UNION ALL "
+        f"SELECT * FROM (SELECT image_id, create_time FROM images WHERE {public} {newest} "
+        f"LIMIT {head}) b) k ORDER BY k.create_time DESC, k.image_id DESC "
+        f"LIMIT {lim} OFFSET {off}) p USING (image_id) {newest}"
+    )
+    return count, page, query.args
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def _image_out(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    out["create_time"], out["status_time"] = _iso(row["create_time"]), _iso(row["status_time"])
+    return out
+
+
+async def list_images(request: web.Request) -> web.Response:
+    owner = request.app[OWNER]
+    count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
+    async with request.app[POOL].acquire() as connection:
+        total = await connection.fetchval(count, *args[:-3])
+        rows = await connection.fetch(page, *args)
+    body = {"images": [_image_out(row) for row in rows], "total_count": total}
+    return web.json_response(text=json.dumps(body))
+
+
+def _job_out(row: asyncpg.Record) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("create_time", "begin_time", "finished_time", "status_time"):
+        out[key] = _iso(row[key])
+    out["resource_ids"] = json.loads(row["resource_ids"])
+    code, message = out.pop("error_code"), out.pop("error_message")
+    out["error"] = {"code": code, "message": message or ""} if code else None
+    return out
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    query = Query()
+    zone, owner = query.arg(request.match_info["zone"]), query.arg(request.app[OWNER])
+    where = f"zone = {zone} AND owner = {owner}"
+    if statuses := _listed(request.query, "status"):
+        where += f" AND status = ANY({query.arg(statuses)})"
+    offset, limit = (
+        int(request.query.get("offset", 0)),
+        min(int(request.query.get("limit", 10)), 100),
+    )
+    count = f"SELECT count(*) FROM jobs WHERE {where}"
+    page = (
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY create_time DESC, job_id DESC "
+        f"LIMIT {query.arg(limit)} OFFSET {query.arg(offset)}"
+    )
+    async with request.app[POOL].acquire() as connection:
+        total = await connection.fetchval(count, *query.args[:-2])
+        rows = await connection.fetch(page, *query.args)
+    body = {"jobs": [_job_out(row) for row in rows], "total_count": total}
+    return web.json_response(text=json.dumps(body))
+
+
+def create_app(dsn: str, owner: str) -> web.Application:
+    """The bare server, listing as ``owner`` (it does not authenticate)."""
+
+    async def pool(app: web.Application) -> AsyncIterator[None]:
+        app[POOL] = await asyncpg.create_pool(dsn, min_size=4, max_size=10)
+        yield
+        await app[POOL].close()
+
+    app = web.Application()
+    app[OWNER] = owner
+    app.cleanup_ctx.append(pool)
+    app.router.add_get("/v2/zone/{zone}/images", list_images)
+    app.router.add_get("/v2/zone/{zone}/jobs", list_jobs)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--owner", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(create_app(args.dsn, args.owner), host="127.0.0.1", port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

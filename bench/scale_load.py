@@ -1,0 +1,75 @@
+"""Load for the scale benchmark: wrk when installed, else an asyncio client.
+
+Both report requests per second and the p50 and p99 latency of one run of
+``connections`` concurrent keep-alive connections hammering one URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+_PERCENTILE = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
+_ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+@dataclass(frozen=True)
+class Load:
+    """One run's throughput (requests/s) and latency percentiles (ms)."""
+
+    rps: float
+    p50: float
+    p99: float
+
+
+def run_load(url: str, token: str, connections: int, seconds: float) -> Load:
+    """Hammer ``url`` for ``seconds``; refuses to report a run with failed requests."""
+    if shutil.which("wrk"):
+        return _wrk(url, token, connections, seconds)
+    return asyncio.run(_asyncio_load(url, token, connections, seconds))
+
+
+def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
+    threads = min(2, connections)
+    duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
+    command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--latency"]
+    command += ["-H", f"Authorization: Bearer {token}", url]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    if failed := _ERRORS.search(output):
+        raise RuntimeError(f"{failed.group(1)} failed requests to {url}")
+    percentiles = {p: float(v) * _UNITS[unit] for p, v, unit in _PERCENTILE.findall(output)}
+    rate = _RATE.search(output)
+    if rate is None or len(percentiles) != 2:
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    return Load(float(rate.group(1)), percentiles["50"], percentiles["99"])
+
+
+async def _asyncio_load(url: str, token: str, connections: int, seconds: float) -> Load:
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def client() -> None:
+            while (start := time.perf_counter()) < deadline:
+                async with session.get(url) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{url}: {response.status}")
+                latencies.append((time.perf_counter() - start) * 1e3)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(connections)))
+        elapsed = time.perf_counter() - began
+    cuts = statistics.quantiles(latencies, n=100)
+    return Load(len(latencies) / elapsed, cuts[49], cuts[98])

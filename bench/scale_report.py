@@ -1,0 +1,215 @@
+"""What the scale benchmark writes: plots, its section of docs/benchmarks.md, the plans."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Select, text
+from sqlalchemy.dialects import postgresql
+
+from models.db import Database
+from models.images import image_listing
+from models.jobs import job_listing
+from models.scoping import Caller
+from models.states import ImageStatus, ProcessorType, Provider, Visibility
+
+if TYPE_CHECKING:
+    from bench.scale import Results
+
+START, END = "<!-- bench:scale:start -->", "<!-- bench:scale:end -->"
+HEADER = (
+    "# Benchmarks\n\nMeasured with the commands of `bench/`; each section is written by its case.\n"
+)
+
+# The keyword arguments of models.images.image_listing for each case of bench.scale.CASES.
+PLAN_CASES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "status": {"status": [ImageStatus.AVAILABLE]},
+    "os_family": {"os_family": "ubuntu"},
+    "visibility": {"visibility": Visibility.PUBLIC},
+    "provider": {"provider": Provider.SYSTEM},
+    "processor_type": {"processor_type": ProcessorType.BIT32},
+    "images": {
+        "images": [
+            "img-c00000001",
+            "img-c00000002",
+            "img-c00000005",
+            "img-00000064",
+            "img-000000c8",
+        ]
+    },
+    "search_word": {"search_word": "UBU"},
+    "search_word_id": {"search_word": "0000A"},
+    "offset=5000": {"offset": 5000, "limit": 100},
+    "offset=10000": {"offset": 10000},
+}
+
+
+def plans(database: Database, account_id: str) -> dict[str, str]:
+    """EXPLAIN ANALYZE of every statement the listing cases run, as text."""
+    caller = Caller(account_id, "ac1")
+    out = {}
+    for case, params in PLAN_CASES.items():
+        listing = image_listing(caller, public_counts=True, **params)
+        out[f"{case}: total_count"] = _explain(database, listing.total.params(listing.values))
+        out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
+    total, page = job_listing(caller)
+    out["jobs: total_count"] = _explain(database, total)
+    out["jobs: page"] = _explain(database, page)
+    return out
+
+
+def _explain(database: Database, statement: Select[Any]) -> str:
+    dialect = postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+    sql = statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+    with database.reading() as session:
+        session.execute(text(str(sql))).all()  # warm, as under load
+        return "\n".join(session.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars())
+
+
+def write(results: Results, docs: Path) -> None:
+    """The plots, this benchmark's section of benchmarks.md, and query-plans.md."""
+    (docs / "img").mkdir(parents=True, exist_ok=True)
+    _plot_latency(results, docs / "img" / "scale-latency.png")
+    _plot_sweep(results, docs / "img" / "scale-throughput.png")
+    page = docs / "benchmarks.md"
+    current = page.read_text() if page.exists() else HEADER
+    section = f"{START}\n{_section(results)}\n{END}"
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        current = before + section + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + section + "\n"
+    page.write_text(current)
+    (docs / "query-plans.md").write_text(_plans_page(results))
+
+
+def machine() -> str:
+    """CPU, cores, memory and PostgreSQL: what the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    postgres = subprocess.run(["postgres", "--version"], capture_output=True, text=True)
+    version = postgres.stdout.strip() if postgres.returncode == 0 else "PostgreSQL"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory_kb / 2**20:.0f} GiB RAM, "
+        f"{version} (shared_buffers default), Python {platform.python_version()}"
+    )
+
+
+def _section(results: Results) -> str:
+    small, large = results.sizes[0], results.sizes[-1]
+    lines = [
+        "## Listing at scale (issue 9)",
+        "",
+        f"Measured {results.started} on {machine()}, by `python -m bench.scale`. "
+        "The machine is shared with other engineers' test runs, so every size has its own "
+        "database, API and bare aiohttp + asyncpg server (`bench/bare_listing.py`), and each "
+        f"case runs them all in turn, {results.rounds} round(s) of {results.seconds:g} s, "
+        "reporting medians: every figure meets the same noise. "
+        "Load: `wrk -t2 -c8`; the caller owns 100 images among 10,000 tenants, 1 in 100 "
+        "images is public, about 1 in 7 ceased (`bench/scale_data.py`). "
+        "Query plans: [query-plans.md](query-plans.md); the profile, what changed and "
+        "what stands in the way: [listing-profile.md](listing-profile.md).",
+        "",
+        f"| case | API p50 at {small:,} | API p50 at {large:,} | ratio (target ≤ 1.5) | "
+        f"API / bare req/s at {small:,} | at {large:,} (target ≥ 0.7) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case, by_size in results.latency.items():
+        a, b = by_size[small], by_size[large]
+        lines.append(
+            f"| {case} | {a['api'].p50:.1f} ms | {b['api'].p50:.1f} ms | "
+            f"{b['api'].p50 / a['api'].p50:.2f} | "
+            f"{a['api'].rps:.0f} / {a['bare'].rps:.0f} = {a['api'].rps / a['bare'].rps:.2f} | "
+            f"{b['api'].rps:.0f} / {b['bare'].rps:.0f} = {b['api'].rps / b['bare'].rps:.2f} |"
+        )
+    lines += [
+        "",
+        "![p50 and p99 against table size](img/scale-latency.png)",
+        "",
+        "![throughput against concurrency](img/scale-throughput.png)",
+    ]
+    return "\n".join(lines)
+
+
+def _plans_page(results: Results) -> str:
+    parts = [
+        "# Query plans of the listings",
+        "",
+        f"`EXPLAIN (ANALYZE, BUFFERS)` at {results.sizes[-1]:,} images, {results.started}, "
+        "written by `python -m bench.scale` (`bench/scale_report.py`). Each statement is "
+        "the one `models/images.py` (`image_listing`) or `models/jobs.py` (`job_listing`) "
+        "builds, run once warm. What to look for: the page reads the caller's own images "
+        "from `ix_images_zone_owner_create_time` and the public ones from the partial "
+        "`ix_images_public_zone_create_time` (index-only scans merged by a *Merge Append*, "
+        "at most `offset + limit` entries of each), then `limit` rows by primary key; the "
+        "total counts the caller's own images and adds the public ones from a few rows of "
+        "`public_image_counts` (kept by triggers, migration 0007); with `images` or "
+        "`search_word` it counts the public rows through their partial index or, for a rare "
+        "word, the `pg_trgm` GIN indexes; jobs read `ix_jobs_zone_owner_create_time`. "
+        "Nothing reads the whole table: the cost follows the caller's rows (and the "
+        "`offset`), not the size of the table.",
+    ]
+    for name, plan in results.plans.items():
+        parts += ["", f"## {name}", "", "```", plan, "```"]
+    return "\n".join(parts) + "\n"
+
+
+def _plot_latency(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (p50, p99) = plt.subplots(1, 2, figsize=(12, 5), sharex=True)
+    for case, by_size in results.latency.items():
+        sizes = sorted(by_size)
+        p50.plot(sizes, [by_size[s]["api"].p50 for s in sizes], marker="o", label=case)
+        p99.plot(sizes, [by_size[s]["api"].p99 for s in sizes], marker="o", label=case)
+    for axes, name in ((p50, "p50"), (p99, "p99")):
+        axes.set_xscale("log")
+        axes.set_xlabel("images in the table")
+        axes.set_ylabel(f"{name} latency, ms (wrk -c8)")
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+    p50.legend(fontsize=7)
+    figure.suptitle(f"GET /images and /jobs, API latency against table size ({results.started})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _plot_sweep(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5))
+    for size, by_connections in sorted(results.sweep.items()):
+        counts = sorted(by_connections)
+        for side, style in (("api", "-o"), ("bare", "--x")):
+            rates = [by_connections[c][side].rps for c in counts]
+            axes.plot(counts, rates, style, label=f"{side} at {size:,} images")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("concurrent connections")
+    axes.set_ylabel("GET /images requests/s")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    axes.set_title(f"Throughput against concurrency ({results.started})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
