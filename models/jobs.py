@@ -155,6 +155,30 @@ def _touch_own_run(session: Session, job_id: str, attempt: int, **values: Any) -
 
 
 @dataclass(frozen=True)
+class CopiesInProgress:
+    """Captures and imports not yet settled: the store files they may be writing."""
+
+    job_ids: frozenset[str]
+    image_ids: frozenset[str]
+
+
+COPYING_ACTIONS = (JobAction.CAPTURE_INSTANCE.value, JobAction.IMPORT_IMAGE.value)
+
+
+def copies_in_progress(session: Session) -> CopiesInProgress:
+    """Pending and working captures and imports: their files are never orphans, however old."""
+    stmt = select(Job.job_id, Job.resource_ids).where(
+        Job.status.in_([JobStatus.PENDING.value, JobStatus.WORKING.value]),
+        Job.action.in_(COPYING_ACTIONS),
+    )
+    rows = session.execute(stmt).all()
+    return CopiesInProgress(
+        frozenset(job_id for job_id, _ in rows),
+        frozenset(resources[0] for _, resources in rows if resources),
+    )
+
+
+@dataclass(frozen=True)
 class LostJob:
     job_id: str
     action: JobAction

@@ -14,15 +14,7 @@ and prints one line: accepted, succeeded, failed, lost, duplicated, orphans.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,18 +25,16 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from imagesvc.bootstrap import bootstrap
-from imagesvc.settings import Settings
-from models.accounts import create_account
-from models.instances import NewInstance, add_instance
-from models.migrate import upgrade
 from models.states import JobAction, JobStatus
 from models.tables import Image, Job
-from tests.support import ServiceProcess, make_settings, scratch_database
-from workers.system_images import inspect_disk
+from tests.support.contract import TERMINAL
+from tests.support.deployment import Deployment, scratch_deployment
 
-MiB = 1 << 20
 SETTLE_TIMEOUT_S = 240.0
+# After the jobs settle, how long past orphan_grace the sweep gets to remove orphans.
+ORPHAN_WAIT_S = 20.0
+# Stopping a deployment's processes after a scenario (a worker takes seconds to stop).
+CLOSE_ALLOWANCE_S = 120.0
 
 # Fast failure detection, so that scenarios finish in seconds, not minutes.
 CHAOS_SETTINGS: dict[str, Any] = {
@@ -59,51 +49,6 @@ CHAOS_SETTINGS: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def make_disk(path: Path, size: int, data: int) -> Path:
-    """A sparse raw disk with ``data`` bytes of random content spread in 8 MiB blocks."""
-    block = os.urandom(8 * MiB)
-    blocks = max(1, data // len(block))
-    stride = size // blocks
-    with open(path, "wb") as disk:
-        disk.truncate(size)
-        for index in range(blocks):
-            disk.seek(index * stride)
-            disk.write(block[: min(len(block), stride)])
-    return path
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any
-
-
-class Client:
-    """A plain HTTP client; a dropped connection is status 0."""
-
-    def __init__(self, port: int, token: str = "") -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = token
-
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Reply:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        request = urllib.request.Request(self.base + path, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return Reply(response.status, json.loads(response.read()))
-        except urllib.error.HTTPError as error:
-            return Reply(error.code, json.loads(error.read() or b"null"))
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return Reply(0, None)
-
-
 @dataclass
 class Outcome:
     scenario: str
@@ -114,6 +59,7 @@ class Outcome:
     duplicated: list[str]
     orphans: list[str]
     disagreements: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -129,118 +75,33 @@ class Outcome:
         assert not self.disagreements, "\n".join(self.disagreements)
 
 
+def scenario_timeout(scenario_s: float) -> pytest.MarkDecorator:
+    """A per-test timeout above everything the scenario and :meth:`ChaosEnv.settle` wait for.
+
+    ``scenario_s`` bounds the scenario's own run before it settles. A hang then
+    ends in settle's outcome line and its assertion, not in pytest-timeout's
+    stack dump.
+    """
+    settle_s = SETTLE_TIMEOUT_S + float(CHAOS_SETTINGS["orphan_grace"]) + ORPHAN_WAIT_S
+    timeout: pytest.MarkDecorator = pytest.mark.timeout(scenario_s + settle_s + CLOSE_ALLOWANCE_S)
+    return timeout
+
+
 @contextmanager
-def scratch_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
-    """A deployment of its own: a fresh database, queue and data dir; no process yet."""
-    with scratch_database(tmp_path) as url:
-        settings = make_settings(tmp_path / "var", url, **CHAOS_SETTINGS)
-        settings.ensure_dirs()
-        upgrade(url)
-        env = ChaosEnv(settings, tmp_path)
-        try:
-            yield env
-        finally:
-            env.close()
+def chaos_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
+    """A scratch deployment with fast failure detection; no process yet."""
+    with scratch_deployment(tmp_path, ChaosEnv, **CHAOS_SETTINGS) as env:
+        yield env
 
 
-class ChaosEnv:
-    """One scratch deployment: its own database, queue, data dir and processes."""
-
-    def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.settings = settings
-        self.tmp = tmp
-        self.services = bootstrap(settings)
-        self.database = self.services.database
-        self.processes: list[ServiceProcess] = []
-        self.account_id, self.token = "", ""
-        self.port = free_port()
-
-    # processes -------------------------------------------------------------
-
-    def start(self, *argv: str, settings: Settings | None = None) -> ServiceProcess:
-        process = ServiceProcess(settings or self.settings, *argv)
-        self.processes.append(process)
-        return process
-
-    def start_worker(self, concurrency: int = 2) -> ServiceProcess:
-        worker = self.start("worker", "--concurrency", str(concurrency))
-        worker.wait_for_output(" ready.", timeout=60)
-        return worker
-
-    def start_api(self, settings: Settings | None = None) -> ServiceProcess:
-        api = self.start("api", "--port", str(self.port), settings=settings)
-        api.wait_for_output("Running on", timeout=60)
-        return api
-
-    @staticmethod
-    def kill(process: ServiceProcess) -> None:
-        """SIGKILL the process and its children (a prefork worker's pool too)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.process.pid, signal.SIGKILL)
-        process.process.wait(timeout=30)
-        process.stop()
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            process.stop(timeout=90)
-        self.services.close()
-
-    def start_deployment(self) -> Client:
-        """Scheduler, one worker and the API, and a signed-up tenant's client."""
-        self.start("scheduler")
-        self.start_worker()
-        self.start_api()
-        self.sign_up()
-        return self.client()
-
-    # the tenant --------------------------------------------------------------
-
-    def client(self) -> Client:
-        return Client(self.port, self.token)
-
-    def sign_up(self) -> None:
-        with self.database.transaction() as session:
-            credentials = create_account(session, "chaos")
-        self.account_id = credentials.account_id
-        basic = b64encode(f"{credentials.api_key}:{credentials.secret}".encode()).decode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v2/oauth2/token",
-            b"grant_type=client_credentials",
-            {"Authorization": f"Basic {basic}"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            self.token = json.loads(response.read())["access_token"]
-
-    def add_instances(self, disk: Path, count: int) -> list[str]:
-        disk_format, disk_size = inspect_disk(disk)
-        with self.database.transaction() as session:
-            return [
-                add_instance(
-                    session,
-                    NewInstance("ac1", self.account_id, str(disk), disk_format.value, disk_size),
-                ).instance_id
-                for _ in range(count)
-            ]
-
-    def job_status(self, job_id: str) -> str:
-        with self.database.reading() as session:
-            job = session.get(Job, job_id)
-            return job.status if job else ""
-
-    def wait_for_status(self, job_id: str, wanted: set[str], timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.job_status(job_id)
-            if status in wanted:
-                return status
-            time.sleep(0.01)
-        raise AssertionError(f"job {job_id} never reached {wanted}")
+class ChaosEnv(Deployment):
+    """A scratch deployment that can check the invariants once its jobs have settled."""
 
     # the invariants ----------------------------------------------------------------
 
     def settle(self, scenario: str, accepted: list[str]) -> Outcome:
         """Wait for every accepted job to end, then check the invariants."""
-        unsettled = self._wait_settled(accepted)
+        unsettled = self.unsettled(accepted, TERMINAL, SETTLE_TIMEOUT_S)
         with self.database.reading() as session:
             jobs = {job.job_id: job for job in session.scalars(_jobs_of(self.account_id))}
             images = {i.image_id: i for i in session.scalars(_images_of(self.account_id))}
@@ -253,22 +114,14 @@ class ChaosEnv:
             duplicated=self._duplicated(images, jobs),
             orphans=self._wait_no_orphans(),
             disagreements=_disagreements(jobs, images, self.settings.image_dir),
+            reasons=[
+                f"{job.job_id}: {job.error_code}: {job.error_message}"
+                for job in jobs.values()
+                if job.status == JobStatus.FAILED.value
+            ],
         )
         print(outcome.line(), flush=True)
         return outcome
-
-    def _wait_settled(self, job_ids: list[str]) -> list[str]:
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
-        pending = set(job_ids)
-        terminal = {s.value for s in JobStatus if s.is_terminal}
-        while pending and time.monotonic() < deadline:
-            with self.database.reading() as session:
-                rows = session.execute(
-                    select(Job.job_id, Job.status).where(Job.job_id.in_(pending))
-                )
-                pending -= {job_id for job_id, status in rows if status in terminal}
-            time.sleep(0.2)
-        return sorted(pending)
 
     def _duplicated(self, images: dict[str, Image], jobs: dict[str, Job]) -> list[str]:
         files = Counter(p.name.split(".")[0] for p in self.settings.image_dir.glob("img-*"))
@@ -282,7 +135,7 @@ class ChaosEnv:
 
     def _wait_no_orphans(self) -> list[str]:
         """Files no non-ceased row owns; the sweep gets a grace period to remove them."""
-        deadline = time.monotonic() + self.settings.orphan_grace + 20
+        deadline = time.monotonic() + self.settings.orphan_grace + ORPHAN_WAIT_S
         while True:
             orphans = self._orphans()
             if not orphans or time.monotonic() > deadline:

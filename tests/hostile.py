@@ -27,7 +27,9 @@ from models.accounts import Credentials, create_account
 from models.instances import NewInstance, add_instance
 from models.migrate import upgrade
 from models.states import InstanceStatus
-from tests.support import ServiceProcess, make_settings, scratch_database
+from tests.support.databases import scratch_database
+from tests.support.deployment import make_settings
+from tests.support.processes import ServiceProcess
 from workers.system_images import inspect_disk
 
 # Small, so that the stall tests take seconds; production defaults are 15 s.

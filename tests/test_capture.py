@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from imagesvc.settings import Settings
-from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
-from tests.support import qemu_img_info, require_qemu_img
+from tests.support.backends import qemu_img_info, require_qemu_img
+from tests.support.disks import MiB, stored_file, stored_files
+from tests.support.tenants import Tenant, TenantFactory
 
 
 def chunked_sha256_of(path: Path) -> str:

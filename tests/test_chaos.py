@@ -21,12 +21,12 @@ from models.tables import Job
 from tests.chaos import (
     CHAOS_SETTINGS,
     ChaosEnv,
-    MiB,
-    make_disk,
-    scratch_deployment,
+    chaos_deployment,
+    scenario_timeout,
     show_summaries,
 )
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.backends import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.disks import MiB, make_raw_disk
 
 needs_services = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -37,17 +37,18 @@ needs_services = pytest.mark.skipif(
 @pytest.fixture
 def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
     try:
-        with scratch_deployment(tmp_path) as env:
+        with chaos_deployment(tmp_path) as env:
             yield env
     finally:
         show_summaries(capsys)
 
 
+@scenario_timeout(400)
 def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
     chaos.start("scheduler")
     chaos.start_api()
     chaos.sign_up()
-    disk = make_disk(chaos.tmp / "big.raw", size=1024 * MiB, data=256 * MiB)
+    disk = make_raw_disk(chaos.tmp / "big.raw", size=1024 * MiB, data=256 * MiB)
     instances = chaos.add_instances(disk, 20)
     client = chaos.client()
     accepted = []
@@ -67,11 +68,12 @@ def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
         assert min(attempts) >= 2, "every job's first run was killed while working"
 
 
+@scenario_timeout(120)
 def test_the_api_killed_between_commit_and_dispatch(chaos: ChaosEnv) -> None:
     chaos.start("scheduler")
     chaos.start_worker()
     faulty = chaos.settings.model_copy(update={"fault_after_commit": True})
-    disk = make_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
     chaos.start_api()
     chaos.sign_up()
     chaos.kill(chaos.processes[-1])
@@ -88,9 +90,10 @@ def test_the_api_killed_between_commit_and_dispatch(chaos: ChaosEnv) -> None:
     assert outcome.succeeded == 3
 
 
+@scenario_timeout(180)
 def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
     client = chaos.start_deployment()
-    disk = make_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "small.raw", size=64 * MiB, data=8 * MiB)
     ready = []
     for instance_id in chaos.add_instances(disk, 20):
         reply = client.call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
@@ -124,7 +127,7 @@ def test_two_hundred_concurrent_conflicting_requests(chaos: ChaosEnv) -> None:
 
 def _run_two_hundred(chaos: ChaosEnv, restart: list[str], scenario: str) -> None:
     client = chaos.start_deployment()
-    disk = make_disk(chaos.tmp / "tiny.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(chaos.tmp / "tiny.raw", size=16 * MiB, data=8 * MiB)
     instances = chaos.add_instances(disk, 200)
 
     def capture(instance_id: str) -> str | None:
@@ -147,15 +150,18 @@ def _run_two_hundred(chaos: ChaosEnv, restart: list[str], scenario: str) -> None
 
 
 @needs_services
+@scenario_timeout(300)
 def test_redis_restarts_during_two_hundred_jobs(chaos: ChaosEnv) -> None:
     _run_two_hundred(chaos, ["bash", "tests/restart-service", "redis"], "redis-restart")
 
 
 @needs_services
+@scenario_timeout(300)
 def test_postgresql_restarts_during_two_hundred_jobs(chaos: ChaosEnv) -> None:
     _run_two_hundred(chaos, ["bash", "tests/restart-service", "postgresql"], "postgresql-restart")
 
 
+@scenario_timeout(240)
 def test_up_killed_whole_mid_capture_finishes_the_job_after_a_restart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -166,7 +172,7 @@ def test_up_killed_whole_mid_capture_finishes_the_job_after_a_restart(
         up = env.start("up", "--port", str(env.port))
         up.wait_for_output("Running on", timeout=60)
         env.sign_up()
-        disk = make_disk(tmp_path / "big.raw", size=2048 * MiB, data=512 * MiB)
+        disk = make_raw_disk(tmp_path / "big.raw", size=2048 * MiB, data=512 * MiB)
         instance_id = env.add_instances(disk, 1)[0]
         reply = env.client().call("POST", "/v2/zone/ac1/images", {"instance": instance_id})
         assert reply.status == 202, reply
@@ -179,4 +185,4 @@ def test_up_killed_whole_mid_capture_finishes_the_job_after_a_restart(
         env.close()
         show_summaries(capsys)
     outcome.assert_clean()
-    assert outcome.succeeded == 1
+    assert outcome.succeeded == 1, outcome.reasons

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from models.migrate import upgrade
-from tests.support import scratch_database
+from tests.support.databases import scratch_database
 from workers.checksum import (
     CHUNK_SIZE,
     CHUNKED_SHA256,

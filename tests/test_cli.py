@@ -7,24 +7,24 @@ import math
 import os
 import shutil
 import signal
-import socket
 import time
-import urllib.error
 import urllib.request
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imagesvc.settings import Settings
-from tests.conftest import MiB, Tenant, make_raw_disk, stored_file
-from tests.support import (
-    IN_CI,
-    ServiceProcess,
-    make_settings,
-    qemu_img_info,
-    run_imagesvc,
-    scratch_database,
-)
+from tests.support.backends import IN_CI, qemu_img_info
+from tests.support.databases import scratch_database
+from tests.support.deployment import make_settings
+from tests.support.disks import MiB, make_raw_disk, stored_file
+from tests.support.http import Client
+from tests.support.processes import ServiceProcess, free_port, run_imagesvc
+from tests.support.tenants import Tenant
+
+# ``image import`` makes a public image: every tenant of the deployment would see it.
+pytestmark = pytest.mark.own_deployment
 
 
 def imagesvc_json(settings: Settings, *argv: str) -> dict[str, Any]:
@@ -98,42 +98,6 @@ async def test_image_import_makes_a_public_system_image(
     assert stored.read_bytes() == raw_disk.read_bytes()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Http:
-    """A plain HTTP client, as a newcomer's curl would be."""
-
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = ""
-
-    def request(self, method: str, path: str, body: str = "", **headers: str) -> Any:
-        if self.token:
-            headers.setdefault("Authorization", f"Bearer {self.token}")
-        request = urllib.request.Request(
-            self.base + path, data=body.encode() or None, method=method, headers=headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            raise AssertionError(f"{method} {path}: {error.code} {error.read()!r}") from None
-
-    def wait_until_up(self, service: ServiceProcess, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.base + "/healthz", timeout=2):
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise AssertionError(f"the API never came up:\n{service.log()}")
-
-
 def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     """The README's walk-through, against ``imagesvc up`` on the configured backends."""
     data_dir = tmp_path / "var"
@@ -142,7 +106,7 @@ def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         port = free_port()
         service = ServiceProcess(settings, "up", "--port", str(port))
         try:
-            http = Http(port)
+            http = Client(port)
             http.wait_until_up(service)
             _walkthrough(settings, http, tmp_path)
             _check_metrics_and_startup_lines(http, service)
@@ -154,26 +118,25 @@ def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         assert "Traceback" not in service.log(), service.log()
 
 
-def _walkthrough(settings: Settings, http: Http, tmp_path: Path) -> None:
+def _walkthrough(settings: Settings, http: Client, tmp_path: Path) -> None:
     account = imagesvc_json(settings, "account", "create", "alice")
     disk = make_raw_disk(tmp_path / "vm.raw", size=1024 * MiB + 512 * MiB, regions=8)
     instance = imagesvc_json(
         settings, "instance", "add", "--zone", "ac1", "--owner", account["account_id"],
         "--disk", str(disk),
     )  # fmt: skip
-    basic = b64encode(f"{account['api_key']}:{account['secret']}".encode()).decode()
-    token = http.request(
-        "POST", "/v2/oauth2/token", "grant_type=client_credentials",
-        Authorization=f"Basic {basic}", **{"Content-Type": "application/x-www-form-urlencoded"},
-    )  # fmt: skip
-    http.token = token["access_token"]
-    capture = http.request(
+    http.sign_in(account["api_key"], account["secret"])
+    reply = http.curl(
         "POST", "/v2/zone/ac1/images",
         f'{{"instance":"{instance["instance_id"]}","image_name":"TEST"}}',
     )  # fmt: skip
-    job = _poll(http, capture["job_id"])
+    assert reply.status == 202, reply
+    capture = reply.body
+    job = http.wait_job(capture["job_id"])
     assert job["status"] == "successful", job
-    image = http.request("GET", "/v2/zone/ac1/images", "\n")["images"][0]
+    listed = http.curl("GET", "/v2/zone/ac1/images", "\n")
+    assert listed.status == 200, listed
+    image = listed.body["images"][0]
     assert image["image_id"] == capture["image_id"] and image["status"] == "available"
     stored = stored_file(settings.image_dir, image["image_id"])
     assert stored.stat().st_size == disk.stat().st_size
@@ -181,7 +144,7 @@ def _walkthrough(settings: Settings, http: Http, tmp_path: Path) -> None:
     _check_with_qemu_img(stored, image["size"])
 
 
-def _check_metrics_and_startup_lines(http: Http, service: ServiceProcess) -> None:
+def _check_metrics_and_startup_lines(http: Client, service: ServiceProcess) -> None:
     """The API process serves the job counts the worker process wrote; startup is quiet."""
     counted = 'imagesvc_jobs_finished_total{action="CaptureInstance",status="successful"} 1.0'
     for _ in range(50):  # the worker counts a job just after it commits the outcome
@@ -194,16 +157,6 @@ def _check_metrics_and_startup_lines(http: Http, service: ServiceProcess) -> Non
     assert 'route="/v2/zone/{zone}/images"' in page  # the API's own counters, from its files
     assert sum(f"Running on {http.base}" in line for line in service.output) == 1
     assert not any("celery@" in line or "Task " in line for line in service.output)
-
-
-def _poll(http: Http, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = http.request("GET", f"/v2/zone/ac1/job/{job_id}")
-        if job["status"] in ("successful", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} never finished")
 
 
 def _check_with_qemu_img(stored: Path, size_gb: int) -> None:

@@ -16,15 +16,10 @@ from models.images import CaptureRequest, capture_instance, delete_images
 from models.scoping import Caller
 from models.states import ImageAction
 from models.transitions import move_images
-from tests.conftest import (
-    UNLIMITED,
-    Account,
-    MiB,
-    make_raw_disk,
-    register_instance,
-    serve_api,
-)
-from tests.support import ServiceProcess
+from tests.support.deployment import serve_api
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import UNLIMITED, Account, register_instance
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from imagesvc.bootstrap import Services
@@ -12,8 +13,12 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.images import SystemImageSpec
 from models.tables import Image
-from tests.conftest import Tenant, TenantFactory, stored_file
+from tests.support.disks import stored_file
+from tests.support.tenants import Tenant, TenantFactory
 from workers.system_images import import_system_image
+
+# It publishes images and imports a public one: every tenant would see them.
+pytestmark = pytest.mark.own_deployment
 
 
 def system_image(services: Services, disk: Path) -> str:
@@ -166,7 +171,7 @@ async def test_a_public_image_of_another_tenant_is_visible_but_not_theirs_to_cha
         modify = await tenant.call("PUT", "/images", json={"image": theirs, "image_name": "mine"})
         assert (modify.status, modify.body["ret_code"]) == (403, 1400), modify
     finally:
-        # Public images are every tenant's to see: leave none behind for other tests.
+        # Public images are every tenant's to see: leave none behind for this module's other tests.
         publish(database, theirs, "private")
     image = await other.image(theirs)
     assert (image["status"], image["image_name"]) == ("available", "shared")

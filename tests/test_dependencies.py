@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import ChaosEnv, MiB, Reply, make_disk, scratch_deployment
-from tests.support import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.chaos import ChaosEnv, chaos_deployment
+from tests.support.backends import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.support.contract import Reply
+from tests.support.disks import MiB, make_raw_disk
 
 pytestmark = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
@@ -24,7 +26,7 @@ def service(action: str, name: str) -> None:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
-    with scratch_deployment(tmp_path) as env:
+    with chaos_deployment(tmp_path) as env:
         try:
             env.start_deployment()
             yield env
@@ -33,6 +35,8 @@ def deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
             service("start", "redis")
 
 
+# Above its waits: stopping and starting a service (at most 120 s each), a job (90 s).
+@pytest.mark.timeout(600)
 def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv) -> None:
     client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "postgresql")
@@ -53,6 +57,7 @@ def test_postgresql_down_is_a_quick_503_and_service_resumes(deployment: ChaosEnv
     assert client.call("GET", "/healthz").status == 200
 
 
+@pytest.mark.timeout(600)
 def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: ChaosEnv) -> None:
     client, instance_id = deployment.client(), stopped_instance(deployment)
     service("stop", "redis")
@@ -72,7 +77,7 @@ def test_redis_down_still_accepts_jobs_and_they_run_when_it_returns(deployment: 
 
 
 def stopped_instance(deployment: ChaosEnv) -> str:
-    disk = make_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(deployment.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
     return deployment.add_instances(disk, 1)[0]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.backends import require_qemu_img
+from tests.support.disks import MiB, write_sparse
 from workers.checksum import CHUNKED_SHA256, data_extents
 from workers.disk import (
     CopyPhase,
@@ -25,14 +27,12 @@ from workers.disk import (
     detect_format,
     fsync_directory,
     partial_dir,
-    qemu_img,
     sha256_file,
     sparse_copy,
     store_disk,
     virtual_size,
 )
 
-MiB = 1 << 20
 # (offset, length) of the random data written into the 64 MiB sparse test disk; the rest
 # is holes. The last region ends before EOF so the file also has a trailing hole.
 DATA_REGIONS = ((0, 2 * MiB), (20 * MiB + 4096, 3 * MiB), (50 * MiB, 1 * MiB + 512))
@@ -40,16 +40,6 @@ SPARSE_SIZE = 64 * MiB
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def require_qemu_img() -> str:
-    """Return qemu-img's path; skip if it is missing locally, fail if missing in CI."""
-    exe = shutil.which("qemu-img")
-    if exe is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("qemu-img is required in CI (install qemu-utils)")
-        pytest.skip("qemu-img is not installed")
-    return exe
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -89,12 +79,7 @@ def allocated(path: Path) -> int:
 
 def make_sparse(path: Path, size: int = SPARSE_SIZE) -> Path:
     """Create a file of ``size`` bytes: random data in DATA_REGIONS, holes elsewhere."""
-    with path.open("wb") as f:
-        f.truncate(size)
-        for offset, length in DATA_REGIONS:
-            f.seek(offset)
-            f.write(os.urandom(length))
-    return path
+    return write_sparse(path, size, DATA_REGIONS)
 
 
 def require_sparse(path: Path) -> None:
@@ -219,10 +204,6 @@ def test_virtual_size_matches_qemu_img(tmp_path: Path) -> None:
     run(exe, "create", "-q", "-f", "qcow2", str(path), "3G")
     assert detect_format(path) is DiskFormat.QCOW2
     assert virtual_size(path, DiskFormat.QCOW2) == qemu_info(exe, path)["virtual-size"] == 3 << 30
-
-
-def test_qemu_img_lookup_matches_path() -> None:
-    assert qemu_img() == shutil.which("qemu-img")
 
 
 def test_errors_have_codes() -> None:

@@ -5,14 +5,19 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Job, utcnow
-from tests.conftest import Tenant, stored_file
-from tests.support import ServiceProcess
+from tests.support.disks import stored_file
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import Tenant
+
+# Its scheduler resends and sweeps across the whole deployment.
+pytestmark = pytest.mark.own_deployment
 
 
 def unsent_capture(tenant: Tenant, database: Database, disk: Path) -> tuple[str, str]:

@@ -7,7 +7,6 @@ disturb the session's.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -21,37 +20,19 @@ from api.app import create_app
 from imagesvc.bootstrap import services_for
 from imagesvc.settings import Settings
 from models.db import Database
-from models.migrate import upgrade
-from tests.conftest import MiB, Tenant, sign_up, stored_file
-from tests.support import (
-    TEST_REDIS_URL,
-    ServiceProcess,
-    check_redis,
-    make_settings,
-    scratch_database,
-)
-
-GiB = 1024 * MiB
-BLOCK = 8 * MiB
+from tests.support.contract import parse_time
+from tests.support.deployment import deployment_settings, running_worker
+from tests.support.disks import GiB, MiB, make_raw_disk, stored_file
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import Tenant, sign_up
+from tests.support.waiting import wait_for_async
 
 
 @pytest.fixture
 def scratch_settings(tmp_path: Path) -> Iterator[Settings]:
     """A service of its own: data dir, database and (with Redis) queue."""
-    check_redis()
-    data_dir = tmp_path / "service"
-    data_dir.mkdir()
-    with scratch_database(data_dir) as url:
-        settings = make_settings(data_dir, url)
-        settings.ensure_dirs()
-        upgrade(url)
-        try:
-            yield settings
-        finally:
-            if TEST_REDIS_URL:
-                import redis
-
-                redis.Redis.from_url(TEST_REDIS_URL).delete(settings.queue)
+    with deployment_settings(tmp_path / "service") as settings:
+        yield settings
 
 
 @pytest.fixture
@@ -62,43 +43,20 @@ def scratch_db(scratch_settings: Settings) -> Iterator[Database]:
 
 @pytest.fixture
 def lone_worker(scratch_settings: Settings) -> Iterator[ServiceProcess]:
-    worker = ServiceProcess(scratch_settings, "worker", "--concurrency", "1")
-    try:
-        worker.wait_for_output(" ready.")
+    with running_worker(scratch_settings, concurrency=1) as worker:
         yield worker
-    finally:
-        worker.stop()
-
-
-def large_sparse_disk(path: Path, size: int = 3 * GiB // 2, data: int = 600 * MiB) -> Path:
-    """A sparse raw disk of ``size`` bytes with ``data`` bytes of random data in 4 regions."""
-    block = os.urandom(BLOCK)
-    regions = 4
-    per_region = data // regions // BLOCK
-    with open(path, "wb") as disk:
-        disk.truncate(size)
-        for index in range(regions):
-            disk.seek(index * (size // regions))
-            for _ in range(per_region):
-                disk.write(block)
-    return path
 
 
 async def wait_until_working(tenant: Tenant, job_id: str, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        reply = await tenant.call("GET", f"/job/{job_id}")
-        assert reply.status == 200, reply
-        status = reply.body["status"]
-        if status == "working":
-            return
-        assert status == "pending", f"the job should still be running: {reply.body}"
-        assert asyncio.get_running_loop().time() < deadline, f"never started: {reply.body}"
-        await asyncio.sleep(0.02)
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    reply = await wait_for_async(
+        lambda: tenant.call("GET", f"/job/{job_id}"),
+        lambda reply: reply.status != 200 or reply.body["status"] != "pending",
+        f"job {job_id} starts",
+        timeout,
+        interval=0.02,
+    )
+    assert reply.status == 200, reply
+    assert reply.body["status"] == "working", f"the job should still be running: {reply.body}"
 
 
 async def test_sigterm_lets_the_running_capture_finish_and_the_worker_exit_cleanly(
@@ -110,7 +68,7 @@ async def test_sigterm_lets_the_running_capture_finish_and_the_worker_exit_clean
 ) -> None:
     client = await aiohttp_client(create_app(scratch_settings))
     tenant = await sign_up(client, scratch_db, tmp_path)
-    disk = large_sparse_disk(tmp_path / "large.raw")
+    disk = make_raw_disk(tmp_path / "large.raw", size=3 * GiB // 2, regions=4, data=600 * MiB)
     reply = await tenant.capture(tenant.add_instance(disk), "big")
     assert reply.status == 202, reply
     job_id, image_id = reply.body["job_id"], reply.body["image_id"]

@@ -28,7 +28,9 @@ from models.accounts import (
 )
 from models.migrate import upgrade
 from tests.hostile import Answer, Deployment, assert_contract_error, basic, deployment, free_port
-from tests.support import ServiceProcess, make_settings, run_imagesvc, scratch_database
+from tests.support.databases import scratch_database
+from tests.support.deployment import make_settings
+from tests.support.processes import ServiceProcess, run_imagesvc
 
 IMAGES = "/v2/zone/ac1/images"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

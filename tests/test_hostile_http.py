@@ -324,7 +324,7 @@ def test_the_data_directory_is_private(api: Deployment) -> None:
 
 
 def test_an_existing_world_readable_data_dir_is_made_private(tmp_path: Path) -> None:
-    from tests.support import make_settings
+    from tests.support.deployment import make_settings
 
     data_dir = tmp_path / "var"
     (data_dir / "images").mkdir(parents=True, mode=0o755)

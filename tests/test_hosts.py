@@ -24,9 +24,11 @@ from models.jobs import fail_job
 from models.migrate import upgrade
 from models.states import JobStatus
 from models.tables import Instance, Job
-from tests.chaos import ChaosEnv, MiB, make_disk, scratch_deployment, show_summaries
-from tests.conftest import Tenant
-from tests.support import ServiceProcess, run_imagesvc, scratch_database
+from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
+from tests.support.databases import scratch_database
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.processes import ServiceProcess, run_imagesvc
+from tests.support.tenants import Tenant
 from workers.system_images import inspect_disk
 
 
@@ -175,7 +177,7 @@ def _insert_earlier_release_rows(url: str) -> None:
 @pytest.fixture
 def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
     try:
-        with scratch_deployment(tmp_path) as env:
+        with chaos_deployment(tmp_path) as env:
             yield env
     finally:
         show_summaries(capsys)
@@ -192,7 +194,7 @@ def add_host_instance(env: ChaosEnv, host: str, name: str) -> str:
     """An instance on ``host``, its disk in that host's own directory."""
     disks = env.tmp / f"host-{host}"
     disks.mkdir(exist_ok=True)
-    disk = make_disk(disks / f"{name}.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(disks / f"{name}.raw", size=16 * MiB, data=8 * MiB)
     disk_format, disk_size = inspect_disk(disk)
     new = NewInstance("ac1", env.account_id, str(disk), disk_format.value, disk_size, host=host)
     with env.database.transaction() as session:

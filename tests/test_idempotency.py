@@ -22,7 +22,9 @@ from models.db import Database
 from models.instances import set_instance_status
 from models.states import InstanceStatus
 from models.tables import ClientRequest, Instance, Job, utcnow
-from tests.conftest import Reply, Tenant, TenantFactory, stored_file
+from tests.support.contract import Reply
+from tests.support.disks import stored_file
+from tests.support.tenants import Tenant, TenantFactory
 
 
 def new_request_id() -> str:

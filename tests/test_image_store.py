@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3_server import S3Server
+from tests.support.s3_server import S3Server
 from workers import image_store
 from workers.image_store import ImageStore, S3ImageStore, StoreError, open_store
 

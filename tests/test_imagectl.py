@@ -17,7 +17,8 @@ import pytest
 from imagesvc import cli, imagectl
 from imagesvc.bootstrap import Services
 from imagesvc.help_format import all_parsers
-from tests.conftest import Account, MiB, make_raw_disk, register_instance
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.tenants import Account, register_instance
 
 
 class Imagectl:

@@ -15,7 +15,7 @@ from models.jobs import claim_job, requeue_job
 from models.scoping import Caller
 from models.states import JobAction
 from models.tables import Image, Job
-from tests.conftest import Tenant
+from tests.support.tenants import Tenant
 from workers.heartbeat import Heartbeat
 from workers.job_runner import ClaimedJob, run_delete
 

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+import pytest
 
 from imagesvc.settings import Settings
 from models.db import Database
-from models.tables import Image, utcnow
-from tests.conftest import MiB, Tenant, TenantFactory, stored_file, stored_files
-from tests.support import ServiceProcess, run_imagesvc
+from tests.support.disks import MiB, stored_file, stored_files
+from tests.support.processes import ServiceProcess, run_imagesvc
+from tests.support.records import age_image
+from tests.support.tenants import Tenant, TenantFactory
+from tests.support.waiting import wait_for_async
 
-
-def age(database: Database, image_id: str, seconds: float) -> None:
-    """Pretend the image's status changed ``seconds`` ago."""
-    with database.transaction() as session:
-        session.execute(
-            update(Image)
-            .where(Image.image_id == image_id)
-            .values(status_time=utcnow() - timedelta(seconds=seconds))
-        )
+# Its scheduler sweeps (ceases, purges, frees files) across the whole deployment.
+pytestmark = pytest.mark.own_deployment
 
 
 async def deleted_image(tenant: Tenant, disk: Path) -> str:
@@ -61,7 +55,7 @@ async def test_recover_refuses_images_that_are_not_deleted_or_are_ceased(
     assert available in message and "available" in message and "recover" in message
 
     expired = await deleted_image(tenant, disk_factory())
-    age(database, expired, service_settings.deleted_retention + 1)
+    age_image(database, expired, service_settings.deleted_retention + 1)
     reply = await tenant.call("POST", "/images/recover", json={"images": [expired]})
     assert (reply.status, reply.body["ret_code"]) == (409, 1400), reply
     assert expired in reply.body["message"] and "ceased" in reply.body["message"]
@@ -79,16 +73,16 @@ async def test_the_sweep_ceases_expired_images_frees_their_files_and_purges_old_
     expired = await deleted_image(tenant, disk_factory())
     recent = await deleted_image(tenant, disk_factory())
     purged = await deleted_image(tenant, disk_factory())
-    age(database, expired, service_settings.deleted_retention + 60)
+    age_image(database, expired, service_settings.deleted_retention + 60)
     before = await tenant.call("GET", "/images", params={"status": "deleted"})
     assert before.body["total_count"] == 3
 
     scheduler = ServiceProcess(service_settings, "scheduler")
     try:
         await _wait_for_status(tenant, expired, "ceased")
-        age(database, purged, service_settings.deleted_retention + 60)
+        age_image(database, purged, service_settings.deleted_retention + 60)
         await _wait_for_status(tenant, purged, "ceased")
-        age(database, purged, service_settings.ceased_retention + 60)
+        age_image(database, purged, service_settings.ceased_retention + 60)
         await _wait_until_gone(tenant, purged)
     finally:
         scheduler.stop()
@@ -105,20 +99,23 @@ async def test_the_sweep_ceases_expired_images_frees_their_files_and_purges_old_
 
 
 async def _wait_for_status(tenant: Tenant, image_id: str, status: str) -> None:
-    for _ in range(300):
-        if (await tenant.image(image_id))["status"] == status:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{image_id} never became {status}")
+    await wait_for_async(
+        lambda: tenant.image(image_id),
+        lambda image: image["status"] == status,
+        f"{image_id} becomes {status}",
+        timeout=30,
+        interval=0.1,
+    )
 
 
 async def _wait_until_gone(tenant: Tenant, image_id: str) -> None:
-    for _ in range(300):
-        reply = await tenant.call("GET", "/images", params={"images": image_id})
-        if reply.body["total_count"] == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{image_id} was never purged")
+    await wait_for_async(
+        lambda: tenant.call("GET", "/images", params={"images": image_id}),
+        lambda reply: reply.body["total_count"] == 0,
+        f"{image_id} is purged",
+        timeout=30,
+        interval=0.1,
+    )
 
 
 async def test_operator_moves_deprecate_suspend_and_resume(
@@ -199,10 +196,10 @@ async def test_the_image_quota_refuses_captures_past_it_and_ceased_images_free_i
     assert (await tenant.call("GET", "/images", params={"provider": "self"})).body[
         "total_count"
     ] == 2, "a refused capture creates nothing"
-    age(database, first, 0)
+    age_image(database, first, 0)
     delete = await tenant.call("DELETE", f"/images/{first}")
     await tenant.wait_job(delete.body["job_id"])
-    age(database, first, service_settings.deleted_retention + 60)
+    age_image(database, first, service_settings.deleted_retention + 60)
     scheduler = ServiceProcess(service_settings, "scheduler")
     try:
         await _wait_for_status(tenant, first, "ceased")

@@ -26,8 +26,9 @@ from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
 from models.migrate import upgrade
 from models.tables import Job
-from tests.conftest import Tenant, sign_up
-from tests.support import ServiceProcess, scratch_database
+from tests.support.databases import scratch_database
+from tests.support.processes import ServiceProcess
+from tests.support.tenants import Tenant, sign_up
 
 AiohttpClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 

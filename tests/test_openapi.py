@@ -25,7 +25,7 @@ from api.schemas import (
 )
 from imagesvc.settings import Settings
 from models.states import ImageStatus, JobAction, JobStatus, TransitionStatus
-from tests.conftest import Tenant
+from tests.support.tenants import Tenant
 
 Client = TestClient[Any, Any]
 

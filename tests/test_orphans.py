@@ -1,8 +1,8 @@
 """No orphaned files after any crash: files no image row owns go once past a grace period.
 
 ``remove_orphans`` is what the periodic image sweep runs; it is called directly here
-with a short grace, so that only files these tests aged are old enough to go (the
-store is shared by the whole session).
+with a short grace, so that only files these tests aged are old enough to go. The
+module has a deployment of its own, so no other module's files are in its store.
 """
 
 from __future__ import annotations
@@ -19,14 +19,20 @@ from sqlalchemy import select
 from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.db import Database
+from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import claim_job, requeue_job
+from models.states import JobAction
 from models.tables import Image, Job
-from tests.conftest import Tenant, stored_file, stored_files
+from tests.support.disks import stored_file, stored_files
+from tests.support.tenants import Tenant
 from workers.image_sweep import remove_orphans
 
+# It removes files from the store, and ages files there: the store must be its own.
+pytestmark = pytest.mark.own_deployment
+
 GRACE = 60.0
-# Older than GRACE but younger than the session's own orphan_grace (an hour), so a
-# sweep run by another test's scheduler never takes these files before the test does.
+# Older than GRACE but younger than the deployment's own orphan_grace (an hour), so
+# only the sweep a test calls takes these files.
 OLD = 5 * GRACE
 
 
@@ -140,3 +146,25 @@ async def test_a_retried_capture_leaves_one_file_and_none_of_the_dead_runs(
     assert not dead_partial.exists(), "attempt 1's partial file was left behind"
     assert not list((image_dir / ".partial").glob(f"{job_id}.*")), "a partial file was left"
     assert (await tenant.image(image_id))["status"] == "available"
+
+
+def test_files_of_an_unsettled_capture_stay_however_old_and_go_once_it_fails(
+    tenant: Tenant, raw_disk: Path, context: Services
+) -> None:
+    # A long copy's files keep the time of their last write while they are hashed,
+    # synced and renamed into place: age alone must not make them orphans.
+    job_id, image_id = tenant.record_capture(raw_disk)
+    with context.database.transaction() as session:
+        assert claim_job(session, job_id, "busy-worker") is not None
+    image_dir = context.settings.image_dir
+    partial = make_file(image_dir / ".partial" / f"{job_id}.1.part", age=OLD)
+    published = make_file(image_dir / f"{image_id}.1.raw", age=OLD)
+
+    assert remove_orphans(context) == []
+    assert partial.exists() and published.exists()
+
+    failed = FailedRun(job_id, JobAction.CAPTURE_INSTANCE, [image_id], 1, "Test", "gave up")
+    with context.database.transaction() as session:
+        assert fail_and_give_back(session, failed)
+    removed = remove_orphans(context)
+    assert sorted(removed) == sorted([f".partial/{partial.name}", published.name]), removed

@@ -19,8 +19,9 @@ from models.quotas import Quota
 from models.scoping import Caller
 from models.sweep_lock import sweep_lock
 from models.tables import Job, utcnow
-from tests.chaos import ChaosEnv, MiB, make_disk, scratch_deployment, show_summaries
-from tests.conftest import Tenant
+from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
+from tests.support.disks import MiB, make_raw_disk
+from tests.support.tenants import Tenant
 from workers.system_images import inspect_disk
 
 UNLIMITED = Quota(images=10**6, gb=10**6)
@@ -29,7 +30,7 @@ UNLIMITED = Quota(images=10**6, gb=10**6)
 @pytest.fixture
 def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
     try:
-        with scratch_deployment(tmp_path) as env:
+        with chaos_deployment(tmp_path) as env:
             yield env
     finally:
         show_summaries(capsys)
@@ -37,7 +38,7 @@ def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[C
 
 def lost_capture(env: ChaosEnv) -> str:
     """A capture whose worker claimed it and died long ago: only a sweep can rescue it."""
-    disk = make_disk(env.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
+    disk = make_raw_disk(env.tmp / "disk.raw", size=16 * MiB, data=8 * MiB)
     disk_format, disk_size = inspect_disk(disk)
     caller = Caller(env.account_id, "ac1")
     with env.database.transaction() as session:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from imagesvc.bootstrap import Services
 from models.images import SystemImageSpec, import_image
 from models.jobs import claim_job
 from models.tables import Job, utcnow
-from tests.conftest import Tenant
+from tests.support.contract import TERMINAL
+from tests.support.tenants import Tenant
+from tests.support.waiting import wait_for_async
 from workers.job_sweep import rescue_lost
+
+# It makes a public image, and its sweep rescues every lost job of the deployment.
+pytestmark = pytest.mark.own_deployment
 
 
 async def test_an_import_whose_worker_died_is_rescued_by_the_sweep(
@@ -43,13 +48,11 @@ async def test_an_import_whose_worker_died_is_rescued_by_the_sweep(
 
 async def _finished(services: Services, job_id: str, timeout: float = 60.0) -> Job:
     """Poll the job row as the operator's import command does."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
+
+    async def fetch() -> Job:
         with services.database.reading() as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            if job.status in ("successful", "failed", "done with failure"):
-                return job
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"import job {job_id} did not finish")
+            return session.get_one(Job, job_id)
+
+    return await wait_for_async(
+        fetch, lambda job: job.status in TERMINAL, f"import job {job_id} settles", timeout, 0.1
+    )

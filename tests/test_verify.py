@@ -18,8 +18,10 @@ import pytest
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Image
-from tests.conftest import TERMINAL, MiB, Tenant, stored_file
-from tests.support import run_imagesvc
+from tests.support.contract import TERMINAL
+from tests.support.disks import MiB, stored_file
+from tests.support.processes import run_imagesvc
+from tests.support.tenants import Tenant
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PHASES = ["queued", "copying", "syncing", "recording", "done"]

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from imagesvc.bootstrap import Services
 from models.client_requests import forget_expired
 from models.image_lifecycle import cease_expired, files_of_ceased, forget_file, purge_ceased
+from models.jobs import copies_in_progress
 from models.sweep_lock import sweep_lock
 from models.tables import Image
 
@@ -59,21 +60,34 @@ def _sweep_images(context: Services) -> SweepReport:
 def remove_orphans(context: Services) -> list[str]:
     """Remove store files no image row names, and stale partial copies, once past the grace.
 
-    A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched: a copy
-    being written, or renamed into place but not yet recorded, is younger than that.
+    A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched, and never
+    while the capture or import that writes it is unsettled: a long copy's file keeps the
+    time of its last write while it is hashed, synced and renamed into place.
     """
     image_dir = context.settings.image_dir
     cutoff = time.time() - context.settings.orphan_grace
     with context.database.reading() as session:
         owned = set(session.scalars(select(Image.file_name).where(Image.file_name.is_not(None))))
-    candidates = [p for p in image_dir.iterdir() if p.is_file() and p.name not in owned]
+        busy = copies_in_progress(session)
+    candidates = [
+        p
+        for p in image_dir.iterdir()
+        if p.is_file() and p.name not in owned and _owner(p) not in busy.image_ids
+    ]
     partials = image_dir / ".partial"
     if partials.is_dir():
-        candidates += [p for p in partials.iterdir() if p.is_file()]
+        candidates += [
+            p for p in partials.iterdir() if p.is_file() and _owner(p) not in busy.job_ids
+        ]
     removed = [str(p.relative_to(image_dir)) for p in candidates if _remove_if_older(p, cutoff)]
     if removed:
         log.warning("removed orphaned files from the store", extra={"files": removed})
     return removed
+
+
+def _owner(path: Path) -> str:
+    """The image (``<image>.<attempt>.<format>``) or job (``<job>.<attempt>.part``) a file is of."""
+    return path.name.split(".", 1)[0]
 
 
 def _remove_if_older(path: Path, cutoff: float) -> bool:

@@ -14,12 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import IN_CI
+from tests.support.backends import IN_CI
+from tests.support.processes import free_port
+from tests.support.waiting import wait_for
 
 
 def _rclone() -> str:
@@ -32,18 +33,12 @@ def _rclone() -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class S3Server:
     """One ``rclone serve s3`` process; buckets are the top directories of ``root``."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.access_key = f"AK{secrets.token_hex(6)}"
         self.secret_key = secrets.token_hex(16)
         self.process: subprocess.Popen[bytes] | None = None
@@ -75,14 +70,19 @@ class S3Server:
         self._wait_until_listening()
 
     def _wait_until_listening(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"rclone serve s3 did not listen on {self.port}")
+        wait_for(
+            self._listening,
+            bool,
+            f"rclone serve s3 listens on {self.port}",
+            timeout,
+        )
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:
