@@ -14,6 +14,8 @@ import unicodedata
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from api.keys import REQUEST_ID
+
 MAX_LOGGED_CHARS = 256
 
 
@@ -39,6 +41,8 @@ class SafeAccessLogger(AbstractAccessLogger):
     """aiohttp's access logger, replaced: no query strings, no raw request bytes."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        # The request id (api/request_ids.py) joins this line to the job and worker lines;
+        # it is the caller's only if valid, so it needs no escaping.
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs',
             printable(request.remote or "-"),
@@ -49,4 +53,5 @@ class SafeAccessLogger(AbstractAccessLogger):
             response.status,
             response.body_length,
             time,
+            extra={"request_id": request.get(REQUEST_ID, "-")},
         )

@@ -16,7 +16,15 @@ from api.headers import on_response_prepare
 from api.job_sending import drain_sends
 from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, SETTINGS
 from api.limits import MAX_BODY_BYTES, limits_middleware
+from api.metrics import (
+    METRICS_PATH,
+    REQUEST_METRICS,
+    RequestMetrics,
+    request_metrics_middleware,
+    serve_metrics,
+)
 from api.openapi import documented
+from api.request_ids import request_id_middleware
 from api.responses import json
 from api.schemas import HealthOut
 from api.throttle import FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter
@@ -35,12 +43,14 @@ LINGER_S = 2.0
 
 def create_app(settings: Settings) -> web.Application:
     """The API, with its database and broker opened on startup and closed on cleanup."""
+    middlewares = [request_id_middleware, request_metrics_middleware, error_middleware]
     app = web.Application(
-        middlewares=[error_middleware, limits_middleware, auth.auth_middleware],
+        middlewares=[*middlewares, limits_middleware, auth.auth_middleware],
         client_max_size=MAX_BODY_BYTES,
         handler_args=_connection_limits(settings),
     )
     app[SETTINGS] = settings
+    app[REQUEST_METRICS] = RequestMetrics.create()
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_login_guard)
     app.cleanup_ctx.append(drain_sends)
@@ -48,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_post(auth.REVOKE_PATH, auth.revoke)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get(METRICS_PATH, serve_metrics)
     app.add_routes(image_routes.routes)
     app.add_routes(job_routes.routes)
     app.add_routes(docs_routes.routes)

@@ -43,8 +43,9 @@ class ClientAuthenticationFailed(AuthenticationFailed):
     challenge = 'Basic realm="imagesvc"'
 
 
-# Route templates (``resource.canonical``) answered without a bearer token.
-PUBLIC_PATHS = frozenset({TOKEN_PATH, REVOKE_PATH, "/healthz", *DOCUMENTATION_PATHS})
+# Route templates (``resource.canonical``) answered without a bearer token; /metrics
+# answers only the allowed addresses (api/metrics.py).
+PUBLIC_PATHS = frozenset({TOKEN_PATH, REVOKE_PATH, "/healthz", "/metrics", *DOCUMENTATION_PATHS})
 
 
 @documented(

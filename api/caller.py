@@ -9,7 +9,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from api.keys import ACCOUNT_ID, DATABASE, SETTINGS
+from api.keys import ACCOUNT_ID, DATABASE, REQUEST_ID, SETTINGS
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
 from models.scoping import Caller
@@ -23,7 +23,7 @@ def caller_of(request: web.Request) -> Caller:
     zone = request.match_info["zone"]
     if zone not in request.app[SETTINGS].zones:
         raise ResourceNotFound(f"zone {zone} not found")
-    return Caller(account_id=request[ACCOUNT_ID], zone=zone)
+    return Caller(account_id=request[ACCOUNT_ID], zone=zone, request_id=request.get(REQUEST_ID))
 
 
 async def in_transaction(

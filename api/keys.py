@@ -23,3 +23,6 @@ IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.
 ACCOUNT_ID = web.RequestKey("account_id", str)
+
+# Set by the request-id middleware on every request: the id the response returns.
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -100,7 +100,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
-        print(f"======== Running on http://{host}:{port} ========", flush=True)
+        log.info("Running on http://%s:%d", host, port)  # one line, in the log's format
         await _until_signalled()
     finally:
         await runner.cleanup()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagesvc.help_format import say_defaults
+from imagesvc.logs import configure_logging
 from imagesvc.settings import Settings
 
 if TYPE_CHECKING:
@@ -20,14 +21,14 @@ if TYPE_CHECKING:
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
+log = logging.getLogger(__name__)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
-    )
     settings = Settings()
+    configure_logging(settings)
     command: Command = args.command
     try:
         return command(args, settings)
@@ -221,9 +222,12 @@ def _require_zone(settings: Settings, zone: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from imagesvc.metrics import write_metrics_to_dir
     from imagesvc.supervisor import Supervisor
 
     cmd_db_upgrade(args, settings)
+    # The whole service starts here: earlier processes' counters are gone with them.
+    write_metrics_to_dir(settings, empty_first=True)
     listen = ["--host", args.host, "--port", str(args.port)]
     return Supervisor(
         {"api": ["api", *listen], "worker": ["worker"], "scheduler": ["scheduler"]}
@@ -233,26 +237,38 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from api.server import serve
+    from imagesvc.metrics import write_metrics_to_dir
 
+    write_metrics_to_dir(settings)
     serve(create_app(settings), host=args.host, port=args.port)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from imagesvc.bootstrap import bootstrap
-    from workers.job_queue import host_queue
-    from workers.tasks import register_tasks
+    from imagesvc.metrics import write_metrics_to_dir
 
     if args.host is not None:
         settings = settings.model_copy(update={"compute_host": args.host})
     settings.ensure_dirs()
+    write_metrics_to_dir(settings)  # before any job metric is touched
+
+    from celery.signals import worker_process_shutdown
+
+    from imagesvc.bootstrap import bootstrap
+    from imagesvc.metrics import forget_exited_process
+    from workers.job_queue import host_queue
+    from workers.tasks import register_tasks
+
     concurrency = args.concurrency or settings.worker_concurrency
     host = settings.compute_host
-    argv = ["worker", "--loglevel=INFO", f"--pool={args.pool}", f"--concurrency={concurrency}"]
+    argv = ["--quiet", "worker", f"--loglevel={settings.log_level}", f"--pool={args.pool}"]
+    argv += [f"--concurrency={concurrency}"]
     # The shared queue (no disk work, sweeps) and this compute host's own queue.
     argv += ["-Q", f"{settings.queue},{host_queue(settings.queue, host)}"]
-    argv += ["-n", f"imagesvc-{host}-{os.getpid()}@%h"]
-    argv += ["--without-gossip", "--without-mingle"]
+    argv += ["-n", f"imagesvc-{host}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    _keep_celery_off_logging()
+    # Celery sends this as each pool process exits, naming it.
+    worker_process_shutdown.connect(lambda pid=None, **_: forget_exited_process(pid), weak=False)
     services = bootstrap(settings)
     register_tasks(services.celery, lambda: bootstrap(settings))
     services.celery.worker_main(argv)
@@ -270,8 +286,19 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from imagesvc.bootstrap import bootstrap
 
     settings.ensure_dirs()
-    bootstrap(settings).celery.Beat(scheduler=Scheduler, loglevel="INFO").run()
+    _keep_celery_off_logging()
+    beat = bootstrap(settings).celery.Beat(
+        scheduler=Scheduler, loglevel=settings.log_level, quiet=True
+    )
+    beat.run()
     return 0
+
+
+def _keep_celery_off_logging() -> None:
+    """Celery configures no logging when a ``setup_logging`` receiver exists: ours is done."""
+    from celery.signals import setup_logging
+
+    setup_logging.connect(lambda **_: None, weak=False)
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:

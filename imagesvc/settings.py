@@ -6,9 +6,11 @@ environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +21,18 @@ from models.quotas import Quota
 from models.tables import LOCAL_HOST
 
 EMBEDDED_BROKER_SCHEME = "embedded"
+
+# Loopback and the private ranges: where a Prometheus server inside the cloud scrapes from.
+DEFAULT_METRICS_ALLOW = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class Settings(BaseSettings):
@@ -58,6 +72,16 @@ class Settings(BaseSettings):
     quota_images: int = Field(default=100, ge=0, description="Non-ceased images per account")
     quota_gb: int = Field(default=2000, ge=0, description="GB of non-ceased images per account")
     broker_polling_interval: float = Field(default=0.2, gt=0)
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text: one readable line per event; json: one object a line"
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    metrics_dir: str = Field(
+        default="", description="Multiprocess metrics directory; empty: data_dir/metrics"
+    )
+    metrics_allow: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_METRICS_ALLOW, description="Networks GET /metrics answers, comma-separated"
+    )
     compute_host: str = Field(
         default=LOCAL_HOST,
         pattern=f"^{HOST_PATTERN}$",
@@ -99,6 +123,37 @@ class Settings(BaseSettings):
             raise ValueError("at least one zone is required")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if not isinstance(logging.getLevelNamesMapping().get(value), int):
+                raise ValueError(f"unknown log level {value!r}")
+        return value
+
+    @field_validator("metrics_allow", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(net.strip() for net in value.split(",") if net.strip())
+        return value
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _valid_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @property
+    def metrics_networks(self) -> tuple[Network, ...]:
+        return tuple(ipaddress.ip_network(net, strict=False) for net in self.metrics_allow)
+
+    @property
+    def resolved_metrics_dir(self) -> Path:
+        return Path(self.metrics_dir) if self.metrics_dir else self.data_dir / "metrics"
+
     @property
     def default_quota(self) -> Quota:
         """The quota of an account the operator has not given one of its own."""
@@ -116,7 +171,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or f"{EMBEDDED_BROKER_SCHEME}://"
+        # A host name, though the embedded broker ignores it, keeps kombu from warning.
+        return self.broker_url or f"{EMBEDDED_BROKER_SCHEME}://localhost"
 
     @property
     def broker_dir(self) -> Path:

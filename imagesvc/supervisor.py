@@ -28,7 +28,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         for name, argv in self._commands.items():
             self._children[name] = subprocess.Popen([sys.executable, "-m", "imagesvc", *argv])
-            log.info("started %s (pid %d)", name, self._children[name].pid)
+            log.debug("started %s (pid %d)", name, self._children[name].pid)
         code = self._watch()
         self._stop_all()
         return code

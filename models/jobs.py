@@ -45,6 +45,7 @@ def new_job(
         begin_time=done,
         finished_time=done,
         send_requested_at=None if status.is_terminal else now,
+        request_id=caller.request_id,
         host=host,
     )
     session.add(job)
@@ -213,6 +214,27 @@ def requeue_job(session: Session, job_id: str, attempt: int) -> bool:
     return move_job(
         session, job_id, JobStatus.PENDING, attempt=attempt, send_requested_at=utcnow(), progress=0
     )
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """The job queue as the database has it, for every worker at once."""
+
+    pending: int
+    working: int
+    oldest_pending_age: float  # seconds since the longest-waiting pending job became pending
+
+
+def queue_state(session: Session, now: datetime | None = None) -> QueueState:
+    stmt = (
+        select(Job.status, func.count(), func.min(Job.status_time))
+        .where(Job.status.in_([JobStatus.PENDING.value, JobStatus.WORKING.value]))
+        .group_by(Job.status)
+    )
+    rows = {status: (count, oldest) for status, count, oldest in session.execute(stmt)}
+    pending, oldest = rows.get(JobStatus.PENDING.value, (0, None))
+    age = ((now or utcnow()) - oldest).total_seconds() if oldest is not None else 0.0
+    return QueueState(pending, rows.get(JobStatus.WORKING.value, (0, None))[0], max(age, 0.0))
 
 
 def find_job(session: Session, job_id: str) -> Job:

@@ -15,10 +15,11 @@ from models.tables import Image, Instance, Job
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated account acting in one zone."""
+    """An authenticated account acting in one zone, in the request ``request_id``."""
 
     account_id: str
     zone: str
+    request_id: str | None = None
 
 
 def visible_images(caller: Caller) -> Select[Image]:

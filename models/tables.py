@@ -240,6 +240,8 @@ class Job(Base):
     send_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     worker: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    # The X-Request-Id of the API request that made the job, to join API and worker logs.
+    request_id: Mapped[str | None] = mapped_column(String(64), default=None)
     # The compute host whose workers must run the job ('' for any: no disk work).
     host: Mapped[str] = mapped_column(String(64), default="", server_default="")
 

@@ -7,6 +7,8 @@ import math
 import os
 import shutil
 import signal
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,7 @@ def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
             http = Client(port)
             http.wait_until_up(service)
             _walkthrough(settings, http, tmp_path)
+            _check_metrics_and_startup_lines(http, service)
         finally:
             # Ctrl-C in a terminal signals the whole foreground process group.
             os.killpg(service.process.pid, signal.SIGINT)
@@ -139,6 +142,21 @@ def _walkthrough(settings: Settings, http: Client, tmp_path: Path) -> None:
     assert stored.stat().st_size == disk.stat().st_size
     assert image["size"] == math.ceil(disk.stat().st_size / 1024**3) == 2
     _check_with_qemu_img(stored, image["size"])
+
+
+def _check_metrics_and_startup_lines(http: Client, service: ServiceProcess) -> None:
+    """The API process serves the job counts the worker process wrote; startup is quiet."""
+    counted = 'imagesvc_jobs_finished_total{action="CaptureInstance",status="successful"} 1.0'
+    for _ in range(50):  # the worker counts a job just after it commits the outcome
+        with urllib.request.urlopen(http.base + "/metrics", timeout=10) as response:
+            page = response.read().decode()
+        if counted in page:
+            break
+        time.sleep(0.1)
+    assert counted in page, page
+    assert 'route="/v2/zone/{zone}/images"' in page  # the API's own counters, from its files
+    assert sum(f"Running on {http.base}" in line for line in service.output) == 1
+    assert not any("celery@" in line or "Task " in line for line in service.output)
 
 
 def _check_with_qemu_img(stored: Path, size_gb: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -53,7 +53,7 @@ def _sweep_images(context: Services) -> SweepReport:
     orphans = remove_orphans(context)
     report = SweepReport(len(ceased), freed, purged, len(orphans))
     if ceased or freed or purged or orphans:
-        log.info("image sweep: %s", report)
+        log.info("image sweep changed the store", extra=asdict(report))
     return report
 
 
@@ -81,7 +81,7 @@ def remove_orphans(context: Services) -> list[str]:
         ]
     removed = [str(p.relative_to(image_dir)) for p in candidates if _remove_if_older(p, cutoff)]
     if removed:
-        log.warning("removed %d orphaned file(s) from the store: %s", len(removed), removed)
+        log.warning("removed orphaned files from the store", extra={"files": removed})
     return removed
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import claim_job, hold_job, move_job
 from models.states import ImageAction, JobAction, JobPhase, JobStatus
+from models.tables import Image, Job
 from models.transitions import move_images
+from workers import job_metrics
 from workers.disk import (
     CopyPhase,
     DiskError,
@@ -45,6 +48,8 @@ class ClaimedJob:
     zone: str
     resource_ids: list[str]
     attempt: int
+    owner: str = ""
+    request_id: str | None = None
 
 
 class JobFailure(Exception):
@@ -57,26 +62,46 @@ class JobFailure(Exception):
 
 
 def execute_job(context: Services, job_id: str) -> None:
-    """Run one job if it is still pending; a no-op for any other status."""
+    """Run one job if it is still pending; a no-op for any other status.
+
+    Logs one line when the run starts and one when it settles the job, with
+    the job's outcome as recorded in the database.
+    """
     job = _claim(context, job_id)
     if job is None:
         host = context.settings.compute_host
-        log.info("job %s is not pending for host %s; nothing to do", job_id, host)
+        fields = {"job_id": job_id, "host": host}
+        log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
         return
+    started = time.monotonic()
+    log.info("job started", extra=_job_fields(job) | {"attempt": job.attempt})
+    job_metrics.job_started(job.action)
+    try:
+        settled = _run(context, job)
+    finally:
+        job_metrics.job_stopped(job.action)
+    if settled:
+        _report_outcome(context, job, time.monotonic() - started)
+
+
+def _run(context: Services, job: ClaimedJob) -> bool:
+    """Do the job's work; False if another run took the job over meanwhile."""
     interval = context.settings.heartbeat_interval
     try:
         with Heartbeat(context.database, job.job_id, job.attempt, interval) as heartbeat:
             _HANDLERS[job.action](context, job, heartbeat)
     except Superseded:
-        log.warning("job %s attempt %d stopped: another run owns it", job_id, job.attempt)
+        log.warning("job run stopped: another run owns the job", extra=_run_fields(job))
+        return False
     except DBAPIError:
         # The database went away mid-job: the job stays working, its heartbeat
         # stops, and the sweep gives it to another run once the database is back.
-        log.exception("job %s attempt %d lost its database", job_id, job.attempt)
+        log.exception("job run lost its database", extra=_run_fields(job))
         raise
     except Exception:
-        log.exception("job %s failed unexpectedly", job_id)
+        log.exception("job run failed unexpectedly", extra=_run_fields(job))
         abandon(context, job, "InternalError", "internal error; see the worker log")
+    return True
 
 
 def _claim(context: Services, job_id: str) -> ClaimedJob | None:
@@ -87,7 +112,86 @@ def _claim(context: Services, job_id: str) -> ClaimedJob | None:
         job = claim_job(session, job_id, worker, host)
         if job is None:
             return None
-        return ClaimedJob(job_id, JobAction(job.action), job.zone, job.resource_ids, job.attempts)
+        return ClaimedJob(
+            job_id,
+            JobAction(job.action),
+            job.zone,
+            job.resource_ids,
+            job.attempts,
+            owner=job.owner,
+            request_id=job.request_id,
+        )
+
+
+# Jobs whose resource ids are [the image, its source] and that copy a disk into the store.
+COPYING_ACTIONS = frozenset({JobAction.CAPTURE_INSTANCE, JobAction.IMPORT_IMAGE})
+
+
+def _job_fields(job: ClaimedJob) -> dict[str, object]:
+    """What a job's log lines carry: enough to find it, its owner and its images."""
+    copies = job.action in COPYING_ACTIONS
+    fields: dict[str, object] = {
+        "job_id": job.job_id,
+        "action": job.action.value,
+        "owner": job.owner,
+        "image_ids": job.resource_ids[:1] if copies else job.resource_ids,
+    }
+    if job.action is JobAction.CAPTURE_INSTANCE:
+        fields["instance_id"] = job.resource_ids[1]
+    elif job.action is JobAction.IMPORT_IMAGE:
+        fields["disk"] = job.resource_ids[1]
+    if job.request_id:
+        fields["request_id"] = job.request_id
+    return fields
+
+
+def _run_fields(job: ClaimedJob) -> dict[str, object]:
+    return {"job_id": job.job_id, "action": job.action.value, "attempt": job.attempt}
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    status: JobStatus
+    error_code: str | None
+    error_message: str | None
+    copied: int
+
+
+def _report_outcome(context: Services, job: ClaimedJob, seconds: float) -> None:
+    """One line, and the metrics, for how this run left its job (read back from the row)."""
+    outcome = _outcome(context, job)
+    if outcome is None:
+        log.warning("job run superseded: another run settles the job", extra=_run_fields(job))
+        return
+    job_metrics.job_finished(job.action, outcome.status, seconds, outcome.copied)
+    fields = _job_fields(job) | {
+        "status": outcome.status.value,
+        "bytes": outcome.copied,
+        "duration_s": round(seconds, 3),
+        "attempt": job.attempt,
+    }
+    if outcome.status is JobStatus.SUCCESSFUL:
+        log.info("job finished", extra=fields)
+        return
+    fields |= {"error_code": outcome.error_code, "error": outcome.error_message}
+    if outcome.status is JobStatus.FAILED:
+        job_metrics.job_failed(job.action, outcome.error_code or "")
+    internal = outcome.error_code == "InternalError"
+    log.log(logging.ERROR if internal else logging.WARNING, "job failed", extra=fields)
+
+
+def _outcome(context: Services, job: ClaimedJob) -> _Outcome | None:
+    """The job's final status and the bytes its capture stored; None if this run did not
+    settle it (a later run owns it, or it is still working)."""
+    with context.database.reading() as session:
+        row = session.get(Job, job.job_id)
+        if row is None or row.attempts != job.attempt or not JobStatus(row.status).is_terminal:
+            return None
+        copied = 0
+        if job.action in COPYING_ACTIONS and row.status == JobStatus.SUCCESSFUL:
+            image = session.get(Image, job.resource_ids[0])
+            copied = image.byte_size if image is not None else 0
+        return _Outcome(JobStatus(row.status), row.error_code, row.error_message, copied)
 
 
 def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: DiskFormat) -> Path:

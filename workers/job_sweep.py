@@ -8,6 +8,7 @@ from imagesvc.bootstrap import Services
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import LostJob, lost_jobs, requeue_job, take_jobs_to_resend
 from models.sweep_lock import sweep_lock
+from workers import job_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def resend_unclaimed(context: Services) -> None:
     for job in jobs:
         context.job_queue.send(job.job_id, job.host)
     if jobs:
-        names = ", ".join(f"{job.job_id}@{job.host or '*'}" for job in jobs)
-        log.info("sent %d unclaimed job(s) again: %s", len(jobs), names)
+        sent = [f"{job.job_id}@{job.host or '*'}" for job in jobs]
+        log.info("sent unclaimed jobs again", extra={"jobs": sent})
 
 
 def rescue_lost(context: Services) -> list[str]:
@@ -53,7 +54,7 @@ def rescue_lost(context: Services) -> list[str]:
         with context.database.transaction() as session:
             requeued = requeue_job(session, job.job_id, job.attempt)
         if requeued:
-            log.warning("job %s lost its worker on attempt %d; requeued", job.job_id, job.attempt)
+            log.warning("job lost its worker; requeued", extra=_lost_fields(job))
             context.job_queue.send(job.job_id, job.host)
             rescued.append(job.job_id)
     return rescued
@@ -64,5 +65,12 @@ def _give_up(services: Services, job: LostJob) -> None:
     failed = FailedRun(job.job_id, job.action, job.resource_ids, job.attempt, "WorkerLost", message)
     with services.database.transaction() as session:
         gave_up = fail_and_give_back(session, failed)
-    if gave_up:
-        log.error("job %s failed: %s", job.job_id, message)
+    if not gave_up:
+        return  # its run came back and settled it meanwhile
+    job_metrics.job_given_up(job.action)
+    fields = _lost_fields(job) | {"status": "failed", "error_code": "WorkerLost", "error": message}
+    log.error("job failed", extra=fields)
+
+
+def _lost_fields(job: LostJob) -> dict[str, object]:
+    return {"job_id": job.job_id, "action": job.action.value, "attempt": job.attempt}
