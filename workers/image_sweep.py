@@ -28,45 +28,45 @@ class SweepReport:
     orphans: int
 
 
-def sweep_images(context: Services) -> SweepReport | None:
+def sweep_images(services: Services) -> SweepReport | None:
     """One pass; safe to run concurrently and again after a crash at any point.
 
     Rows move first and files go after, so a crash leaves at worst a ceased
     row still naming its file, which the next pass frees. On PostgreSQL a pass
     that finds another one running skips it (None; see :mod:`models.sweep_lock`).
     """
-    with sweep_lock(context.database, "images") as mine:
+    with sweep_lock(services.database, "images") as mine:
         if not mine:
             log.info("image sweep: another pass is running; skipped")
             return None
-        return _sweep_images(context)
+        return _sweep_images(services)
 
 
-def _sweep_images(context: Services) -> SweepReport:
-    settings = context.settings
-    with context.database.transaction() as session:
+def _sweep_images(services: Services) -> SweepReport:
+    settings = services.settings
+    with services.database.transaction() as session:
         ceased = cease_expired(session, settings.deleted_retention)
-    freed = _free_files(context)
-    with context.database.transaction() as session:
+    freed = _free_files(services)
+    with services.database.transaction() as session:
         purged = purge_ceased(session, settings.ceased_retention)
         forget_expired(session)
-    orphans = remove_orphans(context)
+    orphans = remove_orphans(services)
     report = SweepReport(len(ceased), freed, purged, len(orphans))
     if ceased or freed or purged or orphans:
         log.info("image sweep changed the store", extra=asdict(report))
     return report
 
 
-def remove_orphans(context: Services) -> list[str]:
+def remove_orphans(services: Services) -> list[str]:
     """Remove store files no image row names, and stale partial copies, once past the grace.
 
     A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched, and never
     while the capture or import that writes it is unsettled: a long copy's file keeps the
     time of its last write while it is hashed, synced and renamed into place.
     """
-    image_dir = context.settings.image_dir
-    cutoff = time.time() - context.settings.orphan_grace
-    with context.database.reading() as session:
+    image_dir = services.settings.image_dir
+    cutoff = time.time() - services.settings.orphan_grace
+    with services.database.reading() as session:
         owned = set(session.scalars(select(Image.file_name).where(Image.file_name.is_not(None))))
         busy = copies_in_progress(session)
     candidates = [
@@ -100,11 +100,11 @@ def _remove_if_older(path: Path, cutoff: float) -> bool:
     return True
 
 
-def _free_files(context: Services) -> int:
-    with context.database.reading() as session:
+def _free_files(services: Services) -> int:
+    with services.database.reading() as session:
         held = files_of_ceased(session)
     for item in held:
-        (context.settings.image_dir / item.file_name).unlink(missing_ok=True)
-        with context.database.transaction() as session:
+        (services.settings.image_dir / item.file_name).unlink(missing_ok=True)
+        with services.database.transaction() as session:
             forget_file(session, item.image_id)
     return len(held)

@@ -61,15 +61,15 @@ class JobFailure(Exception):
         self.message = message
 
 
-def execute_job(context: Services, job_id: str) -> None:
+def execute_job(services: Services, job_id: str) -> None:
     """Run one job if it is still pending; a no-op for any other status.
 
     Logs one line when the run starts and one when it settles the job, with
     the job's outcome as recorded in the database.
     """
-    job = _claim(context, job_id)
+    job = _claim(services, job_id)
     if job is None:
-        host = context.settings.compute_host
+        host = services.settings.compute_host
         fields = {"job_id": job_id, "host": host}
         log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
         return
@@ -77,19 +77,19 @@ def execute_job(context: Services, job_id: str) -> None:
     log.info("job started", extra=_job_fields(job) | {"attempt": job.attempt})
     job_metrics.job_started(job.action)
     try:
-        settled = _run(context, job)
+        settled = _run(services, job)
     finally:
         job_metrics.job_stopped(job.action)
     if settled:
-        _report_outcome(context, job, time.monotonic() - started)
+        _report_outcome(services, job, time.monotonic() - started)
 
 
-def _run(context: Services, job: ClaimedJob) -> bool:
+def _run(services: Services, job: ClaimedJob) -> bool:
     """Do the job's work; False if another run took the job over meanwhile."""
-    interval = context.settings.heartbeat_interval
+    interval = services.settings.heartbeat_interval
     try:
-        with Heartbeat(context.database, job.job_id, job.attempt, interval) as heartbeat:
-            _HANDLERS[job.action](context, job, heartbeat)
+        with Heartbeat(services.database, job.job_id, job.attempt, interval) as heartbeat:
+            _HANDLERS[job.action](services, job, heartbeat)
     except Superseded:
         log.warning("job run stopped: another run owns the job", extra=_run_fields(job))
         return False
@@ -100,15 +100,15 @@ def _run(context: Services, job: ClaimedJob) -> bool:
         raise
     except Exception:
         log.exception("job run failed unexpectedly", extra=_run_fields(job))
-        abandon(context, job, "InternalError", "internal error; see the worker log")
+        abandon(services, job, "InternalError", "internal error; see the worker log")
     return True
 
 
-def _claim(context: Services, job_id: str) -> ClaimedJob | None:
+def _claim(services: Services, job_id: str) -> ClaimedJob | None:
     """Take the job if it is pending and runs on this worker's compute host (or on any)."""
-    host = context.settings.compute_host
+    host = services.settings.compute_host
     worker = f"{host}/{socket.gethostname()}:{os.getpid()}"
-    with context.database.transaction() as session:
+    with services.database.transaction() as session:
         job = claim_job(session, job_id, worker, host)
         if job is None:
             return None
@@ -157,9 +157,9 @@ class _Outcome:
     copied: int
 
 
-def _report_outcome(context: Services, job: ClaimedJob, seconds: float) -> None:
+def _report_outcome(services: Services, job: ClaimedJob, seconds: float) -> None:
     """One line, and the metrics, for how this run left its job (read back from the row)."""
-    outcome = _outcome(context, job)
+    outcome = _outcome(services, job)
     if outcome is None:
         log.warning("job run superseded: another run settles the job", extra=_run_fields(job))
         return
@@ -180,10 +180,10 @@ def _report_outcome(context: Services, job: ClaimedJob, seconds: float) -> None:
     log.log(logging.ERROR if internal else logging.WARNING, "job failed", extra=fields)
 
 
-def _outcome(context: Services, job: ClaimedJob) -> _Outcome | None:
+def _outcome(services: Services, job: ClaimedJob) -> _Outcome | None:
     """The job's final status and the bytes its capture stored; None if this run did not
     settle it (a later run owns it, or it is still working)."""
-    with context.database.reading() as session:
+    with services.database.reading() as session:
         row = session.get(Job, job.job_id)
         if row is None or row.attempts != job.attempt or not JobStatus(row.status).is_terminal:
             return None
@@ -199,18 +199,18 @@ def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: Disk
     return image_dir / f"{image_id}.{attempt}.{disk_format.value}"
 
 
-def run_capture(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_capture(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Copy the source disk into the store and make the image available (capture or import)."""
     image_id = job.resource_ids[0]
     heartbeat.phase(JobPhase.COPYING)
-    _remove_earlier_runs(context, job, image_id)
+    _remove_earlier_runs(services, job, image_id)
     try:
-        stored = _copy_instance_disk(context, job, heartbeat, image_id)
+        stored = _copy_instance_disk(services, job, heartbeat, image_id)
     except JobFailure as failure:
-        abandon(context, job, failure.code, failure.message)
+        abandon(services, job, failure.code, failure.message)
         return
     heartbeat.phase(JobPhase.RECORDING, at_once=False)
-    _finish_capture(context, job, image_id, stored)
+    _finish_capture(services, job, image_id, stored)
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ class SourceDisk:
     label: str
 
 
-def _source_disk(context: Services, job: ClaimedJob) -> SourceDisk:
+def _source_disk(services: Services, job: ClaimedJob) -> SourceDisk:
     """A capture reads its instance's disk; an import, the file the operator named."""
     source = job.resource_ids[1]
     if job.action is JobAction.IMPORT_IMAGE:
@@ -230,16 +230,16 @@ def _source_disk(context: Services, job: ClaimedJob) -> SourceDisk:
             return SourceDisk(Path(source), detect_format(Path(source)), f"disk {source}")
         except DiskError as exc:
             raise JobFailure(exc.code, f"import of disk {source} failed: {exc}") from exc
-    instance = context.inventory.find(job.zone, source)
+    instance = services.inventory.find(job.zone, source)
     if instance is None:
         raise JobFailure("InstanceNotFound", f"instance {source} no longer exists")
     disk_format = DiskFormat(instance.disk_format)
     return SourceDisk(Path(instance.disk_path), disk_format, f"instance {source}")
 
 
-def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> None:
+def _remove_earlier_runs(services: Services, job: ClaimedJob, image_id: str) -> None:
     """A retry first removes what lost runs of this job left: they can never be used."""
-    image_dir = context.settings.image_dir
+    image_dir = services.settings.image_dir
     for attempt in range(1, job.attempt):
         (partial_dir(image_dir / image_id) / f"{job.job_id}.{attempt}.part").unlink(missing_ok=True)
         for disk_format in DiskFormat:
@@ -247,15 +247,15 @@ def _remove_earlier_runs(context: Services, job: ClaimedJob, image_id: str) -> N
 
 
 def _copy_instance_disk(
-    context: Services, job: ClaimedJob, heartbeat: Heartbeat, image_id: str
+    services: Services, job: ClaimedJob, heartbeat: Heartbeat, image_id: str
 ) -> StoredDisk:
-    source = _source_disk(context, job)
+    source = _source_disk(services, job)
     disk_format = source.disk_format
     try:
         return store_disk(
             source.path,
             disk_format,
-            capture_file(context.settings.image_dir, image_id, job.attempt, disk_format),
+            capture_file(services.settings.image_dir, image_id, job.attempt, disk_format),
             partial_name=f"{job.job_id}.{job.attempt}",
             on_progress=heartbeat.progress,
             on_phase=lambda phase: heartbeat.phase(_PHASES[phase]),
@@ -271,9 +271,9 @@ class _CaptureOvertaken(Exception):
     """The image or job moved on while the disk was being copied."""
 
 
-def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: StoredDisk) -> None:
+def _finish_capture(services: Services, job: ClaimedJob, image_id: str, stored: StoredDisk) -> None:
     try:
-        with context.database.transaction() as session:
+        with services.database.transaction() as session:
             done = move_job(
                 session, job.job_id, JobStatus.SUCCESSFUL, attempt=job.attempt, progress=100
             )
@@ -299,14 +299,14 @@ def _finish_capture(context: Services, job: ClaimedJob, image_id: str, stored: S
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
-def run_delete(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_delete(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish deleting; the files stay until the image is ceased."""
-    _finish_batch(context, job, ImageAction.FINISH_DELETE)
+    _finish_batch(services, job, ImageAction.FINISH_DELETE)
 
 
-def run_recover(context: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+def run_recover(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
     """Finish recovering: the images are available again (not deprecated), files untouched."""
-    _finish_batch(context, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
+    _finish_batch(services, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
 
 
 def _finish_batch(

@@ -13,49 +13,49 @@ from workers import job_metrics
 log = logging.getLogger(__name__)
 
 
-def sweep_jobs(context: Services) -> None:
+def sweep_jobs(services: Services) -> None:
     """One pass; safe to run concurrently with workers and with itself.
 
     Any number of schedulers may ask for it; on PostgreSQL a pass that finds
     another one running skips (see :mod:`models.sweep_lock`).
     """
-    with sweep_lock(context.database, "jobs") as mine:
+    with sweep_lock(services.database, "jobs") as mine:
         if not mine:
             log.info("job sweep: another pass is running; skipped")
             return
-        resend_unclaimed(context)
-        rescue_lost(context)
+        resend_unclaimed(services)
+        rescue_lost(services)
 
 
-def resend_unclaimed(context: Services) -> None:
+def resend_unclaimed(services: Services) -> None:
     """Send again, each to its own host, the pending jobs nobody claimed within the grace.
 
     A job whose host has no live worker waits in that host's queue, and is sent
     there again at each grace: never to another host.
     """
-    with context.database.transaction() as session:
-        jobs = take_jobs_to_resend(session, context.settings.dispatch_grace)
+    with services.database.transaction() as session:
+        jobs = take_jobs_to_resend(session, services.settings.dispatch_grace)
     for job in jobs:
-        context.job_queue.send(job.job_id, job.host)
+        services.job_queue.send(job.job_id, job.host)
     if jobs:
         sent = [f"{job.job_id}@{job.host or '*'}" for job in jobs]
         log.info("sent unclaimed jobs again", extra={"jobs": sent})
 
 
-def rescue_lost(context: Services) -> list[str]:
+def rescue_lost(services: Services) -> list[str]:
     """Requeue working jobs whose heartbeat stopped; fail them after too many runs."""
-    with context.database.reading() as session:
-        lost = lost_jobs(session, context.settings.heartbeat_timeout)
+    with services.database.reading() as session:
+        lost = lost_jobs(session, services.settings.heartbeat_timeout)
     rescued = []
     for job in lost:
-        if job.attempt >= context.settings.max_attempts:
-            _give_up(context, job)
+        if job.attempt >= services.settings.max_attempts:
+            _give_up(services, job)
             continue
-        with context.database.transaction() as session:
+        with services.database.transaction() as session:
             requeued = requeue_job(session, job.job_id, job.attempt)
         if requeued:
             log.warning("job lost its worker; requeued", extra=_lost_fields(job))
-            context.job_queue.send(job.job_id, job.host)
+            services.job_queue.send(job.job_id, job.host)
             rescued.append(job.job_id)
     return rescued
 

@@ -1,6 +1,6 @@
 """jobs.request_id: the X-Request-Id of the API request that made the job
 
-Revision ID: 0009
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-11-27 14:40:00
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
+revision = "0011"
 down_revision = "0010"
 branch_labels = None
 depends_on = None
