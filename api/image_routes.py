@@ -94,7 +94,8 @@ async def list_images(request: web.Request) -> web.Response:
     """Public images and the caller's own, filtered, newest first."""
     caller = caller_of(request)
     params = await parse_params(request, ListImagesParams)
-    rows, total = await in_reading(request, images.list_images, caller, **params.model_dump())
+    filters = images.ImageFilters(**params.model_dump())
+    rows, total = await in_reading(request, images.list_images, caller, filters)
     return json(ImagesPage.from_rows(rows, total))
 
 

@@ -33,5 +33,6 @@ async def list_jobs(request: web.Request) -> web.Response:
     """Your jobs, filtered, newest first."""
     caller = caller_of(request)
     params = await parse_params(request, ListJobsParams)
-    rows, total = await in_reading(request, jobs.list_jobs, caller, **params.model_dump())
+    filters = jobs.JobFilters(**params.model_dump())
+    rows, total = await in_reading(request, jobs.list_jobs, caller, filters)
     return json(JobsPage(jobs=[JobOut.from_row(row) for row in rows], total_count=total))

@@ -12,8 +12,8 @@ from sqlalchemy import Select, text
 from sqlalchemy.dialects import postgresql
 
 from models.db import Database
-from models.images import image_listing
-from models.jobs import job_listing
+from models.images import ImageFilters, image_listing
+from models.jobs import JobFilters, job_listing
 from models.scoping import Caller
 from models.states import ImageStatus, ProcessorType, Provider, Visibility
 
@@ -54,10 +54,10 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
     caller = Caller(account_id, "ac1")
     out = {}
     for case, params in PLAN_CASES.items():
-        listing = image_listing(caller, public_counts=True, **params)
+        listing = image_listing(caller, ImageFilters(**params), public_counts=True)
         out[f"{case}: total_count"] = _explain(database, listing.total.params(listing.values))
         out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
-    total, page = job_listing(caller)
+    total, page = job_listing(caller, JobFilters())
     out["jobs: total_count"] = _explain(database, total)
     out["jobs: page"] = _explain(database, page)
     return out

@@ -19,6 +19,8 @@ from imagesvc.settings import Settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from models.accounts import Credentials
+
 Command = Callable[[argparse.Namespace, Settings], int]
 
 log = logging.getLogger(__name__)
@@ -314,15 +316,20 @@ def cmd_account_create(args: argparse.Namespace, settings: Settings) -> int:
 
     with _transaction(settings) as session:
         credentials = create_account(session, args.name)
+    _print_credentials(credentials, args.json)
+    return 0
+
+
+def _print_credentials(credentials: Credentials, as_json: bool) -> None:
+    """An account's api key and secret: shown once, the secret is stored hashed."""
     _print(
         {
             "account_id": credentials.account_id,
             "api_key": credentials.api_key,
             "secret": credentials.secret,
         },
-        args.json,
+        as_json,
     )
-    return 0
 
 
 def cmd_account_toggle(args: argparse.Namespace, settings: Settings) -> int:
@@ -341,14 +348,7 @@ def cmd_account_rotate_secret(args: argparse.Namespace, settings: Settings) -> i
 
     with _transaction(settings) as session:
         credentials = rotate_secret(session, args.account_id)
-    _print(
-        {
-            "account_id": credentials.account_id,
-            "api_key": credentials.api_key,
-            "secret": credentials.secret,
-        },
-        args.json,
-    )
+    _print_credentials(credentials, args.json)
     return 0
 
 

@@ -275,36 +275,30 @@ class ImageListing:
     values: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ImageFilters:
+    """What a listing of images asks for; every field is optional."""
+
+    images: Sequence[str] = ()
+    processor_type: ProcessorType | None = None
+    os_family: str | None = None
+    visibility: Visibility | None = None
+    provider: Provider | None = None
+    status: Sequence[ImageStatus] = ()
+    search_word: str | None = None
+    offset: int = 0
+    limit: int = 10
+
+
 def list_images(
-    session: Session,
-    caller: Caller,
-    *,
-    images: Sequence[str] = (),
-    processor_type: ProcessorType | None = None,
-    os_family: str | None = None,
-    visibility: Visibility | None = None,
-    provider: Provider | None = None,
-    status: Sequence[ImageStatus] = (),
-    search_word: str | None = None,
-    offset: int = 0,
-    limit: int = 10,
+    session: Session, caller: Caller, filters: ImageFilters | None = None
 ) -> tuple[list[Row[Any]], int]:
     """Public images and the caller's own, newest first; and the filtered total.
 
     Rows, not ORM objects: a page is read-only.
     """
     listing = image_listing(
-        caller,
-        public_counts=_has_public_counts(session),
-        images=images,
-        processor_type=processor_type,
-        os_family=os_family,
-        visibility=visibility,
-        provider=provider,
-        status=status,
-        search_word=search_word,
-        offset=offset,
-        limit=limit,
+        caller, filters or ImageFilters(), public_counts=_has_public_counts(session)
     )
     total = int(session.scalar(listing.total, listing.values) or 0)
     return list(session.execute(listing.page, listing.values)), total
@@ -316,18 +310,7 @@ def _has_public_counts(session: Session) -> bool:
 
 
 def image_listing(
-    caller: Caller,
-    *,
-    public_counts: bool = False,
-    images: Sequence[str] = (),
-    processor_type: ProcessorType | None = None,
-    os_family: str | None = None,
-    visibility: Visibility | None = None,
-    provider: Provider | None = None,
-    status: Sequence[ImageStatus] = (),
-    search_word: str | None = None,
-    offset: int = 0,
-    limit: int = 10,
+    caller: Caller, filters: ImageFilters, *, public_counts: bool = False
 ) -> ImageListing:
     """The statements of :func:`list_images` and the values of their parameters.
 
@@ -338,24 +321,25 @@ def image_listing(
     ``public_image_counts`` whenever it can answer the filters (all but
     ``images`` and ``search_word``), so the total follows the caller's rows only.
     """
+    f = filters
     values: dict[str, Any] = {"zone": caller.zone, "owner": caller.account_id}
-    values |= {"head": offset + limit, "offset": offset, "limit": limit}
-    if images:
-        values["images"] = list(images)
-    if processor_type:
-        values["processor_type"] = processor_type.value
-    if os_family:
-        values["os_family"] = os_family.lower()
-    if visibility:
-        values["visibility"] = visibility.value
-    if provider:
-        values["provider"] = provider.value
-    if status:
-        values["status"] = [s.value for s in status]
-    elif not images:
+    values |= {"head": f.offset + f.limit, "offset": f.offset, "limit": f.limit}
+    if f.images:
+        values["images"] = list(f.images)
+    if f.processor_type:
+        values["processor_type"] = f.processor_type.value
+    if f.os_family:
+        values["os_family"] = f.os_family.lower()
+    if f.visibility:
+        values["visibility"] = f.visibility.value
+    if f.provider:
+        values["provider"] = f.provider.value
+    if f.status:
+        values["status"] = [s.value for s in f.status]
+    elif not f.images:
         values["hidden"] = [s.value for s in DEFAULT_HIDDEN]
-    if search_word:
-        values["pattern"] = f"%{_escape_like(search_word.lower())}%"
+    if f.search_word:
+        values["pattern"] = f"%{_escape_like(f.search_word.lower())}%"
     total, page = _listing_statements(frozenset(values), public_counts)
     return ImageListing(total, page, values)
 

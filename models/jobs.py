@@ -252,43 +252,39 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     return job
 
 
+@dataclass(frozen=True)
+class JobFilters:
+    """What a listing of jobs asks for; every field is optional."""
+
+    jobs: Sequence[str] = ()
+    status: Sequence[JobStatus] = ()
+    action: Sequence[JobAction] = ()
+    offset: int = 0
+    limit: int = 10
+
+
 def list_jobs(
-    session: Session,
-    caller: Caller,
-    *,
-    jobs: Sequence[str] = (),
-    status: Sequence[JobStatus] = (),
-    action: Sequence[JobAction] = (),
-    offset: int = 0,
-    limit: int = 10,
+    session: Session, caller: Caller, filters: JobFilters | None = None
 ) -> tuple[list[Job], int]:
     """The caller's jobs, newest first, and the filtered total."""
-    total, page = job_listing(
-        caller, jobs=jobs, status=status, action=action, offset=offset, limit=limit
-    )
+    total, page = job_listing(caller, filters or JobFilters())
     return list(session.scalars(page)), int(session.scalar(total) or 0)
 
 
-def job_listing(
-    caller: Caller,
-    *,
-    jobs: Sequence[str] = (),
-    status: Sequence[JobStatus] = (),
-    action: Sequence[JobAction] = (),
-    offset: int = 0,
-    limit: int = 10,
-) -> tuple[Select[Any], Select[Job]]:
+def job_listing(caller: Caller, filters: JobFilters) -> tuple[Select[Any], Select[Job]]:
     """The total and the page of :func:`list_jobs`: both read the caller's range of
     the (zone, owner, create_time, job_id) index, whatever the table's size."""
+    f = filters
     stmt = owned_jobs(caller)
-    if jobs:
-        stmt = stmt.where(Job.job_id.in_(jobs))
-    if status:
-        stmt = stmt.where(Job.status.in_([s.value for s in status]))
-    if action:
-        stmt = stmt.where(Job.action.in_([a.value for a in action]))
+    if f.jobs:
+        stmt = stmt.where(Job.job_id.in_(f.jobs))
+    if f.status:
+        stmt = stmt.where(Job.status.in_([s.value for s in f.status]))
+    if f.action:
+        stmt = stmt.where(Job.action.in_([a.value for a in f.action]))
     total = select(func.count()).select_from(stmt.subquery())
-    page = stmt.order_by(Job.create_time.desc(), Job.job_id.desc()).offset(offset).limit(limit)
+    page = stmt.order_by(Job.create_time.desc(), Job.job_id.desc())
+    page = page.offset(f.offset).limit(f.limit)
     return total, page
 
 

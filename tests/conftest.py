@@ -26,6 +26,7 @@ from api.app import create_app
 from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.db import Database
+from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
 from tests.support.databases import DatabaseTemplate, migrated_template
 from tests.support.deployment import (
     deployment_settings,
@@ -191,3 +192,13 @@ def api_url(service_settings: Settings, worker: ServiceProcess) -> Iterator[str]
 def account(database: Database) -> Account:
     """A new account's id and credentials, for a client that gets its own tokens."""
     return new_account(database)
+
+
+@pytest.fixture
+def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
+    """A scratch deployment of real processes; its outcome lines are shown even on failure."""
+    try:
+        with chaos_deployment(tmp_path) as env:
+            yield env
+    finally:
+        show_summaries(capsys)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from models.tables import Job
 from tests.chaos import (
     CHAOS_SETTINGS,
     ChaosEnv,
-    chaos_deployment,
     scenario_timeout,
     show_summaries,
 )
@@ -32,15 +30,6 @@ needs_services = pytest.mark.skipif(
     not (TEST_DATABASE_URL and TEST_REDIS_URL),
     reason="restarts PostgreSQL and Redis: runs in the PostgreSQL + Redis tier",
 )
-
-
-@pytest.fixture
-def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
-    try:
-        with chaos_deployment(tmp_path) as env:
-            yield env
-    finally:
-        show_summaries(capsys)
 
 
 @scenario_timeout(400)

@@ -18,7 +18,7 @@ from models.errors import (
     StateConflict,
 )
 from models.image_lifecycle import cease_expired, forget_file, purge_ceased
-from models.images import delete_images, list_images, modify_image, recover_images
+from models.images import ImageFilters, delete_images, list_images, modify_image, recover_images
 from models.jobs import get_job, list_jobs
 from models.quotas import Quota, require_room, set_quota, usage_of
 from models.scoping import Caller
@@ -99,7 +99,7 @@ def test_a_caller_sees_its_own_and_public_images_of_its_zone_only(
     with own_database.reading() as session:
         seen, total = list_images(session, me)
         assert {image.image_id for image in seen} == {mine, public} and total == 2
-        asked, _ = list_images(session, me, images=[theirs, public_elsewhere])
+        asked, _ = list_images(session, me, ImageFilters(images=[theirs, public_elsewhere]))
         assert asked == []
         in_ac2, _ = list_images(session, Caller(me.account_id, "ac2"))
         assert [image.image_id for image in in_ac2] == [public_elsewhere]

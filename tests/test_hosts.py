@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select, text
 
 from imagesvc.bootstrap import Services
@@ -24,7 +22,7 @@ from models.jobs import fail_job
 from models.migrate import upgrade
 from models.states import JobStatus
 from models.tables import Instance, Job
-from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
+from tests.chaos import ChaosEnv
 from tests.support.databases import scratch_database
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess, run_imagesvc
@@ -174,15 +172,6 @@ def _insert_earlier_release_rows(url: str) -> None:
 # The multi-host deployment ---------------------------------------------------------
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
-    try:
-        with chaos_deployment(tmp_path) as env:
-            yield env
-    finally:
-        show_summaries(capsys)
-
-
 def start_host_worker(env: ChaosEnv, host: str) -> ServiceProcess:
     # Threads, so the worker recorded on the job is this process's own pid.
     worker = env.start("worker", "--host", host, "--pool", "threads", "--concurrency", "2")
@@ -222,9 +211,9 @@ def resent_at(env: ChaosEnv, job_id: str) -> Any:
 
 
 def test_two_hosts_each_capture_their_own_and_a_host_without_worker_waits(
-    deployment: ChaosEnv,
+    chaos: ChaosEnv,
 ) -> None:
-    env = deployment
+    env = chaos
     env.start("scheduler")
     env.start("scheduler")
     worker_a, worker_b = start_host_worker(env, "a"), start_host_worker(env, "b")

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from models.db import Database
-from models.images import list_images
+from models.images import ImageFilters, list_images
 from models.scoping import Caller, visible_images
 from models.states import ImageStatus, ProcessorType, Provider, Visibility
 from models.tables import Image
@@ -83,7 +83,7 @@ def test_every_page_and_the_total_match_the_visibility_rule(
     for offset in range(6):
         for limit in range(4):
             with database.reading() as session:
-                rows, total = list_images(session, caller, offset=offset, limit=limit)
+                rows, total = list_images(session, caller, ImageFilters(offset=offset, limit=limit))
             assert total == len(expected), (offset, limit)
             page = [row.image_id for row in rows]
             assert page == expected[offset : offset + limit], (offset, limit)
@@ -94,7 +94,9 @@ def test_the_callers_own_public_image_is_listed_and_counted_once(
 ) -> None:
     caller, ids = zone_with_images
     with database.reading() as session:
-        rows, total = list_images(session, caller, visibility=Visibility.PUBLIC, limit=100)
+        rows, total = list_images(
+            session, caller, ImageFilters(visibility=Visibility.PUBLIC, limit=100)
+        )
     assert [row.image_id for row in rows].count(ids["mine_public"]) == 1
     assert total == len(rows) == 3
 
@@ -152,7 +154,7 @@ def test_totals_stay_exact_while_public_images_change(
         with database.reading() as session:
             rows = session.scalars(select(Image).where(Image.zone == caller.zone)).all()
             for filters in FILTERS:
-                _, total = list_images(session, caller, **filters)
+                _, total = list_images(session, caller, ImageFilters(**filters))
                 expected = sum(_matches(row, caller, filters) for row in rows)
                 assert total == expected, (change, filters)
 
@@ -162,5 +164,5 @@ def test_search_word_takes_percent_and_underscore_literally(
 ) -> None:
     caller, ids = zone_with_images
     with database.reading() as session:
-        rows, total = list_images(session, caller, search_word="0%_O")
+        rows, total = list_images(session, caller, ImageFilters(search_word="0%_O"))
     assert [row.image_id for row in rows] == [ids["theirs_public"]] and total == 1

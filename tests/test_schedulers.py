@@ -3,11 +3,9 @@ side by side, so losing one scheduler loses nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 from imagesvc.bootstrap import Services
@@ -19,21 +17,12 @@ from models.quotas import Quota
 from models.scoping import Caller
 from models.sweep_lock import sweep_lock
 from models.tables import Job, utcnow
-from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
+from tests.chaos import ChaosEnv
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.tenants import Tenant
 from workers.system_images import inspect_disk
 
 UNLIMITED = Quota(images=10**6, gb=10**6)
-
-
-@pytest.fixture
-def deployment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosEnv]:
-    try:
-        with chaos_deployment(tmp_path) as env:
-            yield env
-    finally:
-        show_summaries(capsys)
 
 
 def lost_capture(env: ChaosEnv) -> str:
@@ -56,9 +45,9 @@ def lost_capture(env: ChaosEnv) -> str:
 
 
 def test_a_lost_job_is_rescued_after_one_of_two_schedulers_is_killed(
-    deployment: ChaosEnv,
+    chaos: ChaosEnv,
 ) -> None:
-    env = deployment
+    env = chaos
     first, second = env.start("scheduler"), env.start("scheduler")
     for scheduler in (first, second):
         scheduler.wait_for_output("beat: Starting...")

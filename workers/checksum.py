@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import ClassVar
 
 CHUNKED_SHA256 = "sha256-chunks-4MiB"
@@ -94,12 +93,7 @@ class ChunkedDigest:
     def __enter__(self) -> ChunkedDigest:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def add_chunk(self, index: int, data: bytes | bytearray) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 
 from models.db import Database
 from models.jobs import beat
@@ -42,12 +41,7 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stopped.set()
         self._wake.set()
         self._thread.join()

@@ -9,9 +9,29 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Patience:
+    """What a test waits for, until when, and how often it looks."""
+
+    what: str
+    timeout: float
+    interval: float
+    deadline: float
+
+    @classmethod
+    def start(cls, what: str, timeout: float, interval: float) -> Patience:
+        return cls(what, timeout, interval, time.monotonic() + timeout)
+
+    def check(self, last_seen: object) -> None:
+        """Fail, saying what was awaited and what was last seen, once past the deadline."""
+        seen = f"last seen: {last_seen!r}"
+        assert time.monotonic() < self.deadline, f"{self.what} within {self.timeout}s; {seen}"
 
 
 def wait_for(
@@ -22,13 +42,11 @@ def wait_for(
     interval: float = 0.05,
 ) -> T:
     """``fetch()`` again and again until ``until`` holds for it; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if until(value):
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout}s; last seen: {value!r}"
+    patience = Patience.start(what, timeout, interval)
+    while not until(value := fetch()):
+        patience.check(value)
         time.sleep(interval)
+    return value
 
 
 async def wait_for_async(
@@ -39,10 +57,8 @@ async def wait_for_async(
     interval: float = 0.05,
 ) -> T:
     """:func:`wait_for` for a coroutine ``fetch``, sleeping without blocking the loop."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await fetch()
-        if until(value):
-            return value
-        assert time.monotonic() < deadline, f"{what} within {timeout}s; last seen: {value!r}"
+    patience = Patience.start(what, timeout, interval)
+    while not until(value := await fetch()):
+        patience.check(value)
         await asyncio.sleep(interval)
+    return value
