@@ -19,16 +19,19 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from models.states import JobPhase
+
 POOL = web.AppKey("pool", asyncpg.Pool)
 OWNER = web.AppKey("owner", str)
 
 IMAGE_COLUMNS = (
     "image_id, image_name, description, size, processor_type, platform, os_family, "
     "visibility, provider, owner, recommended_type, status, transition_status, create_time, "
-    "status_time, default_user, default_passwd, disk_format, checksum"
+    "status_time, default_user, default_passwd, disk_format, checksum, checksum_algorithm"
 )
 JOB_COLUMNS = (
-    "job_id, action, status, progress, create_time, begin_time, finished_time, status_time, "
+    "job_id, action, status, progress, phase, create_time, begin_time, finished_time, "
+    "status_time, "
     "zone, resource_ids, owner, error_code, error_message"
 )
 
@@ -138,6 +141,7 @@ def _job_out(row: asyncpg.Record) -> dict[str, Any]:
     for key in ("create_time", "begin_time", "finished_time", "status_time"):
         out[key] = _iso(row[key])
     out["resource_ids"] = json.loads(row["resource_ids"])
+    out["phase"] = JobPhase.of(row["status"], row["phase"], row["action"]).value
     code, message = out.pop("error_code"), out.pop("error_message")
     out["error"] = {"code": code, "message": message or ""} if code else None
     return out

@@ -216,7 +216,10 @@ def _require_same_answer(deployment: Deployment, path: str) -> None:
             answers.append(json.load(response))
     api, bare = answers
     if api != bare:
-        raise RuntimeError(f"{path} at {deployment.size:,}: the bare server answers differently")
+        raise RuntimeError(
+            f"{path} at {deployment.size:,}: the bare server answers differently:\n"
+            f"API:  {json.dumps(api)[:600]}\nbare: {json.dumps(bare)[:600]}"
+        )
 
 
 def _median(loads: list[Load]) -> Load:

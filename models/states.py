@@ -94,7 +94,8 @@ class JobPhase(enum.StrEnum):
         try:
             return cls(phase)
         except ValueError:  # not written yet (or by an earlier release)
-            return cls.COPYING if action == JobAction.CAPTURE_INSTANCE else cls.RECORDING
+            copies = action in (JobAction.CAPTURE_INSTANCE, JobAction.IMPORT_IMAGE)
+            return cls.COPYING if copies else cls.RECORDING
 
 
 class JobAction(enum.StrEnum):
