@@ -52,7 +52,7 @@ async def wait_until_working(tenant: Tenant, job_id: str, timeout: float = 30.0)
         lambda: tenant.call("GET", f"/job/{job_id}"),
         lambda reply: reply.status != 200 or reply.body["status"] != "pending",
         f"job {job_id} starts",
-        timeout,
+        timeout=timeout,
         interval=0.02,
     )
     assert reply.status == 200, reply

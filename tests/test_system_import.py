@@ -54,5 +54,9 @@ async def _finished(services: Services, job_id: str, timeout: float = 60.0) -> J
             return session.get_one(Job, job_id)
 
     return await wait_for_async(
-        fetch, lambda job: job.status in TERMINAL, f"import job {job_id} settles", timeout, 0.1
+        fetch,
+        lambda job: job.status in TERMINAL,
+        f"import job {job_id} settles",
+        timeout=timeout,
+        interval=0.1,
     )

@@ -65,7 +65,10 @@ class Tenant:
             return reply
 
         reply = await wait_for_async(
-            fetch, lambda reply: reply.body["status"] in TERMINAL, f"job {job_id} settles", timeout
+            fetch,
+            lambda reply: reply.body["status"] in TERMINAL,
+            f"job {job_id} settles",
+            timeout=timeout,
         )
         return {**reply.body, "seen": seen}
 

@@ -25,7 +25,7 @@ class Patience:
     deadline: float
 
     @classmethod
-    def start(cls, what: str, timeout: float, interval: float) -> Patience:
+    def start(cls, what: str, timeout: float = 60.0, interval: float = 0.05) -> Patience:
         return cls(what, timeout, interval, time.monotonic() + timeout)
 
     def check(self, last_seen: object) -> None:
@@ -50,15 +50,12 @@ def wait_for(
 
 
 async def wait_for_async(
-    fetch: Callable[[], Awaitable[T]],
-    until: Callable[[T], bool],
-    what: str,
-    timeout: float = 60.0,
-    interval: float = 0.05,
+    fetch: Callable[[], Awaitable[T]], until: Callable[[T], bool], what: str, **limits: float
 ) -> T:
-    """:func:`wait_for` for a coroutine ``fetch``, sleeping without blocking the loop."""
-    patience = Patience.start(what, timeout, interval)
+    """:func:`wait_for` for a coroutine ``fetch``, sleeping without blocking the loop;
+    ``limits`` are :func:`wait_for`'s ``timeout`` and ``interval``."""
+    patience = Patience.start(what, **limits)
     while not until(value := await fetch()):
         patience.check(value)
-        await asyncio.sleep(interval)
+        await asyncio.sleep(patience.interval)
     return value
