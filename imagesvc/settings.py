@@ -109,11 +109,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Secret checks waiting at most for one client address"
     )
 
-    @field_validator("zones", mode="before")
+    @field_validator("zones", "metrics_allow", mode="before")
     @classmethod
-    def _split_zones(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
+        """``IMAGESVC_ZONES`` and ``IMAGESVC_METRICS_ALLOW`` are comma-separated lists."""
         if isinstance(value, str):
-            return tuple(zone.strip() for zone in value.split(",") if zone.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator("zones")
@@ -130,13 +131,6 @@ class Settings(BaseSettings):
             value = value.strip().upper()
             if not isinstance(logging.getLevelNamesMapping().get(value), int):
                 raise ValueError(f"unknown log level {value!r}")
-        return value
-
-    @field_validator("metrics_allow", mode="before")
-    @classmethod
-    def _split_networks(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(net.strip() for net in value.split(",") if net.strip())
         return value
 
     @field_validator("metrics_allow")
