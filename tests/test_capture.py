@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import subprocess
 from pathlib import Path
@@ -11,17 +10,8 @@ from typing import Any
 
 from imagesvc.settings import Settings
 from tests.support.backends import qemu_img_info, require_qemu_img
-from tests.support.disks import MiB, stored_file, stored_files
+from tests.support.disks import MiB, chunked_checksum_of, stored_file, stored_files
 from tests.support.tenants import Tenant, TenantFactory
-
-
-def chunked_sha256_of(path: Path) -> str:
-    """``sha256-chunks-4MiB``, the plain way: every 4 MiB chunk read and hashed."""
-    outer = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(4 * MiB):
-            outer.update(hashlib.sha256(chunk).digest())
-    return outer.hexdigest()
 
 
 async def test_capture_makes_an_available_image_with_its_disk_in_the_store(
@@ -52,8 +42,8 @@ async def test_capture_makes_an_available_image_with_its_disk_in_the_store(
     assert image["size"] == math.ceil(raw_disk.stat().st_size / 1024**3)
     stored = stored_file(service_settings.image_dir, image_id)
     assert stored.read_bytes() == raw_disk.read_bytes()
-    assert image["checksum"] == chunked_sha256_of(raw_disk)
-    assert image["checksum_algorithm"] == "sha256-chunks-4MiB"
+    assert image["checksum"] == chunked_checksum_of(raw_disk)
+    assert image["checksum_algorithm"] == "blake3-chunks-4MiB"
     assert stored.stat().st_blocks < raw_disk.stat().st_size // 512, "holes were filled"
 
 
@@ -73,8 +63,8 @@ async def test_capture_of_a_qcow2_disk_goes_through_qemu_img(
     assert info["format"] == "qcow2"
     assert image["size"] == math.ceil(info["virtual-size"] / 1024**3) == 3
     assert image["disk_format"] == "qcow2"
-    assert image["checksum"] == chunked_sha256_of(stored)
-    assert image["checksum_algorithm"] == "sha256-chunks-4MiB"
+    assert image["checksum"] == chunked_checksum_of(stored)
+    assert image["checksum_algorithm"] == "blake3-chunks-4MiB"
 
 
 async def test_a_running_instance_is_refused_and_nothing_is_created(

@@ -16,8 +16,11 @@ from sqlalchemy.pool import NullPool
 
 from models.migrate import upgrade
 from tests.support.databases import scratch_database
+from tests.support.disks import chunked_checksum_of
 from workers.checksum import (
+    ALGORITHMS,
     CHUNK_SIZE,
+    CHUNKED_BLAKE3,
     CHUNKED_SHA256,
     PLAIN_SHA256,
     ChecksumError,
@@ -26,15 +29,7 @@ from workers.checksum import (
 from workers.disk import sparse_copy
 
 MiB = 1 << 20
-
-
-def recipe(path: Path) -> str:
-    """The README's recipe: SHA-256 of the SHA-256 digests of every 4 MiB chunk."""
-    outer = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            outer.update(hashlib.sha256(chunk).digest())
-    return outer.hexdigest()
+CHUNKED = [CHUNKED_BLAKE3, CHUNKED_SHA256]
 
 
 def layout(size: int, *writes: tuple[int, bytes]) -> Callable[[Path], Path]:
@@ -71,31 +66,39 @@ def disk(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return LAYOUTS[request.param](tmp_path / "disk.raw")
 
 
-def test_checksum_file_equals_the_recipe(disk: Path) -> None:
-    assert checksum_file(disk, CHUNKED_SHA256) == recipe(disk)
+@pytest.mark.parametrize("algorithm", CHUNKED)
+def test_checksum_file_equals_the_recipe(disk: Path, algorithm: str) -> None:
+    # This release's algorithm, and the previous release's, which its images keep.
+    assert checksum_file(disk, algorithm) == chunked_checksum_of(disk, algorithm)
 
 
 def test_the_copy_hashes_what_it_writes(disk: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.raw"
     checksum = sparse_copy(disk, copy)
     assert copy.read_bytes() == disk.read_bytes()
-    assert checksum == recipe(disk) == recipe(copy)
+    assert checksum == chunked_checksum_of(disk) == chunked_checksum_of(copy)
+
+
+def test_the_algorithms_differ(tmp_path: Path) -> None:
+    disk = layout(CHUNK_SIZE + 5, (7, b"data"))(tmp_path / "d.raw")
+    assert len({checksum_file(disk, algorithm) for algorithm in ALGORITHMS}) == len(ALGORITHMS)
 
 
 def test_the_plain_sha256_of_the_earlier_release(disk: Path) -> None:
     assert checksum_file(disk, PLAIN_SHA256) == hashlib.sha256(disk.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("offset", [0, CHUNK_SIZE - 1, 9 * MiB])
-def test_one_changed_byte_changes_the_checksum(tmp_path: Path, offset: int) -> None:
+def test_one_changed_byte_changes_the_checksum(tmp_path: Path, offset: int, algorithm: str) -> None:
     disk = layout(10 * MiB, (CHUNK_SIZE - 4096, os.urandom(8192)))(tmp_path / "d.raw")
-    before = checksum_file(disk, CHUNKED_SHA256)
+    before = checksum_file(disk, algorithm)
     with disk.open("r+b") as f:
         f.seek(offset)
         old = f.read(1)
         f.seek(offset)
         f.write(bytes([old[0] ^ 0x01]))
-    assert checksum_file(disk, CHUNKED_SHA256) != before
+    assert checksum_file(disk, algorithm) != before
 
 
 def test_unknown_algorithm_is_refused(tmp_path: Path) -> None:

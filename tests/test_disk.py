@@ -9,13 +9,15 @@ import shutil
 import stat
 import struct
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.backends import require_qemu_img
-from tests.support.disks import MiB, write_sparse
-from workers.checksum import CHUNKED_SHA256, data_extents
+from tests.support.disks import MiB, chunked_checksum_of, write_sparse
+from workers.checksum import CHUNKED_BLAKE3, data_extents
 from workers.disk import (
     CopyPhase,
     DiskCopyFailed,
@@ -27,6 +29,7 @@ from workers.disk import (
     detect_format,
     fsync_directory,
     partial_dir,
+    qcow2_is_self_contained,
     sha256_file,
     sparse_copy,
     store_disk,
@@ -52,15 +55,6 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 def full_sha256(path: Path) -> str:
     """Reference digest: hash every byte read plainly, as sha256sum does."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def chunked_sha256(path: Path) -> str:
-    """Reference ``sha256-chunks-4MiB``: every byte read plainly, as the README's recipe does."""
-    outer = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            outer.update(hashlib.sha256(chunk).digest())
-    return outer.hexdigest()
 
 
 def data_bytes(path: Path) -> int:
@@ -326,7 +320,7 @@ def test_sha256_file_leading_hole_and_all_hole(tmp_path: Path) -> None:
 
 def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
     target = store / "img-1.raw"
-    expected = chunked_sha256(sparse_source)
+    expected = chunked_checksum_of(sparse_source)
 
     stored = store_disk(
         sparse_source, DiskFormat.RAW, target, partial_name="job-1", use_qemu_img=False
@@ -338,9 +332,9 @@ def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
         virtual_size=SPARSE_SIZE,
         byte_size=SPARSE_SIZE,
         checksum=expected,
-        checksum_algorithm=CHUNKED_SHA256,
+        checksum_algorithm=CHUNKED_BLAKE3,
     )
-    assert chunked_sha256(target) == expected
+    assert chunked_checksum_of(target) == expected
     assert full_sha256(target) == full_sha256(sparse_source)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert list(partial_dir(target).iterdir()) == []
@@ -351,14 +345,14 @@ def test_store_raw_without_qemu_img(store: Path, sparse_source: Path) -> None:
 def test_store_raw_with_qemu_img(store: Path, sparse_source: Path) -> None:
     require_qemu_img()
     target = store / "img-1.raw"
-    expected = chunked_sha256(sparse_source)
+    expected = chunked_checksum_of(sparse_source)
 
     stored = store_disk(
         sparse_source, DiskFormat.RAW, target, partial_name="job-1", use_qemu_img=True
     )
 
     assert stored == StoredDisk(target, DiskFormat.RAW, SPARSE_SIZE, SPARSE_SIZE, expected)
-    assert chunked_sha256(target) == expected
+    assert chunked_checksum_of(target) == expected
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert list(partial_dir(target).iterdir()) == []
     if allocated(sparse_source) < SPARSE_SIZE:  # qemu-img writes holes for zero runs
@@ -371,7 +365,7 @@ def test_store_raw_odd_size_is_exact(store: Path, tmp_path: Path) -> None:
     src.write_bytes(os.urandom(1000))
     stored = store_disk(src, DiskFormat.RAW, store / "odd.raw", partial_name="odd")
     assert (stored.virtual_size, stored.byte_size) == (1000, 1000)
-    assert stored.checksum == chunked_sha256(src) == chunked_sha256(store / "odd.raw")
+    assert stored.checksum == chunked_checksum_of(src) == chunked_checksum_of(store / "odd.raw")
 
 
 def test_store_overwrites_existing_target(store: Path, tmp_path: Path) -> None:
@@ -402,14 +396,114 @@ def test_store_qcow2(store: Path, tmp_path: Path) -> None:
     assert stored.path == target
     assert stored.disk_format is DiskFormat.QCOW2
     assert stored.byte_size == target.stat().st_size
-    assert stored.checksum == chunked_sha256(target)  # qcow2: the stored file's bytes
+    assert stored.checksum == chunked_checksum_of(target)  # qcow2: the stored file's bytes
     assert detect_format(target) is DiskFormat.QCOW2
+    # Self-contained: stored as it is, in the same pass as its checksum.
+    assert target.read_bytes() == src.read_bytes()
     # Same guest-visible content, block for block.
     run(exe, "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(src), str(target))
     assert list(partial_dir(target).iterdir()) == []
     # Data bytes, each counted once copied and once synced; not the 1 GiB virtual size.
     recorder.assert_complete(2 * data_bytes(src))
     assert recorder.calls[0] == (0, 2 * data_bytes(src))
+
+
+def make_overlay(exe: str, path: Path, backing: Path, backing_format: str = "qcow2") -> Path:
+    """A qcow2 over ``backing``, with a little data of its own when qemu-io is there."""
+    run(exe, "create", "-q", "-f", "qcow2", "-b", str(backing), "-F", backing_format, str(path))
+    if shutil.which("qemu-io"):
+        run("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 512K 1M", str(path))
+    return path
+
+
+def assert_flattened(exe: str, src: Path, target: Path) -> dict[str, object]:
+    """``target`` is a plain qcow2 with the guest-visible content of ``src``; its info."""
+    info = qemu_info(exe, target)
+    assert info.get("backing-filename") is None and not info.get("snapshots")
+    assert "data-file" not in str(info.get("format-specific"))
+    run(exe, "compare", "-q", "-f", "qcow2", "-F", "qcow2", str(src), str(target))
+    return info
+
+
+def with_a_backing_file(exe: str, tmp_path: Path) -> Path:
+    return make_overlay(exe, tmp_path / "over.qcow2", make_qcow2(exe, tmp_path / "base.qcow2"))
+
+
+def with_an_external_data_file(exe: str, tmp_path: Path) -> Path:
+    src, data_file = tmp_path / "src.qcow2", tmp_path / "src.data"
+    run(exe, "create", "-q", "-f", "qcow2", "-o", f"data_file={data_file}", str(src), "64M")
+    if shutil.which("qemu-io"):
+        run("qemu-io", "-f", "qcow2", "-c", "write -P 0x33 1M 2M", str(src))
+    return src
+
+
+def with_an_internal_snapshot(exe: str, tmp_path: Path) -> Path:
+    src = make_qcow2(exe, tmp_path / "src.qcow2")
+    run(exe, "snapshot", "-c", "before", str(src))  # convert keeps only the current state
+    return src
+
+
+@pytest.mark.parametrize(
+    "make", [with_a_backing_file, with_an_external_data_file, with_an_internal_snapshot]
+)
+def test_qcow2_that_is_not_self_contained_is_flattened(
+    store: Path, tmp_path: Path, make: Callable[[str, Path], Path]
+) -> None:
+    exe = require_qemu_img()
+    src = make(exe, tmp_path)
+    target = store / "img.qcow2"
+    assert not qcow2_is_self_contained(exe, src)
+
+    stored = store_disk(src, DiskFormat.QCOW2, target, partial_name="j")
+
+    assert_flattened(exe, src, target)  # e.g. the backing file's data is in the image itself
+    assert stored.checksum == chunked_checksum_of(target)
+    assert list(partial_dir(target).iterdir()) == []
+
+
+def test_deciding_never_opens_the_backing_file(tmp_path: Path) -> None:
+    # A backing file names a host file; looking at the image must not open it. A FIFO shows
+    # any open: the writer's own open returns only once someone opens the FIFO to read.
+    exe = require_qemu_img()
+    fifo = tmp_path / "host-file"
+    os.mkfifo(fifo)
+    overlay = tmp_path / "over.qcow2"  # -u: create it without opening the FIFO either
+    run(exe, "create", "-q", "-u", "-f", "qcow2", "-b", str(fifo), "-F", "raw", str(overlay), "1M")
+    opened = threading.Event()
+
+    def writer() -> None:
+        fd = os.open(fifo, os.O_WRONLY)
+        opened.set()
+        os.close(fd)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert not qcow2_is_self_contained(exe, overlay)
+    woken = opened.wait(timeout=1.0)  # had qemu-img opened it, the writer would be awake
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # release the writer
+    thread.join()
+    os.close(reader)
+    assert not woken, "qemu-img info opened the backing file"
+
+
+def test_qcow2_that_gains_a_backing_file_during_the_copy_is_refused(
+    store: Path, tmp_path: Path
+) -> None:
+    # Looked at, it was self-contained; what was copied names a host file: never stored.
+    exe = require_qemu_img()
+    src = make_qcow2(exe, tmp_path / "src.qcow2")
+    secret = tmp_path / "host-secret"
+    secret.write_bytes(b"host secret!" * (1 << 18))  # 3 MiB
+    overlay = make_overlay(exe, tmp_path / "over.qcow2", secret, "raw")
+    target = store / "img.qcow2"
+
+    def swap(phase: CopyPhase) -> None:
+        if phase is CopyPhase.COPYING:
+            src.write_bytes(overlay.read_bytes())  # same file, new content
+
+    with pytest.raises(DiskCopyFailed, match="changed while it was being copied"):
+        store_disk(src, DiskFormat.QCOW2, target, partial_name="j", on_phase=swap)
+    assert_nothing_left(target)
 
 
 def test_qcow2_without_qemu_img_is_unsupported(store: Path, tmp_path: Path) -> None:
@@ -481,7 +575,7 @@ def test_leftover_partial_is_replaced(store: Path, sparse_source: Path, use_qemu
     )
 
     assert not leftover.exists()
-    assert stored.checksum == chunked_sha256(sparse_source) == chunked_sha256(target)
+    assert stored.checksum == chunked_checksum_of(sparse_source) == chunked_checksum_of(target)
     assert stored.byte_size == SPARSE_SIZE
 
 
@@ -589,7 +683,7 @@ def test_store_empty_raw(store: Path, tmp_path: Path) -> None:
         src, DiskFormat.RAW, store / "e.raw", partial_name="e", on_progress=recorder
     )
     assert (stored.virtual_size, stored.byte_size) == (0, 0)
-    assert stored.checksum == hashlib.sha256(b"").hexdigest()
+    assert stored.checksum == chunked_checksum_of(src)  # of no chunk at all
     assert recorder.calls == [(0, 0)]
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import pytest
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Image
+from tests.support.backends import IN_CI
 from tests.support.contract import TERMINAL
-from tests.support.disks import MiB, stored_file
+from tests.support.disks import MiB, chunked_checksum_of, stored_file
 from tests.support.processes import run_imagesvc
 from tests.support.tenants import Tenant
 
@@ -55,13 +57,13 @@ async def test_verify_matches_and_catches_a_one_byte_corruption(
 ) -> None:
     image_id = await tenant.captured_image(raw_disk)
     image = await tenant.image(image_id)
-    assert image["checksum_algorithm"] == "sha256-chunks-4MiB"
+    assert image["checksum_algorithm"] == "blake3-chunks-4MiB"
 
     code, report = verify(service_settings, image_id)
     assert code == 0
     assert report == {
         "image_id": image_id,
-        "checksum_algorithm": "sha256-chunks-4MiB",
+        "checksum_algorithm": "blake3-chunks-4MiB",
         "checksum": image["checksum"],
         "recomputed": image["checksum"],
         "matches": True,
@@ -87,8 +89,10 @@ async def test_the_readme_recipes_recompute_the_services_checksum(
     )
     assert python.stdout.strip() == checksum
 
-    if shutil.which("basenc") is None:  # coreutils >= 8.31
-        pytest.skip("basenc is not installed: the shell recipe cannot run here")
+    if shutil.which("b3sum") is None:
+        if IN_CI:
+            pytest.fail("b3sum is required in CI (install b3sum)")
+        pytest.skip("b3sum is not installed: the shell recipe cannot run here")
     shell = subprocess.run(
         ["bash", "-c", readme_recipe("shell")],
         env={"PATH": os.environ["PATH"], "FILE": str(stored)},
@@ -99,19 +103,36 @@ async def test_the_readme_recipes_recompute_the_services_checksum(
     assert shell.stdout.split()[0] == checksum
 
 
-async def test_images_of_the_earlier_release_verify_with_plain_sha256(
-    tenant: Tenant, raw_disk: Path, service_settings: Settings, database: Database
+def plain_sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def chunked_sha256_of(path: Path) -> str:
+    return chunked_checksum_of(path, "sha256-chunks-4MiB")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "recorded_by"),
+    [("sha256", plain_sha256_of), ("sha256-chunks-4MiB", chunked_sha256_of)],
+)
+async def test_images_of_earlier_releases_verify_with_their_algorithm(
+    tenant: Tenant,
+    raw_disk: Path,
+    service_settings: Settings,
+    database: Database,
+    algorithm: str,
+    recorded_by: Callable[[Path], str],
 ) -> None:
     image_id = await tenant.captured_image(raw_disk)
     stored = stored_file(service_settings.image_dir, image_id)
     with database.transaction() as session:  # as the earlier release recorded it
         image = session.get(Image, image_id)
         assert image is not None
-        image.checksum = hashlib.sha256(stored.read_bytes()).hexdigest()
-        image.checksum_algorithm = "sha256"
+        image.checksum = recorded_by(stored)
+        image.checksum_algorithm = algorithm
 
     code, report = verify(service_settings, image_id)
-    assert (code, report["checksum_algorithm"], report["matches"]) == (0, "sha256", True)
+    assert (code, report["checksum_algorithm"], report["matches"]) == (0, algorithm, True)
 
     flip_one_byte(stored, 4096)
     code, report = verify(service_settings, image_id)

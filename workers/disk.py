@@ -10,8 +10,10 @@ point therefore leaves either no image or a complete one, never a truncated one.
 Cost follows the data, not the virtual size: only the source's data extents are read, each
 once; their checksum (``workers.checksum``) is computed from the same buffers on other
 threads while the copy goes on, and writeback to disk starts while the copy is running so the
-final fsync has little left to do. A qcow2 disk is converted by ``qemu-img`` and its stored
-file is hashed from the page cache while its writeback is awaited.
+final fsync has little left to do. A self-contained qcow2 disk (no backing file, no external
+data file, no encryption, no internal snapshots: see :func:`qcow2_is_self_contained`) is
+copied the same way, as it is; any other qcow2 disk is flattened by ``qemu-img convert`` and
+its stored file is hashed from the page cache while its writeback is awaited.
 
 Every error raised to callers is a :class:`DiskError` whose message is safe to show to users:
 it never contains server paths (the caller adds the instance id for context).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import json
 import os
 import queue
 import re
@@ -36,11 +39,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from workers.checksum import (
     CHUNK_SIZE,
-    CHUNKED_SHA256,
+    CHUNKED_BLAKE3,
     ChecksumError,
     ChunkBuffers,
     ChunkedDigest,
@@ -59,6 +62,7 @@ _QCOW2_SIZE = struct.Struct(">Q")
 _SECTOR = 512  # qemu-img rounds raw images up to whole sectors
 _STORED_MODE = 0o600
 _POLL_SECONDS = 0.25  # how often a qemu-img copy's output is looked at (progress, writeback)
+_INFO_SECONDS = 60  # qemu-img info only reads a header and tables: a minute is plenty
 
 
 class DiskFormat(enum.StrEnum):
@@ -77,7 +81,7 @@ class StoredDisk:
     virtual_size: int  # bytes the guest sees (raw: file length; qcow2: header's virtual size)
     byte_size: int  # st_size of the stored file in bytes
     checksum: str  # hex digest of the stored file's bytes (holes read as zeros)
-    checksum_algorithm: str = CHUNKED_SHA256  # how ``checksum`` was computed
+    checksum_algorithm: str = CHUNKED_BLAKE3  # how ``checksum`` was computed
 
 
 class CopyPhase(enum.StrEnum):
@@ -221,7 +225,7 @@ def _store(
 ) -> StoredDisk:
     """Body of store_disk; the caller removes ``partial`` if this raises."""
     size = virtual_size(source, source_format)  # also: DiskNotFound before touching the store
-    copier = _choose_copier(source_format, size, use_qemu_img)
+    copier = _choose_copier(source, source_format, size, use_qemu_img)
     progress.start(_data_bytes(source))
     phase = on_phase or _no_phase
     try:
@@ -249,7 +253,9 @@ def _no_phase(phase: CopyPhase) -> None:
 _Copier = Callable[[Path, DiskFormat, Path, "_Progress"], str | None]
 
 
-def _choose_copier(disk_format: DiskFormat, size: int, use_qemu_img: bool | None) -> _Copier:
+def _choose_copier(
+    source: Path, disk_format: DiskFormat, size: int, use_qemu_img: bool | None
+) -> _Copier:
     """Pick qemu-img or the Python copy for this disk."""
     exe = qemu_img() if use_qemu_img is not False else None
     if disk_format is DiskFormat.QCOW2:
@@ -257,6 +263,8 @@ def _choose_copier(disk_format: DiskFormat, size: int, use_qemu_img: bool | None
             raise UnsupportedDiskFormat(
                 "qcow2 disks need qemu-img, which is not installed on this worker"
             )
+        if qcow2_is_self_contained(exe, source):
+            return _self_contained_qcow2_copier(exe)
         return _qemu_copier(exe)
     if use_qemu_img and exe is None:
         raise DiskCopyFailed("qemu-img was requested but is not installed on this worker")
@@ -277,6 +285,22 @@ def _qemu_copier(exe: str) -> _Copier:
 
     def copy(source: Path, fmt: DiskFormat, partial: Path, progress: _Progress) -> None:
         _qemu_convert(exe, source, fmt, partial, progress)
+
+    return copy
+
+
+def _self_contained_qcow2_copier(exe: str) -> _Copier:
+    """Copier for a self-contained qcow2 disk: the file as it is, in the single-pass copy.
+
+    What was stored is inspected again after the copy: the decision stands on the bytes that
+    will be served, even if the source was changed after it was first looked at.
+    """
+
+    def copy(source: Path, fmt: DiskFormat, partial: Path, progress: _Progress) -> str:
+        checksum = _python_copier(source, fmt, partial, progress)
+        if not qcow2_is_self_contained(exe, partial):
+            raise DiskCopyFailed("the disk changed while it was being copied")
+        return checksum
 
     return copy
 
@@ -308,6 +332,7 @@ def _make_durable(
         virtual_size=virtual_size(partial, disk_format),
         byte_size=size,
         checksum=checksum,
+        checksum_algorithm=CHUNKED_BLAKE3,
     )
 
 
@@ -403,6 +428,60 @@ def _writeback(fd: int, offset: int, length: int, flags: int) -> None:
 
 
 # --------------------------------------------------------------------------- qemu-img
+
+
+def qcow2_is_self_contained(exe: str, path: Path) -> bool:
+    """True if the qcow2 file at ``path`` holds the whole disk, so it may be stored as it is.
+
+    A qcow2 file can name other files: a backing file (the guest sees this file's clusters
+    over that file's) or an external data file. Stored as it is, such an image would name a
+    file of this host, and whoever later opened it would read that file: it must be flattened
+    by ``qemu-img convert`` instead. An encrypted image (its key is not ours), one with
+    internal snapshots (convert keeps only the current state), and one marked corrupt or
+    dirty (it needs a repair that convert does as it reads) are converted too. A file that
+    ``qemu-img info`` cannot read is left to convert, which reports why.
+    ``qemu-img info`` reads only this file's header and tables: it opens no backing file.
+    """
+    info = _qcow2_info(exe, path)
+    if info is None:
+        return False
+    details = info.get("format-specific", {}).get("data", {})
+    return bool(
+        info.get("format") == "qcow2"
+        and "backing-filename" not in info
+        and "full-backing-filename" not in info
+        and not info.get("encrypted", False)
+        and not info.get("snapshots")
+        and not info.get("dirty-flag", False)
+        and isinstance(details, dict)
+        and "data-file" not in details
+        and "encrypt" not in details
+        and details.get("corrupt") is False
+    )
+
+
+def _qcow2_info(exe: str, path: Path) -> dict[str, Any] | None:
+    """``qemu-img info`` of a qcow2 file as JSON, or None if qemu-img cannot read it."""
+    # -f: never probe; an absolute path: never read as an option or a protocol (see convert).
+    argv = [exe, "info", "-f", DiskFormat.QCOW2.value, "--output=json", os.path.abspath(path)]
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env={**os.environ, "LC_ALL": "C"},
+            timeout=_INFO_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        info = json.loads(done.stdout)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
@@ -538,7 +617,7 @@ def sparse_copy(
     """Copy ``source`` to ``destination`` byte for byte, keeping holes; return its checksum.
 
     Only the source's data extents are read, once, in 4 MiB chunks; each chunk is hashed on a
-    thread pool (``sha256-chunks-4MiB``, see workers.checksum) and written unless it is all
+    thread pool (``blake3-chunks-4MiB``, see workers.checksum) and written unless it is all
     zeros, and its writeback to disk is started at once. The destination is created (or
     truncated) with mode 0o600; it is not fsynced. Progress counts data bytes: (copied, data)
     after each chunk, starting with (0, data).
