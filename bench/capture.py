@@ -12,7 +12,9 @@ several times, alternating with its baseline, the page cache warm for both:
 It prints min and median with their ratio, and the worker's peak resident size during the
 20 GiB case; without ``--quick`` it also rewrites its section of ``docs/benchmarks.md`` with
 the table and plots (``docs/img/capture-*.png``). ``--quick`` (one 64 MiB disk, one run)
-only checks that the bench still works.
+only checks that the bench still works. ``--ab DIR`` also starts the service from another
+checkout (say, the previous commit: ``git worktree add DIR REV``) and alternates it too, so
+old and new are compared in the same run; it prints both and writes no doc.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Result:
     case: Case
     imagesvc: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
+    other: list[float] = field(default_factory=list)  # the --ab checkout's service
 
     def ratio(self, pick: Callable[[list[float]], float]) -> float:
         return pick(self.imagesvc) / pick(self.baseline)
@@ -147,8 +150,11 @@ def warm(path: Path) -> None:
 class Service:
     """imagesvc's API and one worker on a fresh PostgreSQL database and Redis queue."""
 
-    def __init__(self, workdir: Path, database_server: str, redis_url: str) -> None:
-        self.data_dir = workdir / "service"
+    def __init__(
+        self, workdir: Path, database_server: str, redis_url: str, repo: Path = REPO
+    ) -> None:
+        self.repo = repo  # the checkout whose code the service runs
+        self.data_dir = workdir / f"service-{secrets.token_hex(2)}"
         self.database_server = database_server
         self.redis_url = redis_url
         self.database = f"imagesvc_bench_{secrets.token_hex(4)}"
@@ -204,7 +210,7 @@ class Service:
         """An operator command; its JSON output if it printed any."""
         result = subprocess.run(
             [sys.executable, "-m", "imagesvc", *argv],
-            env=self.env, cwd=REPO, capture_output=True, text=True, check=False,
+            env=self.env, cwd=self.repo, capture_output=True, text=True, check=False,
         )  # fmt: skip
         if result.returncode != 0:
             raise RuntimeError(f"imagesvc {' '.join(argv)} failed: {result.stderr[-2000:]}")
@@ -215,7 +221,7 @@ class Service:
         log = (self.data_dir / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "imagesvc", *argv],
-            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env, cwd=self.repo, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 
@@ -368,16 +374,28 @@ def baseline(case: Case, source: Path, directory: Path) -> float:
 # --------------------------------------------------------------------------- the run
 
 
-def run_case(case: Case, disk: Path, service: Service, rss_peak: RssPeak | None) -> Result:
-    """Alternate imagesvc and its baseline ``case.runs`` times; warm cache before each."""
+def run_case(
+    case: Case,
+    disk: Path,
+    service: Service,
+    rss_peak: RssPeak | None,
+    other: Service | None = None,
+) -> Result:
+    """Alternate imagesvc and its baseline ``case.runs`` times; warm cache before each.
+
+    With ``other`` (``--ab``), that service's capture is a third side, alternated as well.
+    """
     result = Result(case)
     instance = service.add_instance(disk)
+    other_instance = other.add_instance(disk) if other is not None else ""
     work = disk.parent
     for run in range(case.runs):
         sides: list[Callable[[], None]] = [
             lambda: result.imagesvc.append(service.capture(instance)),
             lambda: result.baseline.append(baseline(case, disk, work)),
         ]
+        if other is not None:
+            sides.append(lambda: result.other.append(other.capture(other_instance)))
         for side in sides if run % 2 == 0 else sides[::-1]:
             warm(disk)
             if rss_peak is not None and side is sides[0]:
@@ -421,6 +439,13 @@ def report(results: list[Result], rss_peak: int | None) -> list[str]:
             f"- imagesvc on {by_name[large].case.label} vs {by_name[small].case.label}: "
             f"{ratio:.2f}x ({verdict} {limit}x)"
         )
+    for r in results:
+        if r.other:
+            lines.append(
+                f"- A/B, {r.case.label}: this checkout min {min(r.imagesvc):.2f} s, "
+                f"the other {min(r.other):.2f} s; ratio of min to the baseline "
+                f"{r.ratio(min):.2f}x against {min(r.other) / min(r.baseline):.2f}x"
+            )
     if rss_peak is not None:
         verdict = "within" if rss_peak <= 150 * 10**6 else "NOT within"
         lines.append(
@@ -557,6 +582,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, help="where disks are made (default: a temp dir)")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--ab",
+        type=Path,
+        metavar="DIR",
+        help="also run the service of the checkout in DIR, alternated (implies --no-doc)",
+    )
     return parser.parse_args(argv)
 
 
@@ -591,16 +622,21 @@ def main(argv: list[str]) -> int:
         disks = {c.name: make_disk(c, pool, work) for c in cases}
         pool.unlink()
         results, rss_peak = [], None
-        with Service(work, args.database_url, args.redis_url) as service:
+        with contextlib.ExitStack() as services:
+            service = services.enter_context(Service(work, args.database_url, args.redis_url))
+            other = None
+            if args.ab is not None:
+                other = Service(work, args.database_url, args.redis_url, args.ab.resolve())
+                services.enter_context(other)
             for case in cases:
                 peak = RssPeak(service.worker_pids) if case.name == RSS_CASE else None
                 print(f"bench capture: {case.label} x {case.runs}", flush=True)
-                results.append(run_case(case, disks[case.name], service, peak))
+                results.append(run_case(case, disks[case.name], service, peak, other))
                 if peak is not None:
                     rss_peak = peak.peak
         lines = report(results, rss_peak)
         print("\n".join(lines))
-        if not args.quick and not args.no_doc:
+        if not args.quick and not args.no_doc and args.ab is None:
             document(results, lines, rss_peak)
             print(f"bench capture: wrote {DOC.relative_to(REPO)}")
     return 0
