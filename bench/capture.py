@@ -552,7 +552,8 @@ def document(results: list[Result], lines: list[str], rss_peak: int | None) -> N
         "the job sees it (request, dispatch through Redis, claim, copy and checksum, fsync, "
         "commit in PostgreSQL). The baseline is the standard tool's copy followed by `sync` of "
         "the copy. The source's data is in the page cache before every run of either side. "
-        f"Runs per case: {runs}.",
+        f"Runs per case: {runs}. Where the time goes, and what was done about it: "
+        "[capture-profile.md](capture-profile.md).",
         "",
         *lines,
         "",
