@@ -445,7 +445,8 @@ def qcow2_is_self_contained(exe: str, path: Path) -> bool:
     info = _qcow2_info(exe, path)
     if info is None:
         return False
-    details = info.get("format-specific", {}).get("data", {})
+    specific = info.get("format-specific")
+    details = specific.get("data") if isinstance(specific, dict) else None
     return bool(
         info.get("format") == "qcow2"
         and "backing-filename" not in info
