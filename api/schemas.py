@@ -269,9 +269,9 @@ class ImageOut(BaseModel):
     """The stored file's checksum, hex, computed as `checksum_algorithm` says; empty until the
     capture has finished."""
     checksum_algorithm: str
-    """`sha256-chunks-4MiB` (SHA-256 of the SHA-256s of each 4 MiB chunk; this release) or
-    `sha256` (the whole file; images checksummed by earlier releases). The README gives the
-    recipe to recompute it."""
+    """`blake3-chunks-4MiB` (BLAKE3 of the BLAKE3 digests of each 4 MiB chunk; this release),
+    `sha256-chunks-4MiB` (the same with SHA-256; the previous release) or `sha256` (the whole
+    file; earlier releases). The README gives the recipes to recompute it."""
 
 
 class JobError(BaseModel):
