@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("var"), description="Image store, SQLite file, broker")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite")
     broker_url: str = Field(default="", description="Celery broker URL; empty means embedded")
+    store_url: str = Field(
+        default="",
+        pattern=r"^((file|s3)://.*)?$",
+        description="Image store: file:///path or s3://bucket/prefix; empty: data_dir/images",
+    )
     zones: Annotated[tuple[str, ...], NoDecode] = ("ac1",)
     queue: str = Field(default="imagesvc", pattern=r"^[A-Za-z0-9_-]+$")
     token_ttl: int = Field(default=3600, gt=0, description="Access token lifetime, seconds")

@@ -113,7 +113,7 @@ class ChaosEnv(Deployment):
             lost=unsettled,
             duplicated=self._duplicated(images, jobs),
             orphans=self._wait_no_orphans(),
-            disagreements=_disagreements(jobs, images, self.settings.image_dir),
+            disagreements=_disagreements(jobs, images, set(self.stored_names())),
             reasons=[
                 f"{job.job_id}: {job.error_code}: {job.error_message}"
                 for job in jobs.values()
@@ -124,7 +124,9 @@ class ChaosEnv(Deployment):
         return outcome
 
     def _duplicated(self, images: dict[str, Image], jobs: dict[str, Job]) -> list[str]:
-        files = Counter(p.name.split(".")[0] for p in self.settings.image_dir.glob("img-*"))
+        files = Counter(
+            name.split(".")[0] for name in self.stored_names() if name.startswith("img-")
+        )
         twice = [image_id for image_id, count in files.items() if count > 1]
         captures = Counter(
             job.resource_ids[0]
@@ -151,11 +153,13 @@ class ChaosEnv(Deployment):
                     )
                 )
             )
-        image_dir = self.settings.image_dir
-        files = [p.name for p in image_dir.iterdir() if p.is_file()]
-        partials = image_dir / ".partial"
-        leftovers = [p.name for p in partials.iterdir()] if partials.is_dir() else []
-        return [name for name in files if owned[name] != 1] + leftovers
+        staged = self.services.store.staging_dir()
+        leftovers = [str(p) for p in staged.rglob("*") if p.is_file()] if staged.is_dir() else []
+        return [name for name in self.stored_names() if owned[name] != 1] + leftovers
+
+    def stored_names(self) -> list[str]:
+        """The objects in the deployment's image store (files, or S3 objects)."""
+        return [item.name for item in self.services.store.listing()]
 
 
 def _jobs_of(account_id: str) -> Any:
@@ -166,7 +170,7 @@ def _images_of(account_id: str) -> Any:
     return select(Image).where(Image.owner == account_id)
 
 
-def _disagreements(jobs: dict[str, Job], images: dict[str, Image], image_dir: Path) -> list[str]:
+def _disagreements(jobs: dict[str, Job], images: dict[str, Image], stored: set[str]) -> list[str]:
     problems = []
     for job in jobs.values():
         if job.status == JobStatus.FAILED.value and not (job.error_code and job.error_message):
@@ -174,15 +178,15 @@ def _disagreements(jobs: dict[str, Job], images: dict[str, Image], image_dir: Pa
         if job.action != JobAction.CAPTURE_INSTANCE.value:
             continue
         image = images[job.resource_ids[0]]
-        problems += _capture_disagreement(job, image, image_dir)
+        problems += _capture_disagreement(job, image, stored)
     return problems
 
 
-def _capture_disagreement(job: Job, image: Image, image_dir: Path) -> list[str]:
+def _capture_disagreement(job: Job, image: Image, stored: set[str]) -> list[str]:
     if job.status == JobStatus.SUCCESSFUL.value:
         if image.status in ("pending", "ceased") or image.transition_status == "creating":
             return [f"job {job.job_id} successful but image {image.image_id} is {image.status}"]
-        if not image.file_name or not (image_dir / image.file_name).is_file():
+        if not image.file_name or image.file_name not in stored:
             return [f"image {image.image_id} is {image.status} without its file"]
     if job.status == JobStatus.FAILED.value and image.status != "ceased":
         return [f"job {job.job_id} failed but image {image.image_id} is {image.status}"]

@@ -60,7 +60,7 @@ def test_a_published_copy_is_listed_read_back_whole_and_removed(store: ImageStor
     assert sent and sent[-1] == len(data)
     store.remove("img-a.1.qcow2")
     store.remove("img-a.1.qcow2")  # already gone: no error
-    assert store.listing() == []
+    assert list(store.listing()) == []
 
 
 def test_s3_uploads_in_parts(
@@ -104,7 +104,7 @@ def test_an_unfinished_upload_is_aborted_by_the_sweep(s3_env: S3Server, tmp_path
     assert store.remove_stale_uploads(older_than=3600) == []
     assert store.remove_stale_uploads(older_than=0) == ["img-d.1.qcow2"]
     assert store.remove_stale_uploads(older_than=0) == []
-    assert store.listing() == []
+    assert list(store.listing()) == []
 
 
 def test_a_store_that_stays_down_fails_the_publish(
