@@ -29,6 +29,8 @@ from models.states import JobAction, JobStatus
 from models.tables import Image, Job
 from tests.support.contract import TERMINAL
 from tests.support.deployment import Deployment, scratch_deployment
+from workers.checksum import checksum_stream
+from workers.image_store import S3ImageStore
 
 SETTLE_TIMEOUT_S = 240.0
 # After the jobs settle, how long past orphan_grace the sweep gets to remove orphans.
@@ -88,9 +90,9 @@ def scenario_timeout(scenario_s: float) -> pytest.MarkDecorator:
 
 
 @contextmanager
-def chaos_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
+def chaos_deployment(tmp_path: Path, **overrides: Any) -> Iterator[ChaosEnv]:
     """A scratch deployment with fast failure detection; no process yet."""
-    with scratch_deployment(tmp_path, ChaosEnv, **CHAOS_SETTINGS) as env:
+    with scratch_deployment(tmp_path, ChaosEnv, **(CHAOS_SETTINGS | overrides)) as env:
         yield env
 
 
@@ -153,9 +155,32 @@ class ChaosEnv(Deployment):
                     )
                 )
             )
-        staged = self.services.store.staging_dir()
+        store = self.services.store
+        staged = store.staging_dir()
         leftovers = [str(p) for p in staged.rglob("*") if p.is_file()] if staged.is_dir() else []
+        if isinstance(store, S3ImageStore):  # and uploads never completed nor aborted
+            reply = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+            leftovers += [f"upload of {upload['Key']}" for upload in reply.get("Uploads", [])]
         return [name for name in self.stored_names() if owned[name] != 1] + leftovers
+
+    def objects_unlike_their_checksums(self) -> list[str]:
+        """The available images of the tenant whose object in the store, read back whole,
+        does not have the image's checksum (or is missing)."""
+        with self.database.reading() as session:
+            images = list(session.scalars(_images_of(self.account_id)))
+        wrong = []
+        for image in images:
+            if image.status != "available":
+                continue
+            try:
+                with self.services.store.reader(image.file_name or "") as stream:
+                    recomputed = checksum_stream(stream, image.checksum_algorithm)
+            except Exception as exc:
+                wrong.append(f"{image.image_id}: {exc}")
+                continue
+            if recomputed != image.checksum:
+                wrong.append(f"{image.image_id}: {recomputed} != {image.checksum}")
+        return wrong
 
     def stored_names(self) -> list[str]:
         """The objects in the deployment's image store (files, or S3 objects)."""
