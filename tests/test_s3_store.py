@@ -65,6 +65,14 @@ def capture(env: ChaosEnv, disk: Path) -> tuple[str, str]:
     return str(reply.body["job_id"]), str(reply.body["image_id"])
 
 
+def started_and_captured(env: ChaosEnv, disk: Path) -> tuple[str, str]:
+    """Start the deployment, capture ``disk``; the job and image, once it succeeded."""
+    start(env)
+    job_id, image_id = capture(env, disk)
+    assert env.wait_for_status(job_id, {"successful", "failed"}) == "successful"
+    return job_id, image_id
+
+
 def image_row(env: ChaosEnv, image_id: str) -> Image:
     with env.database.reading() as session:
         image = session.get(Image, image_id)
@@ -89,10 +97,8 @@ def verify(env: ChaosEnv, image_id: str) -> tuple[int, dict[str, object]]:
 def test_a_capture_on_s3_is_a_compact_qcow2_verified_ceased_and_swept(
     env: ChaosEnv, tmp_path: Path
 ) -> None:
-    start(env)
     disk = make_raw_disk(tmp_path / "vm.raw", size=1 * GiB, data=16 * MiB)
-    job_id, image_id = capture(env, disk)
-    assert env.wait_for_status(job_id, {"successful", "failed"}) == "successful"
+    _, image_id = started_and_captured(env, disk)
 
     image, store = image_row(env, image_id), s3_store(env)
     name = f"{image_id}.1.qcow2"
@@ -137,10 +143,8 @@ def test_a_capture_on_s3_is_a_compact_qcow2_verified_ceased_and_swept(
 def test_the_orphan_sweep_removes_unowned_objects_and_unfinished_uploads_only(
     env: ChaosEnv, tmp_path: Path
 ) -> None:
-    start(env)
     disk = make_raw_disk(tmp_path / "vm.raw", size=64 * MiB, data=8 * MiB)
-    job_id, image_id = capture(env, disk)
-    assert env.wait_for_status(job_id, {"successful", "failed"}) == "successful"
+    job_id, image_id = started_and_captured(env, disk)
     store = s3_store(env)
     stray = f"img-stray{secrets.token_hex(4)}.1.qcow2"
     store.client.put_object(Bucket=BUCKET, Key=store.prefix + stray, Body=b"left by a crash")

@@ -205,7 +205,8 @@ class S3ImageStore:
             from botocore.config import Config
 
             config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
-            self._client = boto3.client("s3", config=config)
+            # A session of its own: boto3's default one keeps the first credentials it read.
+            self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
     def staging_dir(self) -> Path:
