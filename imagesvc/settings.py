@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -160,6 +161,10 @@ class Settings(BaseSettings):
 
     @property
     def image_dir(self) -> Path:
+        """The directory store's path: the data dir's ``images/``, or the ``file://`` store's.
+        (With an S3 store, the data dir's ``images/``, which stays empty.)"""
+        if self.store_url.startswith("file://"):
+            return Path(urlsplit(self.store_url).path)
         return self.data_dir / "images"
 
     @property

@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from imagesvc.settings import Settings
 from tests.support.s3_server import S3Server
 from workers import image_store
-from workers.image_store import ImageStore, S3ImageStore, StoreError, open_store
+from workers.image_store import FileImageStore, ImageStore, S3ImageStore, StoreError, open_store
 
 MiB = 1 << 20
 
@@ -127,3 +129,16 @@ def test_store_urls() -> None:
     assert open_store("s3://bucket/some/prefix", Path("/d")).url == "s3://bucket/some/prefix"
     with pytest.raises(ValueError, match="IMAGESVC_STORE_URL"):
         open_store("ftp://x/y", Path("/d"))
+
+
+def test_the_settings_store_url_names_the_store_every_part_builds() -> None:
+    default = Settings(data_dir=Path("/data"))
+    assert open_store(default.store_url, default.data_dir).url == Path("/data/images").as_uri()
+    shared = Settings(data_dir=Path("/data"), store_url="file:///mnt/shared/images")
+    assert shared.image_dir == Path("/mnt/shared/images")
+    assert isinstance(open_store(shared.store_url, shared.data_dir), FileImageStore)
+    bucket = Settings(data_dir=Path("/data"), store_url="s3://bucket/imagesvc")
+    s3 = open_store(bucket.store_url, bucket.data_dir)
+    assert isinstance(s3, S3ImageStore) and s3.staging_dir() == Path("/data/staging")
+    with pytest.raises(ValidationError, match="store_url"):
+        Settings(store_url="ftp://host/images")
