@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from imagesvc.settings import Settings
 from tests.support.s3_server import S3Server
 from workers import image_store
+from workers.checksum import ALGORITHMS, checksum_file, checksum_stream
 from workers.image_store import FileImageStore, ImageStore, S3ImageStore, StoreError, open_store
 
 MiB = 1 << 20
@@ -142,3 +144,21 @@ def test_the_settings_store_url_names_the_store_every_part_builds() -> None:
     assert isinstance(s3, S3ImageStore) and s3.staging_dir() == Path("/data/staging")
     with pytest.raises(ValidationError, match="store_url"):
         Settings(store_url="ftp://host/images")
+
+
+class ShortReads(io.BytesIO):
+    """A network body: each read returns at most 1 MiB, whatever was asked."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(MiB if size is None or size < 0 else min(size, MiB))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_streamed_object_checksums_as_its_file_does(tmp_path: Path, algorithm: str) -> None:
+    path = tmp_path / "disk.raw"
+    with open(path, "wb") as disk:  # data, a hole of whole chunks, data; an odd length
+        disk.write(os.urandom(5 * MiB))
+        disk.seek(13 * MiB)
+        disk.write(os.urandom(MiB + 3))
+    streamed = checksum_stream(ShortReads(path.read_bytes()), algorithm)
+    assert streamed == checksum_file(path, algorithm)
