@@ -299,7 +299,8 @@ class JobOut(BaseModel):
     progress: int
     """Percent done, 0 to 100, counted in data bytes (holes are not work)."""
     phase: str
-    """What a working job is doing: `queued`, `copying`, `syncing`, `recording` or `done`."""
+    """What a working job is doing: `queued`, `copying`, `syncing`, `uploading`, `recording`
+    or `done`."""
     create_time: IsoTime
     """When the job was accepted, UTC."""
     begin_time: IsoTime | None

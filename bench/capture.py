@@ -7,14 +7,17 @@ several times, alternating with its baseline, the page cache warm for both:
 - imagesvc: from ``POST /images`` to the job's ``successful`` (request, dispatch, claim,
   copy, checksum, fsync, commit), as a client sees it;
 - raw baseline: ``cp --sparse=always SRC DST && sync DST``;
-- qcow2 baseline: ``qemu-img convert -O qcow2 SRC DST && sync DST``.
+- qcow2 baseline: ``qemu-img convert -O qcow2 SRC DST && sync DST``;
+- S3 cases (a raw disk captured into an S3 store, served by an ``rclone serve s3`` the
+  bench starts, so stored as qcow2): ``qemu-img convert -O qcow2`` + ``sync`` + boto3's
+  ``upload_file`` of the qcow2 to the same server (``bench/_s3_store.py``).
 
 It prints min and median with their ratio, and the worker's peak resident size during the
 20 GiB case; without ``--quick`` it also rewrites its section of ``docs/benchmarks.md`` with
-the table and plots (``docs/img/capture-*.png``). ``--quick`` (one 64 MiB disk, one run)
-only checks that the bench still works. ``--ab DIR`` also starts the service from another
-checkout (say, the previous commit: ``git worktree add DIR REV``) and alternates it too, so
-old and new are compared in the same run; it prints both and writes no doc.
+the table and plots (``docs/img/capture-*.png``). ``--quick`` (one 64 MiB disk, one run,
+into each store) only checks that the bench still works. ``--ab DIR`` also starts the service
+from another checkout (say, the previous commit: ``git worktree add DIR REV``) and alternates
+it too, so old and new are compared in the same run; it prints both and writes no doc.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench._s3_store import S3Store
+
 MiB = 1 << 20
 GiB = 1 << 30
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +54,7 @@ DOC = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
 START, END = "<!-- bench:capture:start -->", "<!-- bench:capture:end -->"
 POLL = 0.005  # seconds between job polls: small next to the times measured
+S3_PREFIX = "images"  # the S3 service's store: s3://bench/images
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Case:
     extents: int  # the data is split in this many extents, spread over the disk
     target: float | None = None  # max imagesvc/baseline ratio; None: a plot point only
     runs: int = 5
+    store: str = "file"  # file: the data dir's directory; s3: a bucket of rclone serve s3
 
 
 CASES = [
@@ -72,8 +79,12 @@ CASES = [
     Case("raw-2g-256m", "raw, 2 GiB virtual, 256 MiB data", "raw", 2 * GiB, 256 * MiB, 8, runs=3),
     Case("raw-2g-512m", "raw, 2 GiB virtual, 512 MiB data", "raw", 2 * GiB, 512 * MiB, 8, runs=3),
     Case("raw-20g-1g", "raw, 20 GiB virtual, 1 GiB data", "raw", 20 * GiB, GiB, 8, runs=3),
+    Case("s3-raw-2g", "raw, 2 GiB virtual, 1 GiB data, into S3 (as qcow2)", "raw", 2 * GiB, GiB,
+         8, store="s3"),
 ]  # fmt: skip
 QUICK = Case("raw-64m", "raw, 64 MiB virtual, 16 MiB data", "raw", 64 * MiB, 16 * MiB, 2, runs=1)
+QUICK_S3 = Case("s3-raw-64m", "raw, 64 MiB virtual, 16 MiB data, into S3 (as qcow2)", "raw",
+                64 * MiB, 16 * MiB, 2, runs=1, store="s3")  # fmt: skip
 RSS_CASE = "raw-20g"
 LARGE_VS = ("raw-100g", "raw-2g", 1.5)  # imagesvc on the first within 1.5x of the second
 
@@ -148,13 +159,20 @@ def warm(path: Path) -> None:
 
 
 class Service:
-    """imagesvc's API and one worker on a fresh PostgreSQL database and Redis queue."""
+    """imagesvc's API and one worker on a fresh PostgreSQL database and Redis queue; its
+    image store is the data dir's directory, or an S3 store's (``s3``)."""
 
     def __init__(
-        self, workdir: Path, database_server: str, redis_url: str, repo: Path = REPO
+        self,
+        workdir: Path,
+        database_server: str,
+        redis_url: str,
+        s3: S3Store | None = None,
+        repo: Path = REPO,
     ) -> None:
         self.repo = repo  # the checkout whose code the service runs
-        self.data_dir = workdir / f"service-{secrets.token_hex(2)}"
+        self.data_dir = workdir / f"service-{'s3-' if s3 else ''}{secrets.token_hex(2)}"
+        self.s3 = s3
         self.database_server = database_server
         self.redis_url = redis_url
         self.database = f"imagesvc_bench_{secrets.token_hex(4)}"
@@ -178,6 +196,8 @@ class Service:
             IMAGESVC_QUEUE=self.queue,
             IMAGESVC_WORKER_CONCURRENCY="1",
         )
+        if self.s3 is not None:
+            self.env.update(self.s3.env(S3_PREFIX))
         try:
             self.imagesvc("db", "upgrade")
             self.start("api", "api", "--port", str(self.port))
@@ -286,9 +306,14 @@ class Service:
         elapsed = time.perf_counter() - started
         if job["status"] != "successful":
             raise RuntimeError(f"capture failed: {job}")
-        for stored in (self.data_dir / "images").glob(f"{reply['image_id']}.*"):
-            stored.unlink()  # keep the bench's disk usage to one copy at a time
+        self.remove_stored(reply["image_id"])  # keep the bench's disk usage to one copy
         return elapsed
+
+    def remove_stored(self, image_id: str) -> None:
+        if self.s3 is not None:
+            self.s3.remove_prefix(f"{S3_PREFIX}/{image_id}.")
+        for stored in (self.data_dir / "images").glob(f"{image_id}.*"):
+            stored.unlink()
 
     def worker_pids(self) -> list[int]:
         """The worker's main process and its pool children."""
@@ -389,10 +414,15 @@ def run_case(
     instance = service.add_instance(disk)
     other_instance = other.add_instance(disk) if other is not None else ""
     work = disk.parent
+    s3 = service.s3
+
+    def measure_baseline() -> float:
+        return s3.baseline(disk, work) if s3 is not None else baseline(case, disk, work)
+
     for run in range(case.runs):
         sides: list[Callable[[], None]] = [
             lambda: result.imagesvc.append(service.capture(instance)),
-            lambda: result.baseline.append(baseline(case, disk, work)),
+            lambda: result.baseline.append(measure_baseline()),
         ]
         if other is not None:
             sides.append(lambda: result.other.append(other.capture(other_instance)))
@@ -406,6 +436,13 @@ def run_case(
     return result
 
 
+BASELINE_TOOLS = {
+    "raw": "`cp --sparse=always` + `sync`",
+    "qcow2": "`qemu-img convert -O qcow2` + `sync`",
+    "s3": "`qemu-img convert -O qcow2` + `sync` + boto3 `upload_file`",
+}
+
+
 def report(results: list[Result], rss_peak: int | None) -> list[str]:
     """The table (markdown) and the verdicts, as lines."""
     lines = [
@@ -414,9 +451,7 @@ def report(results: list[Result], rss_peak: int | None) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        tool = "`cp --sparse=always` + `sync`" if r.case.disk_format == "raw" else (
-            "`qemu-img convert -O qcow2` + `sync`"
-        )  # fmt: skip
+        tool = BASELINE_TOOLS[r.case.store if r.case.store == "s3" else r.case.disk_format]
         target = f"≤ {r.case.target}x" if r.case.target else "(plot point)"
         if r.case.name == LARGE_VS[0]:
             target = f"imagesvc ≤ {LARGE_VS[2]}x its time on {LARGE_VS[1]}"
@@ -506,7 +541,11 @@ def plots(results: list[Result]) -> list[str]:
         figure.savefig(IMG / name, dpi=100)
         plt.close(figure)
         refs.append(f"![capture time: {title}](img/{name})")
-    targets = [r for r in results if r.case.target is not None or r.case.name == "raw-100g"]
+    targets = [
+        r
+        for r in results
+        if r.case.target is not None or r.case.name == "raw-100g" or r.case.store == "s3"
+    ]
     figure, axes = plt.subplots(figsize=(7, 4))
     ticks = list(range(len(targets)))
     axes.bar([x - 0.2 for x in ticks], [min(r.imagesvc) for r in targets], 0.4, label="imagesvc")
@@ -594,7 +633,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def selected(args: argparse.Namespace) -> list[Case]:
     if args.quick:
-        return [QUICK]
+        return [QUICK, QUICK_S3]
     cases = CASES
     if args.cases:
         wanted = set(args.cases.split(","))
@@ -614,6 +653,25 @@ def workdir(given: Path | None) -> Iterator[Path]:
         yield Path(path)
 
 
+def run_cases(
+    cases: list[Case],
+    disks: dict[str, Path],
+    service: Service,
+    results: list[Result],
+    other: Service | None = None,
+) -> int | None:
+    """Run ``cases`` on ``service`` (and ``other``, with ``--ab``) into ``results``; the
+    worker's peak RSS if measured."""
+    rss_peak = None
+    for case in cases:
+        peak = RssPeak(service.worker_pids) if case.name == RSS_CASE else None
+        print(f"bench capture: {case.label} x {case.runs}", flush=True)
+        results.append(run_case(case, disks[case.name], service, peak, other))
+        if peak is not None:
+            rss_peak = peak.peak
+    return rss_peak
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     cases = selected(args)
@@ -622,19 +680,24 @@ def main(argv: list[str]) -> int:
         pool = make_pool(work, max(c.data for c in cases) + 64 * MiB)
         disks = {c.name: make_disk(c, pool, work) for c in cases}
         pool.unlink()
-        results, rss_peak = [], None
+        results: list[Result] = []
+        rss_peak = None
+        file_cases = [c for c in cases if c.store == "file"]
+        s3_cases = [c for c in cases if c.store == "s3"]
         with contextlib.ExitStack() as services:
-            service = services.enter_context(Service(work, args.database_url, args.redis_url))
-            other = None
-            if args.ab is not None:
-                other = Service(work, args.database_url, args.redis_url, args.ab.resolve())
-                services.enter_context(other)
-            for case in cases:
-                peak = RssPeak(service.worker_pids) if case.name == RSS_CASE else None
-                print(f"bench capture: {case.label} x {case.runs}", flush=True)
-                results.append(run_case(case, disks[case.name], service, peak, other))
-                if peak is not None:
-                    rss_peak = peak.peak
+            if file_cases:
+                service = services.enter_context(Service(work, args.database_url, args.redis_url))
+                other = None
+                if args.ab is not None:
+                    other = Service(work, args.database_url, args.redis_url, repo=args.ab.resolve())
+                    services.enter_context(other)
+                rss_peak = run_cases(file_cases, disks, service, results, other)
+        if s3_cases:
+            with (
+                S3Store(work / "s3") as store,
+                Service(work, args.database_url, args.redis_url, store) as service,
+            ):
+                run_cases(s3_cases, disks, service, results)
         lines = report(results, rss_peak)
         print("\n".join(lines))
         if not args.quick and not args.no_doc and args.ab is None:

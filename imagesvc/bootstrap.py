@@ -17,18 +17,21 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory, SqlInventory
 from workers.celery_app import create_celery
+from workers.image_store import ImageStore, open_store
 from workers.job_queue import JobQueue
 
 
 @dataclass
 class Services:
-    """What an entry point works with: the database, the inventory and the job queue."""
+    """What an entry point works with: the database, the inventory, the job queue and the
+    image store (an S3 store connects, and loads boto3, only when first used: the API never)."""
 
     settings: Settings
     database: Database
     inventory: InstanceInventory
     celery: Celery
     job_queue: JobQueue
+    store: ImageStore
 
     def close(self) -> None:
         self.celery.close()
@@ -45,6 +48,7 @@ def bootstrap(settings: Settings) -> Services:
         inventory=SqlInventory(database),
         celery=celery,
         job_queue=JobQueue(celery, settings.queue),
+        store=open_store(settings.store_url, settings.data_dir),
     )
 
 

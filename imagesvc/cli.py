@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -460,11 +461,30 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _stored_checksum(settings: Settings, file_name: str, algorithm: str) -> str:
+    """The checksum of the store's object ``file_name``: a local file skips its holes, an
+    object in S3 is read as a stream (an unreadable one is an OSError, as a file's is)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from workers.checksum import checksum_file, checksum_stream
+    from workers.image_store import open_store
+
+    store = open_store(settings.store_url, settings.data_dir)
+    path = store.local_path(file_name)
+    if path is not None:
+        return checksum_file(path, algorithm)
+    try:
+        with store.reader(file_name) as stream:
+            return checksum_stream(stream, algorithm)
+    except (BotoCoreError, ClientError) as exc:
+        raise OSError(errno.EIO, str(exc)) from exc
+
+
 def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
     """Recompute the checksum of an image's stored file; exit 0 if it matches, 1 if not."""
     from models.errors import InvalidParameter, ResourceNotFound
     from models.tables import Image
-    from workers.checksum import ALGORITHMS, checksum_file
+    from workers.checksum import ALGORITHMS
 
     with _transaction(settings) as session:
         image = session.get(Image, args.image_id)
@@ -474,7 +494,7 @@ def cmd_image_verify(args: argparse.Namespace, settings: Settings) -> int:
     if not file_name or algorithm not in ALGORITHMS:
         raise InvalidParameter(f"image {args.image_id} has no stored file with a checksum")
     try:
-        recomputed = checksum_file(settings.image_dir / file_name, algorithm)
+        recomputed = _stored_checksum(settings, file_name, algorithm)
     except OSError as exc:
         raise InvalidParameter(
             f"image {args.image_id}: stored file unreadable: {exc.strerror}"

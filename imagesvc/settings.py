@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +44,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("var"), description="Image store, SQLite file, broker")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite")
     broker_url: str = Field(default="", description="Celery broker URL; empty means embedded")
+    store_url: str = Field(
+        default="",
+        pattern=r"^((file|s3)://.*)?$",
+        description="Image store: file:///path or s3://bucket/prefix; empty: data_dir/images",
+    )
     zones: Annotated[tuple[str, ...], NoDecode] = ("ac1",)
     queue: str = Field(default="imagesvc", pattern=r"^[A-Za-z0-9_-]+$")
     token_ttl: int = Field(default=3600, gt=0, description="Access token lifetime, seconds")
@@ -155,6 +161,10 @@ class Settings(BaseSettings):
 
     @property
     def image_dir(self) -> Path:
+        """The directory store's path: the data dir's ``images/``, or the ``file://`` store's.
+        (With an S3 store, the data dir's ``images/``, which stays empty.)"""
+        if self.store_url.startswith("file://"):
+            return Path(urlsplit(self.store_url).path)
         return self.data_dir / "images"
 
     @property

@@ -75,12 +75,14 @@ class JobPhase(enum.StrEnum):
     """What a job is doing, shown next to its progress.
 
     ``queued`` while pending, ``done`` once terminal; a working capture goes
-    copying -> syncing -> recording, other working jobs are ``recording``.
+    copying -> syncing -> (uploading, to an S3 store) -> recording, other working jobs are
+    ``recording``.
     """
 
     QUEUED = "queued"
     COPYING = "copying"  # reading the instance's disk and writing the image file
     SYNCING = "syncing"  # waiting for the image file to reach the disk
+    UPLOADING = "uploading"  # sending the image file to the image store (S3)
     RECORDING = "recording"  # committing the outcome to the database
     DONE = "done"
 

@@ -29,6 +29,8 @@ from models.states import JobAction, JobStatus
 from models.tables import Image, Job
 from tests.support.contract import TERMINAL
 from tests.support.deployment import Deployment, scratch_deployment
+from workers.checksum import checksum_stream
+from workers.image_store import S3ImageStore
 
 SETTLE_TIMEOUT_S = 240.0
 # After the jobs settle, how long past orphan_grace the sweep gets to remove orphans.
@@ -88,9 +90,9 @@ def scenario_timeout(scenario_s: float) -> pytest.MarkDecorator:
 
 
 @contextmanager
-def chaos_deployment(tmp_path: Path) -> Iterator[ChaosEnv]:
+def chaos_deployment(tmp_path: Path, **overrides: Any) -> Iterator[ChaosEnv]:
     """A scratch deployment with fast failure detection; no process yet."""
-    with scratch_deployment(tmp_path, ChaosEnv, **CHAOS_SETTINGS) as env:
+    with scratch_deployment(tmp_path, ChaosEnv, **(CHAOS_SETTINGS | overrides)) as env:
         yield env
 
 
@@ -113,7 +115,7 @@ class ChaosEnv(Deployment):
             lost=unsettled,
             duplicated=self._duplicated(images, jobs),
             orphans=self._wait_no_orphans(),
-            disagreements=_disagreements(jobs, images, self.settings.image_dir),
+            disagreements=_disagreements(jobs, images, set(self.stored_names())),
             reasons=[
                 f"{job.job_id}: {job.error_code}: {job.error_message}"
                 for job in jobs.values()
@@ -124,7 +126,9 @@ class ChaosEnv(Deployment):
         return outcome
 
     def _duplicated(self, images: dict[str, Image], jobs: dict[str, Job]) -> list[str]:
-        files = Counter(p.name.split(".")[0] for p in self.settings.image_dir.glob("img-*"))
+        files = Counter(
+            name.split(".")[0] for name in self.stored_names() if name.startswith("img-")
+        )
         twice = [image_id for image_id, count in files.items() if count > 1]
         captures = Counter(
             job.resource_ids[0]
@@ -151,11 +155,36 @@ class ChaosEnv(Deployment):
                     )
                 )
             )
-        image_dir = self.settings.image_dir
-        files = [p.name for p in image_dir.iterdir() if p.is_file()]
-        partials = image_dir / ".partial"
-        leftovers = [p.name for p in partials.iterdir()] if partials.is_dir() else []
-        return [name for name in files if owned[name] != 1] + leftovers
+        store = self.services.store
+        staged = store.staging_dir()
+        leftovers = [str(p) for p in staged.rglob("*") if p.is_file()] if staged.is_dir() else []
+        if isinstance(store, S3ImageStore):  # and uploads never completed nor aborted
+            reply = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+            leftovers += [f"upload of {upload['Key']}" for upload in reply.get("Uploads", [])]
+        return [name for name in self.stored_names() if owned[name] != 1] + leftovers
+
+    def objects_unlike_their_checksums(self) -> list[str]:
+        """The available images of the tenant whose object in the store, read back whole,
+        does not have the image's checksum (or is missing)."""
+        with self.database.reading() as session:
+            images = list(session.scalars(_images_of(self.account_id)))
+        wrong = []
+        for image in images:
+            if image.status != "available":
+                continue
+            try:
+                with self.services.store.reader(image.file_name or "") as stream:
+                    recomputed = checksum_stream(stream, image.checksum_algorithm)
+            except Exception as exc:
+                wrong.append(f"{image.image_id}: {exc}")
+                continue
+            if recomputed != image.checksum:
+                wrong.append(f"{image.image_id}: {recomputed} != {image.checksum}")
+        return wrong
+
+    def stored_names(self) -> list[str]:
+        """The objects in the deployment's image store (files, or S3 objects)."""
+        return [item.name for item in self.services.store.listing()]
 
 
 def _jobs_of(account_id: str) -> Any:
@@ -166,7 +195,7 @@ def _images_of(account_id: str) -> Any:
     return select(Image).where(Image.owner == account_id)
 
 
-def _disagreements(jobs: dict[str, Job], images: dict[str, Image], image_dir: Path) -> list[str]:
+def _disagreements(jobs: dict[str, Job], images: dict[str, Image], stored: set[str]) -> list[str]:
     problems = []
     for job in jobs.values():
         if job.status == JobStatus.FAILED.value and not (job.error_code and job.error_message):
@@ -174,15 +203,15 @@ def _disagreements(jobs: dict[str, Job], images: dict[str, Image], image_dir: Pa
         if job.action != JobAction.CAPTURE_INSTANCE.value:
             continue
         image = images[job.resource_ids[0]]
-        problems += _capture_disagreement(job, image, image_dir)
+        problems += _capture_disagreement(job, image, stored)
     return problems
 
 
-def _capture_disagreement(job: Job, image: Image, image_dir: Path) -> list[str]:
+def _capture_disagreement(job: Job, image: Image, stored: set[str]) -> list[str]:
     if job.status == JobStatus.SUCCESSFUL.value:
         if image.status in ("pending", "ceased") or image.transition_status == "creating":
             return [f"job {job.job_id} successful but image {image.image_id} is {image.status}"]
-        if not image.file_name or not (image_dir / image.file_name).is_file():
+        if not image.file_name or image.file_name not in stored:
             return [f"image {image.image_id} is {image.status} without its file"]
     if job.status == JobStatus.FAILED.value and image.status != "ceased":
         return [f"job {job.job_id} failed but image {image.image_id} is {image.status}"]

@@ -147,5 +147,5 @@ async def test_a_vanished_disk_fails_the_job_and_ceases_the_image(
     image = await tenant.image(image_id)
     assert (image["status"], image["transition_status"]) == ("ceased", "")
     partials = service_settings.image_dir / ".partial"
-    assert not any(job["job_id"] in p.name for p in partials.glob("*"))
+    assert not any(job["job_id"] in p.name for p in partials.rglob("*"))
     assert stored_files(service_settings.image_dir, image_id) == []

@@ -89,5 +89,5 @@ async def test_sigterm_lets_the_running_capture_finish_and_the_worker_exit_clean
     stored = stored_file(scratch_settings.image_dir, image_id)
     assert stored.stat().st_size == disk.stat().st_size
     partials = scratch_settings.image_dir / ".partial"
-    assert not list(partials.glob("*")), "the copy left a partial file"
+    assert not [p for p in partials.rglob("*") if p.is_file()], "the copy left a partial file"
     assert not any(p.is_file() for p in scratch_settings.image_dir.iterdir() if p != stored)

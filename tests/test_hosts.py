@@ -2,7 +2,8 @@
 
 The session's worker serves host ``local``. The multi-host deployment at the
 end runs its own API, two schedulers and one worker per host, on distinct
-disk directories, with real processes.
+disk directories, with real processes; once on a store directory they share, once on a
+real S3 server, and every image's object in the store must match its checksum.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select, text
 
 from imagesvc.bootstrap import Services
@@ -22,10 +26,12 @@ from models.jobs import fail_job
 from models.migrate import upgrade
 from models.states import JobStatus
 from models.tables import Instance, Job
-from tests.chaos import ChaosEnv
+from tests.chaos import ChaosEnv, chaos_deployment, show_summaries
+from tests.support.backends import require_qemu_img
 from tests.support.databases import scratch_database
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess, run_imagesvc
+from tests.support.s3_server import s3_store_server
 from tests.support.tenants import Tenant
 from workers.system_images import inspect_disk
 
@@ -210,10 +216,28 @@ def resent_at(env: ChaosEnv, job_id: str) -> Any:
         return session.scalar(select(Job.send_requested_at).where(Job.job_id == job_id))
 
 
+@pytest.fixture(params=["file", "s3"])
+def multi_host(
+    request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[ChaosEnv]:
+    """A scratch deployment whose store every host reaches: the data dir's directory (a
+    filesystem they all mount), or a bucket of a real S3 server."""
+    with ExitStack() as stack:
+        overrides = {}
+        if request.param == "s3":
+            require_qemu_img()  # an S3 store keeps compact qcow2 copies
+            stack.enter_context(s3_store_server(tmp_path / "s3", "images"))
+            overrides["store_url"] = "s3://images/multi-host"
+        try:
+            yield stack.enter_context(chaos_deployment(tmp_path, **overrides))
+        finally:
+            show_summaries(capsys)
+
+
 def test_two_hosts_each_capture_their_own_and_a_host_without_worker_waits(
-    chaos: ChaosEnv,
+    multi_host: ChaosEnv,
 ) -> None:
-    env = chaos
+    env = multi_host
     env.start("scheduler")
     env.start("scheduler")
     worker_a, worker_b = start_host_worker(env, "a"), start_host_worker(env, "b")
@@ -246,6 +270,8 @@ def test_two_hosts_each_capture_their_own_and_a_host_without_worker_waits(
     worker_b = start_host_worker(env, "b")
     env.wait_for_status(late_b, {"successful", "failed"})
     ran_on(env, late_b, worker_b, "b")
-    outcome = env.settle("multi-host", [*first, late_a, late_b])
+    outcome = env.settle(f"multi-host on {env.services.store.url}", [*first, late_a, late_b])
     outcome.assert_clean()
     assert outcome.succeeded == 4
+    assert len(env.stored_names()) == 4
+    assert env.objects_unlike_their_checksums() == []

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from imagesvc.settings import Settings
 from tests.support.s3_server import S3Server
 from workers import image_store
-from workers.image_store import ImageStore, S3ImageStore, StoreError, open_store
+from workers.checksum import ALGORITHMS, checksum_file, checksum_stream
+from workers.image_store import FileImageStore, ImageStore, S3ImageStore, StoreError, open_store
 
 MiB = 1 << 20
 
@@ -60,7 +64,7 @@ def test_a_published_copy_is_listed_read_back_whole_and_removed(store: ImageStor
     assert sent and sent[-1] == len(data)
     store.remove("img-a.1.qcow2")
     store.remove("img-a.1.qcow2")  # already gone: no error
-    assert store.listing() == []
+    assert list(store.listing()) == []
 
 
 def test_s3_uploads_in_parts(
@@ -104,7 +108,7 @@ def test_an_unfinished_upload_is_aborted_by_the_sweep(s3_env: S3Server, tmp_path
     assert store.remove_stale_uploads(older_than=3600) == []
     assert store.remove_stale_uploads(older_than=0) == ["img-d.1.qcow2"]
     assert store.remove_stale_uploads(older_than=0) == []
-    assert store.listing() == []
+    assert list(store.listing()) == []
 
 
 def test_a_store_that_stays_down_fails_the_publish(
@@ -127,3 +131,34 @@ def test_store_urls() -> None:
     assert open_store("s3://bucket/some/prefix", Path("/d")).url == "s3://bucket/some/prefix"
     with pytest.raises(ValueError, match="IMAGESVC_STORE_URL"):
         open_store("ftp://x/y", Path("/d"))
+
+
+def test_the_settings_store_url_names_the_store_every_part_builds() -> None:
+    default = Settings(data_dir=Path("/data"))
+    assert open_store(default.store_url, default.data_dir).url == Path("/data/images").as_uri()
+    shared = Settings(data_dir=Path("/data"), store_url="file:///mnt/shared/images")
+    assert shared.image_dir == Path("/mnt/shared/images")
+    assert isinstance(open_store(shared.store_url, shared.data_dir), FileImageStore)
+    bucket = Settings(data_dir=Path("/data"), store_url="s3://bucket/imagesvc")
+    s3 = open_store(bucket.store_url, bucket.data_dir)
+    assert isinstance(s3, S3ImageStore) and s3.staging_dir() == Path("/data/staging")
+    with pytest.raises(ValidationError, match="store_url"):
+        Settings(store_url="ftp://host/images")
+
+
+class ShortReads(io.BytesIO):
+    """A network body: each read returns at most 1 MiB, whatever was asked."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(MiB if size is None or size < 0 else min(size, MiB))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_streamed_object_checksums_as_its_file_does(tmp_path: Path, algorithm: str) -> None:
+    path = tmp_path / "disk.raw"
+    with open(path, "wb") as disk:  # data, a hole of whole chunks, data; an odd length
+        disk.write(os.urandom(5 * MiB))
+        disk.seek(13 * MiB)
+        disk.write(os.urandom(MiB + 3))
+    streamed = checksum_stream(ShortReads(path.read_bytes()), algorithm)
+    assert streamed == checksum_file(path, algorithm)

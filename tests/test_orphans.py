@@ -125,7 +125,9 @@ async def test_a_retried_capture_leaves_one_file_and_none_of_the_dead_runs(
     with database.transaction() as session:
         claimed = claim_job(session, job_id, "dead-worker")
         assert claimed is not None and claimed.attempts == 1
-    dead_partial = make_file(image_dir / ".partial" / f"{job_id}.1.part")
+    staging = services.store.staging_dir()
+    dead_partial = make_file(staging / ".partial" / f"{job_id}.1.part")
+    dead_staged = make_file(staging / f"{image_id}.1.raw")
     dead_copy = make_file(image_dir / f"{image_id}.1.raw")
     # The sweep gives the lost run's job back to the queue and sends it again.
     with database.transaction() as session:
@@ -144,7 +146,8 @@ async def test_a_retried_capture_leaves_one_file_and_none_of_the_dead_runs(
     assert stored.read_bytes() == raw_disk.read_bytes()
     assert not dead_copy.exists(), "attempt 1's copy was left behind"
     assert not dead_partial.exists(), "attempt 1's partial file was left behind"
-    assert not list((image_dir / ".partial").glob(f"{job_id}.*")), "a partial file was left"
+    assert not dead_staged.exists(), "attempt 1's staged copy was left behind"
+    assert not [p for p in staging.rglob("*") if p.is_file()], "a staged file was left"
     assert (await tenant.image(image_id))["status"] == "available"
 
 
@@ -157,14 +160,16 @@ def test_files_of_an_unsettled_capture_stay_however_old_and_go_once_it_fails(
     with context.database.transaction() as session:
         assert claim_job(session, job_id, "busy-worker") is not None
     image_dir = context.settings.image_dir
-    partial = make_file(image_dir / ".partial" / f"{job_id}.1.part", age=OLD)
+    partial = make_file(image_dir / ".partial" / ".partial" / f"{job_id}.1.part", age=OLD)
+    staged = make_file(image_dir / ".partial" / f"{image_id}.1.raw", age=OLD)
     published = make_file(image_dir / f"{image_id}.1.raw", age=OLD)
 
     assert remove_orphans(context) == []
-    assert partial.exists() and published.exists()
+    assert partial.exists() and staged.exists() and published.exists()
 
     failed = FailedRun(job_id, JobAction.CAPTURE_INSTANCE, [image_id], 1, "Test", "gave up")
     with context.database.transaction() as session:
         assert fail_and_give_back(session, failed)
     removed = remove_orphans(context)
-    assert sorted(removed) == sorted([f".partial/{partial.name}", published.name]), removed
+    expected = [f".partial/.partial/{partial.name}", f".partial/{staged.name}", published.name]
+    assert sorted(removed) == sorted(expected), removed

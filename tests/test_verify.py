@@ -26,7 +26,7 @@ from tests.support.processes import run_imagesvc
 from tests.support.tenants import Tenant
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-PHASES = ["queued", "copying", "syncing", "recording", "done"]
+PHASES = ["queued", "copying", "syncing", "uploading", "recording", "done"]
 
 
 def readme_recipe(kind: str) -> str:

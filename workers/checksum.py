@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import BinaryIO, ClassVar, Protocol
 
 import blake3
 
@@ -316,3 +316,29 @@ def checksum_file(path: Path, algorithm: str) -> str:
         return chunked_checksum_fd(fd, size, algorithm=algorithm)
     finally:
         os.close(fd)
+
+
+def checksum_stream(stream: BinaryIO, algorithm: str) -> str:
+    """Recompute the checksum of the bytes read from ``stream`` (an object in a remote store)
+    with ``algorithm`` (one of ALGORITHMS). Raises ChecksumError for an unknown algorithm."""
+    if algorithm not in ALGORITHMS:
+        raise ChecksumError(f"unknown checksum algorithm {algorithm!r}")
+    if algorithm == PLAIN_SHA256:
+        plain = hashlib.sha256()
+        while data := stream.read(CHUNK_SIZE):
+            plain.update(data)
+        return plain.hexdigest()
+    outer = _chunked_hash(algorithm)()
+    while chunk := _read_chunk(stream):
+        outer.update(chunk_digest(chunk, algorithm))
+    return outer.hexdigest()
+
+
+def _read_chunk(stream: BinaryIO) -> bytes:
+    """One whole chunk (a network stream may return less per read), shorter only at the end."""
+    parts = []
+    wanted = CHUNK_SIZE
+    while wanted and (data := stream.read(wanted)):
+        parts.append(data)
+        wanted -= len(data)
+    return b"".join(parts)

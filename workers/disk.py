@@ -188,10 +188,13 @@ def store_disk(
     on_progress: ProgressCallback | None = None,
     on_phase: PhaseCallback | None = None,
     use_qemu_img: bool | None = None,
+    output_format: DiskFormat | None = None,
 ) -> StoredDisk:
     """Copy ``source`` durably to ``target`` and describe the stored file.
 
-    The copy keeps the source format. It is written to ``partial_dir(target)/<partial_name>.part``
+    The copy keeps the source format, unless ``output_format`` names another one: then
+    ``qemu-img convert`` writes that format (raw to qcow2 stores only the data). It is
+    written to ``partial_dir(target)/<partial_name>.part``
     (a leftover from an earlier attempt is replaced), fsynced, then renamed onto ``target`` and
     the directory fsynced. ``use_qemu_img``: None uses qemu-img for qcow2 and the single-pass
     Python copy for raw, False forbids qemu-img (raw only), True copies raw through qemu-img
@@ -204,10 +207,10 @@ def store_disk(
     """
     _check_partial_name(partial_name)
     partial = partial_dir(target) / f"{partial_name}.part"
+    formats = (source_format, output_format or source_format)
     try:
-        return _store(
-            source, source_format, target, partial, _Progress(on_progress), on_phase, use_qemu_img
-        )
+        progress = _Progress(on_progress)
+        return _store(source, formats, target, partial, progress, on_phase, use_qemu_img)
     except BaseException:
         # Also on cancellation (KeyboardInterrupt, task time limits): never leave a partial.
         _discard(partial)
@@ -216,7 +219,7 @@ def store_disk(
 
 def _store(
     source: Path,
-    source_format: DiskFormat,
+    formats: tuple[DiskFormat, DiskFormat],
     target: Path,
     partial: Path,
     progress: _Progress,
@@ -224,8 +227,9 @@ def _store(
     use_qemu_img: bool | None,
 ) -> StoredDisk:
     """Body of store_disk; the caller removes ``partial`` if this raises."""
+    source_format, output_format = formats
     size = virtual_size(source, source_format)  # also: DiskNotFound before touching the store
-    copier = _choose_copier(source, source_format, size, use_qemu_img)
+    copier = _choose_copier(source, formats, size, use_qemu_img)
     progress.start(_data_bytes(source))
     phase = on_phase or _no_phase
     try:
@@ -235,7 +239,7 @@ def _store(
         checksum = copier(source, source_format, partial, progress)
         progress.copied(progress.data)
         phase(CopyPhase.SYNCING)
-        stored = _make_durable(partial, source_format, target, progress, checksum)
+        stored = _make_durable(partial, output_format, target, progress, checksum)
         _publish(partial, target)
     except OSError as exc:
         raise _copy_error(exc, source) from exc
@@ -254,24 +258,25 @@ _Copier = Callable[[Path, DiskFormat, Path, "_Progress"], str | None]
 
 
 def _choose_copier(
-    source: Path, disk_format: DiskFormat, size: int, use_qemu_img: bool | None
+    source: Path, formats: tuple[DiskFormat, DiskFormat], size: int, use_qemu_img: bool | None
 ) -> _Copier:
-    """Pick qemu-img or the Python copy for this disk."""
+    """Pick qemu-img or the Python copy for this disk (source format, stored format)."""
+    output_format = formats[1]
     exe = qemu_img() if use_qemu_img is not False else None
-    if disk_format is DiskFormat.QCOW2:
+    if DiskFormat.QCOW2 in formats:
         if exe is None:
             raise UnsupportedDiskFormat(
                 "qcow2 disks need qemu-img, which is not installed on this worker"
             )
-        if qcow2_is_self_contained(exe, source):
+        if formats == (DiskFormat.QCOW2, DiskFormat.QCOW2) and qcow2_is_self_contained(exe, source):
             return _self_contained_qcow2_copier(exe)
-        return _qemu_copier(exe)
+        return _qemu_copier(exe, output_format)
     if use_qemu_img and exe is None:
         raise DiskCopyFailed("qemu-img was requested but is not installed on this worker")
     # qemu-img pads raw images to whole sectors, which would change the bytes (and checksum)
     # of an odd-sized file; the Python copy is exact, so use it for those.
     if use_qemu_img and exe is not None and size % _SECTOR == 0:
-        return _qemu_copier(exe)
+        return _qemu_copier(exe, output_format)
     return _python_copier
 
 
@@ -280,11 +285,11 @@ def _python_copier(source: Path, _fmt: DiskFormat, partial: Path, progress: _Pro
     return sparse_copy(source, partial, lambda done, _total: progress.copied(done))
 
 
-def _qemu_copier(exe: str) -> _Copier:
-    """Copier that runs ``qemu-img convert`` with the given executable."""
+def _qemu_copier(exe: str, output_format: DiskFormat) -> _Copier:
+    """Copier that runs ``qemu-img convert`` with the given executable, into ``output_format``."""
 
     def copy(source: Path, fmt: DiskFormat, partial: Path, progress: _Progress) -> None:
-        _qemu_convert(exe, source, fmt, partial, progress)
+        _qemu_convert(exe, source, (fmt, output_format), partial, progress)
 
     return copy
 
@@ -489,9 +494,13 @@ _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
 def _qemu_convert(
-    exe: str, source: Path, fmt: DiskFormat, partial: Path, progress: _Progress
+    exe: str,
+    source: Path,
+    formats: tuple[DiskFormat, DiskFormat],
+    partial: Path,
+    progress: _Progress,
 ) -> None:
-    """Run ``qemu-img convert`` from source to partial in the same format."""
+    """Run ``qemu-img convert`` from source to partial (source format, output format)."""
     # Absolute paths: qemu-img treats "proto:..." and "json:{...}" file names as options, and
     # a name starting with "-" as a flag; an absolute path is always just a file.
     src, dst = os.path.abspath(source), os.path.abspath(partial)
@@ -499,7 +508,7 @@ def _qemu_convert(
     # header written by the guest (e.g. a backing file pointing at a host file).
     # Default cache mode (no -t): qemu does not flush, we fsync the result ourselves, which
     # also works on tmpfs where -t none (O_DIRECT) is refused.
-    argv = [exe, "convert", "-p", "-f", fmt.value, "-O", fmt.value, src, dst]
+    argv = [exe, "convert", "-p", "-f", formats[0].value, "-O", formats[1].value, src, dst]
     watch = _OutputWatch(partial, progress)
     rc, stderr = _run_with_progress(argv, watch.on_fraction, watch.on_tick)
     if rc == 0:

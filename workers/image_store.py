@@ -6,7 +6,13 @@ runs never write the same object. A directory store renames the staged file into
 place and fsyncs the directory; an S3 store uploads it in parts (multipart
 upload) and aborts the upload if any part fails, so nothing half-written is ever
 visible under a name. Unfinished uploads left by a crash are aborted by the
-orphan sweep (:meth:`ImageStore.remove_stale_uploads`).
+orphan sweep (:meth:`ImageStore.remove_stale_uploads`), with the staged copies no run
+finished.
+
+The staging directory holds a run's staged copy ``<image>.<attempt>.<format>`` and,
+under ``.partial/``, the copy being written (``<job>.<attempt>.part``, see
+:func:`workers.disk.store_disk`): the first dot-separated part of every name is the image
+or job it belongs to, so the sweep can leave alone the files of unsettled copies.
 
 The S3 endpoint and credentials are read the way boto3 reads them
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``).
@@ -17,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +59,9 @@ class ImageStore(Protocol):
     """Where image files live once captured."""
 
     url: str
+    # True when publishing sends the bytes elsewhere (S3): captures then store a compact
+    # format, and the job reports the upload as its own phase.
+    uploads: bool
 
     def staging_dir(self) -> Path:
         """A local directory where a run writes its copy before publishing it."""
@@ -63,14 +72,25 @@ class ImageStore(Protocol):
     def remove(self, name: str) -> None:
         """Remove object ``name``; no error if it is already gone."""
 
-    def listing(self) -> list[StoredObject]:
-        """Every published object."""
+    def listing(self) -> Iterator[StoredObject]:
+        """Every published object, a page at a time."""
 
     def reader(self, name: str) -> AbstractContextManager[BinaryIO]:
         """The object's bytes, as a file-like object read from the start."""
 
-    def remove_stale_uploads(self, older_than: float) -> list[str]:
-        """Abort uploads started more than ``older_than`` seconds ago and never finished."""
+    def local_path(self, name: str) -> Path | None:
+        """The object as a local file, when it is one (then holes can be skipped)."""
+
+    def remove_stale_uploads(
+        self, older_than: float, busy: Container[str] = frozenset()
+    ) -> list[str]:
+        """Abort uploads started more than ``older_than`` seconds ago and never finished,
+        and remove staged copies as old; never those of the images or jobs in ``busy``."""
+
+
+def owner_of(name: str) -> str:
+    """The image (``<image>.<attempt>.<format>``) or job (``<job>.<attempt>.part``) of a name."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[0]
 
 
 def open_store(url: str, data_dir: Path) -> ImageStore:
@@ -87,6 +107,8 @@ def open_store(url: str, data_dir: Path) -> ImageStore:
 
 class FileImageStore:
     """Images as files in one directory (local, or a filesystem every host mounts)."""
+
+    uploads = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -106,27 +128,54 @@ class FileImageStore:
     def remove(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)
 
-    def listing(self) -> list[StoredObject]:
-        return [
-            StoredObject(path.name, path.stat().st_mtime)
-            for path in self.root.iterdir()
-            if path.is_file()
-        ]
+    def listing(self) -> Iterator[StoredObject]:
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        yield StoredObject(entry.name, entry.stat().st_mtime)
+                except FileNotFoundError:  # removed while listed
+                    continue
 
     @contextmanager
     def reader(self, name: str) -> Iterator[BinaryIO]:
         with open(self.root / name, "rb") as stream:
             yield stream
 
-    def remove_stale_uploads(self, older_than: float) -> list[str]:
+    def local_path(self, name: str) -> Path:
+        return self.root / name
+
+    def remove_stale_uploads(
+        self, older_than: float, busy: Container[str] = frozenset()
+    ) -> list[str]:
         """Staged copies no run finished (a crash between copy and publish)."""
-        staging, cutoff = self.staging_dir(), time.time() - older_than
-        if not staging.is_dir():
-            return []
-        stale = [p for p in staging.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return [f".partial/{path.name}" for path in stale]
+        stale = remove_stale_staged(self.staging_dir(), time.time() - older_than, busy)
+        return [str(path.relative_to(self.root)) for path in stale]
+
+
+def remove_stale_staged(staging: Path, cutoff: float, busy: Container[str]) -> list[Path]:
+    """Remove the staged and partial copies last written before ``cutoff`` (a crashed run's),
+    but those of the images and jobs in ``busy``; the paths removed."""
+    removed = []
+    for directory in (staging, staging / ".partial"):
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if owner_of(path.name) in busy or not path.is_file():
+                continue
+            if _unlink_if_older(path, cutoff):
+                removed.append(path)
+    return removed
+
+
+def _unlink_if_older(path: Path, cutoff: float) -> bool:
+    try:
+        if path.stat().st_mtime >= cutoff:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _fsync_directory(path: Path) -> None:
@@ -139,6 +188,8 @@ def _fsync_directory(path: Path) -> None:
 
 class S3ImageStore:
     """Images as objects in an S3-compatible bucket, under a key prefix."""
+
+    uploads = True
 
     def __init__(self, bucket: str, prefix: str, staging: Path) -> None:
         self.bucket = bucket
@@ -154,7 +205,8 @@ class S3ImageStore:
             from botocore.config import Config
 
             config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5)
-            self._client = boto3.client("s3", config=config)
+            # A session of its own: boto3's default one keeps the first credentials it read.
+            self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
     def staging_dir(self) -> Path:
@@ -162,11 +214,13 @@ class S3ImageStore:
 
     def publish(self, staged: Path, name: str, on_progress: Progress | None = None) -> None:
         """Upload ``staged`` as ``name`` in parts, retrying a failed upload from the start."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         for attempt in range(1, UPLOAD_TRIES + 1):
             try:
                 self._upload(staged, self.prefix + name, on_progress)
                 break
-            except Exception as exc:
+            except (BotoCoreError, ClientError) as exc:  # not the caller's own (Superseded)
                 if attempt == UPLOAD_TRIES:
                     raise StoreError(f"upload of {name} to {self.url} failed: {exc}") from exc
                 log.warning("upload of %s failed (%s); starting it again", name, exc)
@@ -215,15 +269,14 @@ class S3ImageStore:
     def remove(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
 
-    def listing(self) -> list[StoredObject]:
+    def listing(self) -> Iterator[StoredObject]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix
         )
-        return [
-            StoredObject(item["Key"][len(self.prefix) :], item["LastModified"].timestamp())
-            for page in pages
-            for item in page.get("Contents", [])
-        ]
+        for page in pages:
+            for item in page.get("Contents", []):
+                name = item["Key"][len(self.prefix) :]
+                yield StoredObject(name, item["LastModified"].timestamp())
 
     @contextmanager
     def reader(self, name: str) -> Iterator[BinaryIO]:
@@ -233,10 +286,26 @@ class S3ImageStore:
         finally:
             body.close()
 
-    def remove_stale_uploads(self, older_than: float) -> list[str]:
+    def local_path(self, name: str) -> None:
+        return None
+
+    def remove_stale_uploads(
+        self, older_than: float, busy: Container[str] = frozenset()
+    ) -> list[str]:
+        """Unfinished multipart uploads, and this host's staged copies, as old and not busy."""
         cutoff = datetime.now(UTC).timestamp() - older_than
-        reply = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
-        stale = [u for u in reply.get("Uploads", []) if u["Initiated"].timestamp() < cutoff]
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        stale = [
+            upload
+            for page in pages
+            for upload in page.get("Uploads", [])
+            if upload["Initiated"].timestamp() < cutoff and owner_of(upload["Key"]) not in busy
+        ]
         for upload in stale:
             self._abort(upload["Key"], upload["UploadId"])
-        return [upload["Key"][len(self.prefix) :] for upload in stale]
+        staged = remove_stale_staged(self._staging, cutoff, busy)
+        return [upload["Key"][len(self.prefix) :] for upload in stale] + [
+            f"staging/{path.relative_to(self._staging)}" for path in staged
+        ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from itertools import islice
 
 from sqlalchemy import select
 
@@ -16,6 +17,7 @@ from models.image_lifecycle import cease_expired, files_of_ceased, forget_file, 
 from models.jobs import copies_in_progress
 from models.sweep_lock import sweep_lock
 from models.tables import Image
+from workers.image_store import owner_of
 
 log = logging.getLogger(__name__)
 
@@ -58,53 +60,55 @@ def _sweep_images(services: Services) -> SweepReport:
 
 
 def remove_orphans(services: Services) -> list[str]:
-    """Remove store files no image row names, and stale partial copies, once past the grace.
+    """Remove store objects no image row names, unfinished uploads and stale staged copies,
+    once past the grace.
 
-    A file is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched, and never
+    An object is only an orphan after ``IMAGESVC_ORPHAN_GRACE`` seconds untouched, and never
     while the capture or import that writes it is unsettled: a long copy's file keeps the
-    time of its last write while it is hashed, synced and renamed into place.
+    time of its last write while it is hashed, synced and uploaded or renamed into place.
+    The store's listing is walked a page at a time and its names checked against the image
+    rows in batches (by image id, the key), so the table is never read whole.
     """
-    image_dir = services.settings.image_dir
+    store = services.store
     cutoff = time.time() - services.settings.orphan_grace
     with services.database.reading() as session:
-        owned = set(session.scalars(select(Image.file_name).where(Image.file_name.is_not(None))))
         busy = copies_in_progress(session)
-    candidates = [
-        p
-        for p in image_dir.iterdir()
-        if p.is_file() and p.name not in owned and _owner(p) not in busy.image_ids
-    ]
-    partials = image_dir / ".partial"
-    if partials.is_dir():
-        candidates += [
-            p for p in partials.iterdir() if p.is_file() and _owner(p) not in busy.job_ids
-        ]
-    removed = [str(p.relative_to(image_dir)) for p in candidates if _remove_if_older(p, cutoff)]
+    old = (item.name for item in store.listing() if item.modified < cutoff)
+    removed = []
+    for names in _batches(old, ORPHAN_BATCH):
+        for name in _unowned(services, names, busy.image_ids):
+            store.remove(name)
+            removed.append(name)
+    grace = services.settings.orphan_grace
+    removed += store.remove_stale_uploads(grace, busy.image_ids | busy.job_ids)
     if removed:
         log.warning("removed orphaned files from the store", extra={"files": removed})
     return removed
 
 
-def _owner(path: Path) -> str:
-    """The image (``<image>.<attempt>.<format>``) or job (``<job>.<attempt>.part``) a file is of."""
-    return path.name.split(".", 1)[0]
+ORPHAN_BATCH = 500  # store names checked against the image rows per query
 
 
-def _remove_if_older(path: Path, cutoff: float) -> bool:
-    try:
-        if path.stat().st_mtime >= cutoff:
-            return False
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+def _batches(names: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(names)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _unowned(services: Services, names: list[str], busy: frozenset[str]) -> list[str]:
+    """The names no image row names, but those of unsettled copies (``busy`` images)."""
+    owners = {owner_of(name) for name in names}
+    stmt = select(Image.file_name).where(Image.image_id.in_(owners), Image.file_name.is_not(None))
+    with services.database.reading() as session:
+        owned = set(session.scalars(stmt))
+    return [name for name in names if name not in owned and owner_of(name) not in busy]
 
 
 def _free_files(services: Services) -> int:
     with services.database.reading() as session:
         held = files_of_ceased(session)
     for item in held:
-        (services.settings.image_dir / item.file_name).unlink(missing_ok=True)
+        services.store.remove(item.file_name)
         with services.database.transaction() as session:
             forget_file(session, item.image_id)
     return len(held)

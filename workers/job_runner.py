@@ -3,8 +3,8 @@
 Every step is a compare-and-set on the job and image rows, fenced by the
 run's attempt number: a duplicate delivery does nothing, a run given up for
 lost cannot settle the job another run now owns, and a job is never
-finished twice. Each run writes files named by its attempt, so two runs
-never touch each other's files.
+finished twice. Each run writes files (and store objects) named by its
+attempt, so two runs never touch each other's copies.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from workers.disk import (
     store_disk,
 )
 from workers.heartbeat import Heartbeat, Superseded
+from workers.image_store import ImageStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +195,46 @@ def _outcome(services: Services, job: ClaimedJob) -> _Outcome | None:
         return _Outcome(JobStatus(row.status), row.error_code, row.error_message, copied)
 
 
-def capture_file(image_dir: Path, image_id: str, attempt: int, disk_format: DiskFormat) -> Path:
-    """Where one run of a capture stores the image: named by the image and the run."""
-    return image_dir / f"{image_id}.{attempt}.{disk_format.value}"
+def capture_name(image_id: str, attempt: int, disk_format: DiskFormat) -> str:
+    """The store object one run of a capture writes: named by the image and the run."""
+    return f"{image_id}.{attempt}.{disk_format.value}"
 
 
 def run_capture(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    """Copy the source disk into the store and make the image available (capture or import)."""
+    """Copy the source disk into the store and make the image available (capture or import).
+
+    The copy is staged locally, then published; the image is available only once the
+    store holds the object durably.
+    """
     image_id = job.resource_ids[0]
     heartbeat.phase(JobPhase.COPYING)
     _remove_earlier_runs(services, job, image_id)
+    progress = _RunProgress(heartbeat, services.store.uploads)
     try:
-        stored = _copy_instance_disk(services, job, heartbeat, image_id)
+        stored = _copy_instance_disk(services, job, progress, image_id)
+        _publish(services.store, stored, progress)
     except JobFailure as failure:
         abandon(services, job, failure.code, failure.message)
         return
     heartbeat.phase(JobPhase.RECORDING, at_once=False)
     _finish_capture(services, job, image_id, stored)
+
+
+@dataclass(frozen=True)
+class _RunProgress:
+    """A capture's progress: the copy, then (to a store that uploads) the upload, each half."""
+
+    heartbeat: Heartbeat
+    uploads: bool
+
+    def copied(self, done: int, total: int) -> None:
+        self.heartbeat.progress(done, total * 2 if self.uploads else total)
+
+    def uploaded(self, sent: int, size: int) -> None:
+        self.heartbeat.progress(size + sent, size * 2)
+
+    def copy_phase(self, phase: CopyPhase) -> None:
+        self.heartbeat.phase(_PHASES[phase])
 
 
 @dataclass(frozen=True)
@@ -238,30 +262,58 @@ def _source_disk(services: Services, job: ClaimedJob) -> SourceDisk:
 
 
 def _remove_earlier_runs(services: Services, job: ClaimedJob, image_id: str) -> None:
-    """A retry first removes what lost runs of this job left: they can never be used."""
-    image_dir = services.settings.image_dir
+    """A retry first removes what lost runs of this job left (staged copies, store objects):
+    they can never be used. Captures run on their instance's host, so the staged ones are here.
+    """
+    store = services.store
+    staging = store.staging_dir()
     for attempt in range(1, job.attempt):
-        (partial_dir(image_dir / image_id) / f"{job.job_id}.{attempt}.part").unlink(missing_ok=True)
+        (partial_dir(staging / image_id) / f"{job.job_id}.{attempt}.part").unlink(missing_ok=True)
         for disk_format in DiskFormat:
-            capture_file(image_dir, image_id, attempt, disk_format).unlink(missing_ok=True)
+            name = capture_name(image_id, attempt, disk_format)
+            (staging / name).unlink(missing_ok=True)
+            store.remove(name)
+
+
+def stored_format(store: ImageStore, source_format: DiskFormat) -> DiskFormat:
+    """The format a capture stores: qcow2 in a store it uploads to (only the data travels),
+    the source's own format in a directory (a sparse raw file costs only its data there)."""
+    return DiskFormat.QCOW2 if store.uploads else source_format
 
 
 def _copy_instance_disk(
-    services: Services, job: ClaimedJob, heartbeat: Heartbeat, image_id: str
+    services: Services, job: ClaimedJob, progress: _RunProgress, image_id: str
 ) -> StoredDisk:
+    """Copy the source disk into the store's staging directory, durably and checksummed."""
     source = _source_disk(services, job)
-    disk_format = source.disk_format
+    output_format = stored_format(services.store, source.disk_format)
+    staged = services.store.staging_dir() / capture_name(image_id, job.attempt, output_format)
     try:
         return store_disk(
             source.path,
-            disk_format,
-            capture_file(services.settings.image_dir, image_id, job.attempt, disk_format),
+            source.disk_format,
+            staged,
             partial_name=f"{job.job_id}.{job.attempt}",
-            on_progress=heartbeat.progress,
-            on_phase=lambda phase: heartbeat.phase(_PHASES[phase]),
+            on_progress=progress.copied,
+            on_phase=progress.copy_phase,
+            output_format=output_format,
         )
     except DiskError as exc:
         raise JobFailure(exc.code, f"capture of {source.label} failed: {exc}") from exc
+
+
+def _publish(store: ImageStore, stored: StoredDisk, progress: _RunProgress) -> None:
+    """Make the staged copy the store's object of the same name; the staged file goes."""
+    if store.uploads:
+        progress.heartbeat.phase(JobPhase.UPLOADING)
+    size = stored.byte_size
+    try:
+        store.publish(stored.path, stored.path.name, lambda sent: progress.uploaded(sent, size))
+    except StoreError as exc:
+        log.warning("%s", exc)
+        raise JobFailure("StoreUnavailable", "the image store is unavailable; try again") from exc
+    finally:
+        stored.path.unlink(missing_ok=True)  # published (moved away) or never to be used
 
 
 _PHASES = {CopyPhase.COPYING: JobPhase.COPYING, CopyPhase.SYNCING: JobPhase.SYNCING}
@@ -293,9 +345,9 @@ def _finish_capture(services: Services, job: ClaimedJob, image_id: str, stored: 
                 raise _CaptureOvertaken
     except _CaptureOvertaken:
         # Another run or action settled this job or image meanwhile: this copy is nobody's.
-        # (If the commit itself failed, whether it happened is unknown: the file stays, and
+        # (If the commit itself failed, whether it happened is unknown: the object stays, and
         # the orphan sweep removes it later if no image row names it.)
-        stored.path.unlink(missing_ok=True)
+        services.store.remove(stored.path.name)
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 

@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,23 @@ class S3Server:
     def restart(self) -> None:
         self.stop(signal.SIGKILL)
         self.start()
+
+
+@contextmanager
+def s3_store_server(root: Path, bucket: str = "images") -> Iterator[S3Server]:
+    """A running server with ``bucket``, its endpoint and keys in this process's environment,
+    where boto3 reads them and from where the services a test starts inherit them."""
+    server = S3Server(root)
+    server.make_bucket(bucket)
+    server.start()
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
