@@ -16,16 +16,19 @@ from celery import Celery
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory, SqlInventory
+from models.reads import Reads, reads_for
 from workers.celery_app import create_celery
 from workers.job_queue import JobQueue
 
 
 @dataclass
 class Services:
-    """What an entry point works with: the database, the inventory and the job queue."""
+    """What an entry point works with: the database, the inventory and the job queue;
+    and ``reads``, the API's read path on the event loop (opened by the API only)."""
 
     settings: Settings
     database: Database
+    reads: Reads
     inventory: InstanceInventory
     celery: Celery
     job_queue: JobQueue
@@ -42,6 +45,7 @@ def bootstrap(settings: Settings) -> Services:
     return Services(
         settings=settings,
         database=database,
+        reads=reads_for(database),
         inventory=SqlInventory(database),
         celery=celery,
         job_queue=JobQueue(celery, settings.queue),

@@ -1,0 +1,197 @@
+"""Read-only statements awaited on the event loop: the path of the API's listings.
+
+The listings' statements are SQLAlchemy Core, built once per set of filters
+(models/images.py, models/jobs.py). On PostgreSQL they run on asyncpg, on the
+API's event loop: each is compiled once to asyncpg's SQL and then only bound,
+with no thread hop, no ORM and no pre-ping round trip; a connection that died
+with a PostgreSQL restart is replaced and the statement run once more. SQLite,
+the embedded default, runs them through the synchronous :class:`Database` in a
+thread. Both return rows that read by attribute and by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import asyncpg
+from sqlalchemy import Executable, Select
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from models.db import Database
+from models.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+POOL_SIZE = 10
+MAX_COMPILED = 1024
+# A connection the server closed (restart, admin shutdown) or could not open: the
+# statement is run once more on a fresh connection, then the request gets a 503.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A listing's two statements, its exact total and its page, and their values."""
+
+    total: Select[Any]
+    page: Select[Any]
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What was read for the account a bearer token stands for: that account, rows, total."""
+
+    account_id: str
+    rows: Sequence[Any]
+    total: int
+
+
+class Reads(ABC):
+    """Runs a read-only statement with named ``values``; rows read as ``row.column``."""
+
+    dialect_name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Get ready on the running event loop (the API's startup)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Let go of the connections (the API's cleanup)."""
+
+    @abstractmethod
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        """Every row of ``statement``."""
+
+    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        """The first row of ``statement``, or None."""
+        rows = await self.fetch(statement, values)
+        return rows[0] if rows else None
+
+
+class ThreadReads(Reads):
+    """The synchronous :class:`Database`, in a thread: SQLite's path."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.dialect_name = database.engine.dialect.name
+
+    async def open(self) -> None:
+        return None  # the Database's own pool, opened on first use
+
+    async def close(self) -> None:
+        return None  # closed with the Database
+
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        return await asyncio.to_thread(self._fetch, statement, values)
+
+    def _fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        with self.database.reading() as session:
+            return list(session.execute(statement, dict(values)))
+
+
+class Record(asyncpg.Record):  # type: ignore[misc]
+    """An asyncpg row that also reads by attribute, as SQLAlchemy's rows do."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class AsyncpgReads(Reads):
+    """asyncpg on the event loop, statements compiled once: PostgreSQL's path."""
+
+    dialect_name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._pool: asyncpg.Pool | None = None
+        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+
+    async def open(self) -> None:
+        # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=POOL_SIZE,
+            timeout=CONNECT_TIMEOUT_S,
+            init=_decode_json,
+            record_class=Record,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        compiled = self._compile(statement)
+        sql, names = compiled.string, compiled.positiontup or []
+        bound = compiled.construct_params(dict(values))
+        args = [bound[name] for name in names]
+        try:
+            return await self._run(sql, args)
+        except _CONNECTION_LOST as lost:
+            log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
+            await self._pool_or_refuse().expire_connections()
+        try:
+            return await self._run(sql, args)
+        except _CONNECTION_LOST as lost:
+            log.warning("database unavailable: %s", lost)
+            raise ServiceUnavailable("the database is unavailable") from None
+
+    async def _run(self, sql: str, args: list[Any]) -> Sequence[Any]:
+        async with self._pool_or_refuse().acquire(timeout=CONNECT_TIMEOUT_S) as connection:
+            rows: Sequence[Any] = await connection.fetch(sql, *args)
+            return rows
+
+    def _pool_or_refuse(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("AsyncpgReads used before open()")
+        return self._pool
+
+    def _compile(self, statement: Executable) -> SQLCompiler:
+        """asyncpg's SQL for ``statement``; listings build theirs once, so this is a lookup."""
+        known = self._compiled.get(id(statement))
+        if known is not None and known[0] is statement:
+            return known[1]
+        compiled = cast(SQLCompiler, statement.compile(dialect=self._dialect))  # type: ignore[attr-defined]
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("expanding parameters: bind lists as arrays (= ANY) on PostgreSQL")
+        if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
+            self._compiled.clear()
+        self._compiled[id(statement)] = (statement, compiled)
+        return compiled
+
+
+async def _decode_json(connection: asyncpg.Connection) -> None:
+    """JSON columns come back as Python values, as SQLAlchemy's JSON type gives them."""
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+def reads_for(database: Database) -> Reads:
+    """The read path for ``database``'s backend."""
+    if database.engine.dialect.name == "postgresql":
+        return AsyncpgReads(database.url)
+    return ThreadReads(database)
