@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from api import pages
 from api.auth import checks_own_token
 from api.caller import (
     caller_of,
@@ -18,7 +19,7 @@ from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
 from api.params import parse_params, validate_params
-from api.responses import json
+from api.responses import json, json_bytes
 from api.schemas import (
     CaptureOut,
     CaptureParams,
@@ -104,7 +105,7 @@ async def list_images(request: web.Request) -> web.Response:
     params = await parse_params(request, ListImagesParams)
     filters = images.ImageFilters(**params.model_dump())
     listed = await read_as_bearer(request, images.list_images_as_bearer, filters)
-    return json(ImagesPage.from_rows(listed.rows, listed.total))
+    return json_bytes(pages.images_page(listed.rows, listed.total))
 
 
 def request_id_of(request: web.Request, from_params: str | None) -> str | None:

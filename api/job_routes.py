@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api import pages
 from api.auth import checks_own_token
 from api.caller import read_as_bearer, zone_of
 from api.openapi import documented
 from api.params import parse_params
-from api.responses import json
+from api.responses import json_bytes
 from api.schemas import RESOURCE_ID, JobOut, JobsPage, ListJobsParams
 from models import jobs
 from models.errors import ResourceNotFound
@@ -26,7 +27,7 @@ async def describe_job(request: web.Request) -> web.Response:
     if not RESOURCE_ID.fullmatch(job_id):  # no id we issue looks like this: skip the database
         raise ResourceNotFound("job not found")
     found = await read_as_bearer(request, jobs.get_job_as_bearer, job_id)
-    return json(JobOut.from_row(found.rows[0]))
+    return json_bytes(pages.job_json(found.rows[0]))
 
 
 @routes.get("/v2/zone/{zone}/jobs")
@@ -38,6 +39,4 @@ async def list_jobs(request: web.Request) -> web.Response:
     params = await parse_params(request, ListJobsParams)
     filters = jobs.JobFilters(**params.model_dump())
     listed = await read_as_bearer(request, jobs.list_jobs_as_bearer, filters)
-    return json(
-        JobsPage(jobs=[JobOut.from_row(row) for row in listed.rows], total_count=listed.total)
-    )
+    return json_bytes(pages.jobs_page(listed.rows, listed.total))

@@ -35,13 +35,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ids
-from models.accounts import BEARER, bearer_account
+from models.accounts import BEARER
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
-from models.reads import Listed, Listing, Reads
+from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import Caller, is_public, one_of, visible_image_ranges, visible_images
 from models.states import (
     ImageAction,
@@ -311,10 +311,8 @@ async def list_images_as_bearer(
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
-    first = await reads.fetch_one(_bearer_total(wanted, postgresql), {**values, "digest": digest})
-    values["owner"] = account_id = bearer_account(first, digest)
-    rows = await reads.fetch(_listing_statements(wanted, postgresql)[1], values)
-    return Listed(account_id, rows, int(first.total))
+    page = _listing_statements(wanted, postgresql)[1]
+    return await listed_as_bearer(reads, digest, _bearer_total(wanted, postgresql), page, values)
 
 
 def _has_public_counts(session: Session) -> bool:
@@ -476,6 +474,31 @@ def _total_of(ranges: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
     return sum(counts[1:], counts[0])
 
 
+# The columns a page of images shows, in the API's order (api/pages.py writes them as read).
+LISTED_IMAGE_COLUMNS = (
+    "image_id",
+    "image_name",
+    "description",
+    "size",
+    "processor_type",
+    "platform",
+    "os_family",
+    "visibility",
+    "provider",
+    "owner",
+    "recommended_type",
+    "status",
+    "transition_status",
+    "create_time",
+    "status_time",
+    "default_user",
+    "default_passwd",
+    "disk_format",
+    "checksum",
+    "checksum_algorithm",
+)
+
+
 def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
     """Newest first: the first ``head`` (offset + limit) keys of each range,
     merged, then the ``limit`` rows after ``offset`` read in full by primary key."""
@@ -497,7 +520,7 @@ def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
         .subquery()
     )
     return (
-        select(*Image.__table__.columns)
+        select(*(Image.__table__.c[name] for name in LISTED_IMAGE_COLUMNS))
         .join(page, page.c.image_id == Image.image_id)
         .order_by(*newest_first)
     )

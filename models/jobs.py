@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from models import ids
 from models.accounts import BEARER, bearer_account
 from models.errors import ResourceNotFound
-from models.reads import Listed, Listing, Reads
+from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import Caller, one_of, owned_job_range, owned_jobs
 from models.states import JOB_MOVES, JobAction, JobStatus
 from models.tables import Job, utcnow
@@ -271,7 +271,7 @@ async def get_job_as_bearer(reads: Reads, digest: str, zone: str, job_id: str) -
     """:func:`get_job` for the account of the bearer token whose digest is ``digest``,
     the token checked in the same statement (accounts.bearer_account)."""
     values = {"digest": digest, "zone": zone, "job_id": job_id}
-    row = await reads.fetch_one(_bearer_job(), values)
+    row = await reads.run(lambda connection: connection.fetch_one(_bearer_job(), values))
     account_id = bearer_account(row, digest)
     if row.job_id is None:
         raise ResourceNotFound(f"job {job_id} not found")
@@ -311,12 +311,10 @@ async def list_jobs_as_bearer(reads: Reads, digest: str, zone: str, filters: Job
     ``digest``: the token's check and the total in one statement, then the page."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _job_listing_values(zone, filters)
-    first = await reads.fetch_one(
-        _bearer_job_total(wanted, postgresql), {**values, "digest": digest}
+    page = _job_statements(wanted, postgresql)[1]
+    return await listed_as_bearer(
+        reads, digest, _bearer_job_total(wanted, postgresql), page, values
     )
-    values["owner"] = account_id = bearer_account(first, digest)
-    rows = await reads.fetch(_job_statements(wanted, postgresql)[1], values)
-    return Listed(account_id, rows, int(first.total))
 
 
 def _on_postgresql(session: Session) -> bool:

@@ -15,9 +15,9 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import Executable, Select
@@ -25,10 +25,12 @@ from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from models.accounts import bearer_account
 from models.db import Database
 from models.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 10
@@ -63,8 +65,22 @@ class Listed:
     total: int
 
 
+class ReadConnection(ABC):
+    """One connection of a :class:`Reads`: runs read-only statements with named values;
+    rows read as ``row.column`` (and ``row._mapping``, as SQLAlchemy's rows do)."""
+
+    @abstractmethod
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        """Every row of ``statement``."""
+
+    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        """The first row of ``statement``, or None."""
+        rows = await self.fetch(statement, values)
+        return rows[0] if rows else None
+
+
 class Reads(ABC):
-    """Runs a read-only statement with named ``values``; rows read as ``row.column``."""
+    """Where the API's read-only statements run."""
 
     dialect_name: str
 
@@ -77,13 +93,8 @@ class Reads(ABC):
         """Let go of the connections (the API's cleanup)."""
 
     @abstractmethod
-    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
-        """Every row of ``statement``."""
-
-    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
-        """The first row of ``statement``, or None."""
-        rows = await self.fetch(statement, values)
-        return rows[0] if rows else None
+    async def run(self, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+        """``read(connection)``: reads only, so it may be run twice."""
 
 
 class ThreadReads(Reads):
@@ -99,6 +110,14 @@ class ThreadReads(Reads):
     async def close(self) -> None:
         return None  # closed with the Database
 
+    async def run(self, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+        return await read(_ThreadConnection(self.database))
+
+
+class _ThreadConnection(ReadConnection):
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
     async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
         return await asyncio.to_thread(self._fetch, statement, values)
 
@@ -108,13 +127,18 @@ class ThreadReads(Reads):
 
 
 class Record(asyncpg.Record):  # type: ignore[misc]
-    """An asyncpg row that also reads by attribute, as SQLAlchemy's rows do."""
+    """An asyncpg row that also reads as SQLAlchemy's rows do: by attribute, and
+    as a mapping through ``_mapping``."""
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> Record:
+        return self
 
 
 class AsyncpgReads(Reads):
@@ -125,8 +149,7 @@ class AsyncpgReads(Reads):
     def __init__(self, url: str) -> None:
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self._pool: asyncpg.Pool | None = None
-        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
-        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+        self._compiler = _Compiler()
 
     async def open(self) -> None:
         # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
@@ -137,40 +160,62 @@ class AsyncpgReads(Reads):
             timeout=CONNECT_TIMEOUT_S,
             init=_decode_json,
             record_class=Record,
+            reset=_nothing_to_reset,
         )
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
 
-    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
-        compiled = self._compile(statement)
-        sql, names = compiled.string, compiled.positiontup or []
-        bound = compiled.construct_params(dict(values))
-        args = [bound[name] for name in names]
+    async def run(self, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+        """``read`` on one pooled connection; once more on a new one if the first was lost."""
         try:
-            return await self._run(sql, args)
+            return await self._run(read)
         except _CONNECTION_LOST as lost:
             log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
             await self._pool_or_refuse().expire_connections()
         try:
-            return await self._run(sql, args)
+            return await self._run(read)
         except _CONNECTION_LOST as lost:
             log.warning("database unavailable: %s", lost)
             raise ServiceUnavailable("the database is unavailable") from None
 
-    async def _run(self, sql: str, args: list[Any]) -> Sequence[Any]:
-        async with self._pool_or_refuse().acquire(timeout=CONNECT_TIMEOUT_S) as connection:
-            rows: Sequence[Any] = await connection.fetch(sql, *args)
-            return rows
+    async def _run(self, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+        async with self._pool_or_refuse().acquire() as connection:
+            return await read(_AsyncpgConnection(connection, self._compiler))
 
     def _pool_or_refuse(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("AsyncpgReads used before open()")
         return self._pool
 
+
+class _AsyncpgConnection(ReadConnection):
+    def __init__(self, connection: asyncpg.Connection, compiler: _Compiler) -> None:
+        self.connection = connection
+        self.compiler = compiler
+
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        sql, args = self.compiler.bind(statement, values)
+        rows: Sequence[Any] = await self.connection.fetch(sql, *args)
+        return rows
+
+
+class _Compiler:
+    """asyncpg's SQL for each statement, compiled once: listings build their
+    statements once per set of filters, so a request's compile is a lookup."""
+
+    def __init__(self) -> None:
+        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+
+    def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL of ``statement`` and its positional arguments from ``values``."""
+        compiled = self._compile(statement)
+        bound = compiled.construct_params(dict(values))
+        return compiled.string, [bound[name] for name in compiled.positiontup or ()]
+
     def _compile(self, statement: Executable) -> SQLCompiler:
-        """asyncpg's SQL for ``statement``; listings build theirs once, so this is a lookup."""
         known = self._compiled.get(id(statement))
         if known is not None and known[0] is statement:
             return known[1]
@@ -183,11 +228,38 @@ class AsyncpgReads(Reads):
         return compiled
 
 
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """No reset query when a connection goes back to the pool: it only ever ran
+    these read statements, in autocommit (no transaction, no SET, no LISTEN, no
+    advisory lock), so asyncpg's default reset would be a round trip that resets
+    nothing."""
+
+
 async def _decode_json(connection: asyncpg.Connection) -> None:
     """JSON columns come back as Python values, as SQLAlchemy's JSON type gives them."""
     await connection.set_type_codec(
         "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
     )
+
+
+async def listed_as_bearer(
+    reads: Reads, digest: str, first: Executable, page: Executable, values: Mapping[str, Any]
+) -> Listed:
+    """A listing for the account of the bearer token whose digest is ``digest``, on
+    one connection: ``first`` reads the token's row (accounts.BEARER) and the
+    ``total``, then ``page`` the rows, with the account bound as ``owner``.
+
+    AuthenticationFailed if the token is unknown, expired or its account
+    disabled: read now, never cached, so a revocation takes effect at once.
+    """
+
+    async def read(connection: ReadConnection) -> Listed:
+        row = await connection.fetch_one(first, {**values, "digest": digest})
+        account_id = bearer_account(row, digest)
+        rows = await connection.fetch(page, {**values, "owner": account_id})
+        return Listed(account_id, rows, int(row.total))
+
+    return await reads.run(read)
 
 
 def reads_for(database: Database) -> Reads:
