@@ -22,6 +22,8 @@ from aiohttp import web
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
+# A search runs with custom plans, as the API's does (models/reads.py, Reads.run).
+SEARCH_POOL = web.AppKey("search_pool", asyncpg.Pool)
 OWNER = web.AppKey("owner", str)
 
 IMAGE_COLUMNS = (
@@ -129,7 +131,8 @@ def _image_out(row: asyncpg.Record) -> dict[str, Any]:
 async def list_images(request: web.Request) -> web.Response:
     owner = request.app[OWNER]
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
-    async with request.app[POOL].acquire() as connection:
+    pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
+    async with pool.acquire() as connection:
         total = await connection.fetchval(count, *args[:-3])
         rows = await connection.fetch(page, *args)
     body = {"images": [_image_out(row) for row in rows], "total_count": total}
@@ -174,8 +177,12 @@ def create_app(dsn: str, owner: str) -> web.Application:
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await asyncpg.create_pool(dsn, min_size=4, max_size=10)
+        app[SEARCH_POOL] = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=4, server_settings={"plan_cache_mode": "force_custom_plan"}
+        )
         yield
         await app[POOL].close()
+        await app[SEARCH_POOL].close()
 
     app = web.Application()
     app[OWNER] = owner

@@ -57,9 +57,9 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
         listing = image_listing(caller, ImageFilters(**params), public_counts=True)
         out[f"{case}: total_count"] = _explain(database, listing.total.params(listing.values))
         out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
-    total, page = job_listing(caller, JobFilters())
-    out["jobs: total_count"] = _explain(database, total)
-    out["jobs: page"] = _explain(database, page)
+    jobs = job_listing(caller, JobFilters(), postgresql=True)
+    out["jobs: total_count"] = _explain(database, jobs.total.params(jobs.values))
+    out["jobs: page"] = _explain(database, jobs.page.params(jobs.values))
     return out
 
 
