@@ -35,6 +35,8 @@ R = TypeVar("R")
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 10
 CUSTOM_PLANS_POOL_SIZE = 4
+# How the read path's sessions show in pg_stat_activity.
+APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
 # A connection the server closed (restart, admin shutdown) or could not open: the
 # statement is run once more on a fresh connection, then the request gets a 503.
@@ -43,6 +45,9 @@ _CONNECTION_LOST = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
+    # A session terminated while idle in the pool: asyncpg notices on its next use,
+    # in whatever state the server's goodbye left the protocol.
+    asyncpg.InternalClientError,
     OSError,
     asyncio.TimeoutError,
 )
@@ -165,7 +170,9 @@ class AsyncpgReads(Reads):
 
     async def open(self) -> None:
         for custom_plans, size in ((False, POOL_SIZE), (True, CUSTOM_PLANS_POOL_SIZE)):
-            settings = {"plan_cache_mode": "force_custom_plan"} if custom_plans else {}
+            settings = {"application_name": APPLICATION_NAME}
+            if custom_plans:
+                settings["plan_cache_mode"] = "force_custom_plan"
             # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
             self._pools[custom_plans] = await asyncpg.create_pool(
                 self.dsn,
