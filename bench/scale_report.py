@@ -157,8 +157,9 @@ def _section(results: Results) -> str:
         "what stands in the way: [listing-profile.md](listing-profile.md).",
         "",
         f"| case | API p50 at {small:,} | API p50 at {large:,} | ratio (target ≤ 1.5) | "
-        f"API / bare req/s at {small:,} | at {large:,} (target ≥ 0.7) |",
-        "|---|---|---|---|---|---|",
+        f"API / bare req/s at {small:,} | at {large:,} (target ≥ 0.7) | "
+        f"CPU ms per request, API / bare, at {small:,} | at {large:,} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case, by_size in results.latency.items():
         a, b = by_size[small], by_size[large]
@@ -166,7 +167,9 @@ def _section(results: Results) -> str:
             f"| {case} | {a['api'].p50:.1f} ms | {b['api'].p50:.1f} ms | "
             f"{b['api'].p50 / a['api'].p50:.2f} | "
             f"{a['api'].rps:.0f} / {a['bare'].rps:.0f} = {a['api'].rps / a['bare'].rps:.2f} | "
-            f"{b['api'].rps:.0f} / {b['bare'].rps:.0f} = {b['api'].rps / b['bare'].rps:.2f} |"
+            f"{b['api'].rps:.0f} / {b['bare'].rps:.0f} = {b['api'].rps / b['bare'].rps:.2f} | "
+            f"{a['api'].cpu_ms:.2f} / {a['bare'].cpu_ms:.2f} | "
+            f"{b['api'].cpu_ms:.2f} / {b['bare'].cpu_ms:.2f} |"
         )
     lines += [
         "",
