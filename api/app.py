@@ -14,7 +14,7 @@ from api import auth, docs_routes, image_routes, job_routes
 from api.errors import error_middleware
 from api.headers import on_response_prepare
 from api.job_sending import drain_sends
-from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, SETTINGS
+from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, READS, SETTINGS
 from api.limits import MAX_BODY_BYTES, limits_middleware
 from api.metrics import (
     METRICS_PATH,
@@ -70,10 +70,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings.ensure_dirs()
     services = bootstrap(settings)
     app[DATABASE] = services.database
+    await services.reads.open()
+    app[READS] = services.reads
     app[INVENTORY] = services.inventory
     app[CELERY] = services.celery
     app[JOB_QUEUE] = services.job_queue
     yield
+    await services.reads.close()
     await asyncio.to_thread(services.close)
 
 

@@ -1,17 +1,20 @@
-"""Who is calling, in which zone, and running domain code for them off the event loop."""
+"""Who is calling, in which zone, and running domain code for them: units of work in a
+thread, and the listings' reads on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from api.keys import ACCOUNT_ID, DATABASE, REQUEST_ID, SETTINGS
+from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS
+from models.accounts import token_digest
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
+from models.reads import Listed, Reads
 from models.scoping import Caller
 
 P = ParamSpec("P")
@@ -20,10 +23,32 @@ R = TypeVar("R")
 
 def caller_of(request: web.Request) -> Caller:
     """The authenticated account and the zone of the path; 404 for an unknown zone."""
+    zone = zone_of(request)
+    return Caller(account_id=request[ACCOUNT_ID], zone=zone, request_id=request.get(REQUEST_ID))
+
+
+def zone_of(request: web.Request) -> str:
+    """The zone of the path; 404 for an unknown zone."""
     zone = request.match_info["zone"]
     if zone not in request.app[SETTINGS].zones:
         raise ResourceNotFound(f"zone {zone} not found")
-    return Caller(account_id=request[ACCOUNT_ID], zone=zone, request_id=request.get(REQUEST_ID))
+    return zone
+
+
+async def read_as_bearer(
+    request: web.Request,
+    read: Callable[Concatenate[Reads, str, str, P], Awaitable[Listed]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> Listed:
+    """``read(reads, digest, zone, ...)`` for a handler marked ``auth.checks_own_token``:
+    it checks the bearer token in its own first statement, on the event loop
+    (models/reads.py), and the request is then the token's account's."""
+    zone = zone_of(request)
+    digest = token_digest(request[BEARER_TOKEN])
+    listed = await read(request.app[READS], digest, zone, *args, **kwargs)
+    request[ACCOUNT_ID] = listed.account_id
+    return listed
 
 
 async def in_transaction(

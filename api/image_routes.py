@@ -6,12 +6,20 @@ import asyncio
 
 from aiohttp import web
 
-from api.caller import caller_of, in_idempotent_transaction, in_reading, in_transaction
+from api import pages
+from api.auth import checks_own_token
+from api.caller import (
+    caller_of,
+    in_idempotent_transaction,
+    in_transaction,
+    read_as_bearer,
+    zone_of,
+)
 from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
 from api.params import parse_params, validate_params
-from api.responses import json
+from api.responses import json, json_bytes
 from api.schemas import (
     CaptureOut,
     CaptureParams,
@@ -90,13 +98,14 @@ async def modify_image(request: web.Request) -> web.Response:
 
 @routes.get("/v2/zone/{zone}/images")
 @documented(params=ListImagesParams, response=ImagesPage)
+@checks_own_token
 async def list_images(request: web.Request) -> web.Response:
     """Public images and the caller's own, filtered, newest first."""
-    caller = caller_of(request)
+    zone_of(request)
     params = await parse_params(request, ListImagesParams)
     filters = images.ImageFilters(**params.model_dump())
-    rows, total = await in_reading(request, images.list_images, caller, filters)
-    return json(ImagesPage.from_rows(rows, total))
+    listed = await read_as_bearer(request, images.list_images_as_bearer, filters)
+    return json_bytes(pages.images_page(listed.rows, listed.total))
 
 
 def request_id_of(request: web.Request, from_params: str | None) -> str | None:

@@ -11,10 +11,12 @@ from api.throttle import LoginGuard
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory
+from models.reads import Reads
 from workers.job_queue import JobQueue
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
+READS = web.AppKey("reads", Reads)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 JOB_QUEUE = web.AppKey("job_queue", JobQueue)
@@ -23,6 +25,9 @@ IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.
 ACCOUNT_ID = web.RequestKey("account_id", str)
+# Set instead, to the request's bearer token, for a handler that checks it in its own
+# first statement (auth.checks_own_token); the handler then sets ACCOUNT_ID.
+BEARER_TOKEN = web.RequestKey("bearer_token", str)
 
 # Set by the request-id middleware on every request: the id the response returns.
 REQUEST_ID = web.RequestKey("request_id", str)

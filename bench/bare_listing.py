@@ -22,6 +22,8 @@ from aiohttp import web
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
+# A search runs with custom plans, as the API's does (models/reads.py, Reads.run).
+SEARCH_POOL = web.AppKey("search_pool", asyncpg.Pool)
 OWNER = web.AppKey("owner", str)
 
 IMAGE_COLUMNS = (
@@ -116,6 +118,22 @@ def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, lis
     return count, page, query.args
 
 
+async def _page_within(
+    connection: asyncpg.Connection,
+    total: int,
+    page: str,
+    args: list[Any],
+    offset: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The page, unless it is past the total or empty: then no statement, as the
+    API does (models/reads.py)."""
+    if offset >= total or not limit:
+        return []
+    rows: list[asyncpg.Record] = await connection.fetch(page, *args)
+    return rows
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
@@ -129,9 +147,11 @@ def _image_out(row: asyncpg.Record) -> dict[str, Any]:
 async def list_images(request: web.Request) -> web.Response:
     owner = request.app[OWNER]
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
-    async with request.app[POOL].acquire() as connection:
+    pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
+    async with pool.acquire() as connection:
         total = await connection.fetchval(count, *args[:-3])
-        rows = await connection.fetch(page, *args)
+        offset, limit = args[-2:]  # the page's last two parameters
+        rows = await _page_within(connection, total, page, args, offset, limit)
     body = {"images": [_image_out(row) for row in rows], "total_count": total}
     return web.json_response(text=json.dumps(body))
 
@@ -164,7 +184,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     async with request.app[POOL].acquire() as connection:
         total = await connection.fetchval(count, *query.args[:-2])
-        rows = await connection.fetch(page, *query.args)
+        rows = await _page_within(connection, total, page, query.args, offset, limit)
     body = {"jobs": [_job_out(row) for row in rows], "total_count": total}
     return web.json_response(text=json.dumps(body))
 
@@ -174,8 +194,12 @@ def create_app(dsn: str, owner: str) -> web.Application:
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await asyncpg.create_pool(dsn, min_size=4, max_size=10)
+        app[SEARCH_POOL] = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=4, server_settings={"plan_cache_mode": "force_custom_plan"}
+        )
         yield
         await app[POOL].close()
+        await app[SEARCH_POOL].close()
 
     app = web.Application()
     app[OWNER] = owner

@@ -89,6 +89,8 @@ class Deployment:
     token: str
     api: str
     bare: str
+    # The process serving each of the two base URLs, for its CPU time per request.
+    pids: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,9 +141,9 @@ def _deploy(stack: ExitStack, args: argparse.Namespace, size: int) -> Deployment
     caller = scale_data.create_caller(database)
     print(f"generating {size:,} images ...", flush=True)
     scale_data.grow_to(database, scale_data.CALLER_IMAGES, size)
-    api = stack.enter_context(_api_server(settings))
-    bare = stack.enter_context(_bare_server(url, caller.account_id))
-    return Deployment(size, database, caller.token, api, bare)
+    api, api_pid = stack.enter_context(_api_server(settings))
+    bare, bare_pid = stack.enter_context(_bare_server(url, caller.account_id))
+    return Deployment(size, database, caller.token, api, bare, {api: api_pid, bare: bare_pid})
 
 
 def _settle(database: Database, deployments: list[Deployment], cases: tuple[str, ...]) -> None:
@@ -174,7 +176,7 @@ def _interleaved(
         for deployment in deployments:
             for side, base in (("bare", deployment.bare), ("api", deployment.api)):
                 url = f"{base}/v2/zone/{scale_data.ZONE}/{path}"
-                load = run_load(url, deployment.token, connections, seconds)
+                load = run_load(url, deployment.token, connections, seconds, deployment.pids[base])
                 runs.setdefault((deployment, side), []).append(load)
     return {
         deployment: {side: _median(runs[deployment, side]) for side in ("bare", "api")}
@@ -227,6 +229,8 @@ def _median(loads: list[Load]) -> Load:
         statistics.median(load.rps for load in loads),
         statistics.median(load.p50 for load in loads),
         statistics.median(load.p99 for load in loads),
+        sum(load.requests for load in loads),
+        statistics.median(load.cpu_ms for load in loads),
     )
 
 
@@ -235,7 +239,8 @@ def _print_load(case: str, size: int, loads: dict[str, Load]) -> None:
     at = f" at {size:>9,}" if size else ""
     print(
         f"{case:>18}{at}: api {api.rps:7.1f}/s p50 {api.p50:7.2f} ms p99 {api.p99:7.2f} ms"
-        f" | bare {bare.rps:7.1f}/s p50 {bare.p50:7.2f} ms | ratio {api.rps / bare.rps:.2f}",
+        f" | bare {bare.rps:7.1f}/s p50 {bare.p50:7.2f} ms | ratio {api.rps / bare.rps:.2f}"
+        f" | CPU/request api {api.cpu_ms:.2f} ms bare {bare.cpu_ms:.2f} ms",
         flush=True,
     )
 
@@ -255,6 +260,13 @@ def _print_ratios(results: Results) -> bool:
             ratio = by_size[size]["api"].rps / by_size[size]["bare"].rps
             met &= ratio >= THROUGHPUT_TARGET
             print(f"  {case:>18} at {size:>9,}: {ratio:5.2f}  {_mark(ratio >= THROUGHPUT_TARGET)}")
+    print(
+        "\nCPU time per request, bare / API (what the throughput ratio is when both are CPU-bound)"
+    )
+    for case, by_size in results.latency.items():
+        for size in sorted({small, large}):
+            api, bare = by_size[size]["api"].cpu_ms, by_size[size]["bare"].cpu_ms
+            print(f"  {case:>18} at {size:>9,}: {bare:.2f} / {api:.2f} ms = {bare / api:5.2f}")
     return met
 
 
@@ -279,17 +291,17 @@ def _scratch_database(admin_url: str, keep: bool) -> Iterator[str]:
 
 
 @contextmanager
-def _api_server(settings: Settings) -> Iterator[str]:
+def _api_server(settings: Settings) -> Iterator[tuple[str, int]]:
     """``imagesvc api`` as an operator runs it, on a free port."""
     port = _free_port()
     env = {**os.environ, **_environment(settings)}
     command = [str(Path(sys.executable).parent / "imagesvc"), "api", "--port", str(port)]
-    with _process(command, env, port) as base:
-        yield base
+    with _process(command, env, port) as server:
+        yield server
 
 
 @contextmanager
-def _bare_server(url: str, owner: str) -> Iterator[str]:
+def _bare_server(url: str, owner: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     command = [
@@ -303,8 +315,8 @@ def _bare_server(url: str, owner: str) -> Iterator[str]:
         "--port",
         str(port),
     ]
-    with _process(command, dict(os.environ), port) as base:
-        yield base
+    with _process(command, dict(os.environ), port) as server:
+        yield server
 
 
 def _environment(settings: Settings) -> dict[str, str]:
@@ -318,7 +330,8 @@ def _environment(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def _process(command: list[str], env: dict[str, Any], port: int) -> Iterator[str]:
+def _process(command: list[str], env: dict[str, Any], port: int) -> Iterator[tuple[str, int]]:
+    """The server ``command`` listening on ``port``: its base URL and its pid."""
     process = subprocess.Popen(
         command,
         env=env,
@@ -328,7 +341,7 @@ def _process(command: list[str], env: dict[str, Any], port: int) -> Iterator[str
     )
     try:
         _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process.pid
     finally:
         process.terminate()
         process.wait(timeout=30)

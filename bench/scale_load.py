@@ -7,12 +7,15 @@ Both report requests per second and the p50 and p99 latency of one run of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import re
 import shutil
 import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -20,22 +23,44 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 _PERCENTILE = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _RATE = re.compile(r"^Requests/sec:\s+([\d.]+)", re.MULTILINE)
 _ERRORS = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+_REQUESTS = re.compile(r"^\s*(\d+) requests in", re.MULTILINE)
 
 
 @dataclass(frozen=True)
 class Load:
-    """One run's throughput (requests/s) and latency percentiles (ms)."""
+    """One run's throughput (requests/s), latency percentiles (ms), requests served
+    and the server process's CPU time per request (ms; 0 when not measured)."""
 
     rps: float
     p50: float
     p99: float
+    requests: int = 0
+    cpu_ms: float = 0.0
 
 
-def run_load(url: str, token: str, connections: int, seconds: float) -> Load:
-    """Hammer ``url`` for ``seconds``; refuses to report a run with failed requests."""
+def run_load(
+    url: str, token: str, connections: int, seconds: float, pid: int | None = None
+) -> Load:
+    """Hammer ``url`` for ``seconds``; refuses to report a run with failed requests.
+
+    With ``pid``, also the CPU time that process spent per request: unlike
+    requests per second, it hardly depends on what else the machine runs.
+    """
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     if shutil.which("wrk"):
-        return _wrk(url, token, connections, seconds)
-    return asyncio.run(_asyncio_load(url, token, connections, seconds))
+        load = _wrk(url, token, connections, seconds)
+    else:
+        load = asyncio.run(_asyncio_load(url, token, connections, seconds))
+    if not pid or not load.requests:
+        return load
+    cpu_ms = (cpu_seconds(pid) - cpu_before) * 1e3 / load.requests
+    return dataclasses.replace(load, cpu_ms=cpu_ms)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
@@ -47,10 +72,10 @@ def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
     if failed := _ERRORS.search(output):
         raise RuntimeError(f"{failed.group(1)} failed requests to {url}")
     percentiles = {p: float(v) * _UNITS[unit] for p, v, unit in _PERCENTILE.findall(output)}
-    rate = _RATE.search(output)
-    if rate is None or len(percentiles) != 2:
+    rate, requests = _RATE.search(output), _REQUESTS.search(output)
+    if rate is None or requests is None or len(percentiles) != 2:
         raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    return Load(float(rate.group(1)), percentiles["50"], percentiles["99"])
+    return Load(float(rate.group(1)), percentiles["50"], percentiles["99"], int(requests.group(1)))
 
 
 async def _asyncio_load(url: str, token: str, connections: int, seconds: float) -> Load:
@@ -72,4 +97,4 @@ async def _asyncio_load(url: str, token: str, connections: int, seconds: float) 
         await asyncio.gather(*(client() for _ in range(connections)))
         elapsed = time.perf_counter() - began
     cuts = statistics.quantiles(latencies, n=100)
-    return Load(len(latencies) / elapsed, cuts[49], cuts[98])
+    return Load(len(latencies) / elapsed, cuts[49], cuts[98], len(latencies))

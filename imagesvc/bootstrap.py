@@ -16,6 +16,7 @@ from celery import Celery
 from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory, SqlInventory
+from models.reads import Reads, reads_for
 from workers.celery_app import create_celery
 from workers.image_store import ImageStore, open_store
 from workers.job_queue import JobQueue
@@ -23,11 +24,13 @@ from workers.job_queue import JobQueue
 
 @dataclass
 class Services:
-    """What an entry point works with: the database, the inventory, the job queue and the
-    image store (an S3 store connects, and loads boto3, only when first used: the API never)."""
+    """What an entry point works with: the database, the inventory, the job queue, the image
+    store (an S3 store connects, and loads boto3, only when first used: the API never); and
+    ``reads``, the API's read path on the event loop (opened by the API only)."""
 
     settings: Settings
     database: Database
+    reads: Reads
     inventory: InstanceInventory
     celery: Celery
     job_queue: JobQueue
@@ -45,6 +48,7 @@ def bootstrap(settings: Settings) -> Services:
     return Services(
         settings=settings,
         database=database,
+        reads=reads_for(database),
         inventory=SqlInventory(database),
         celery=celery,
         job_queue=JobQueue(celery, settings.queue),

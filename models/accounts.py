@@ -18,8 +18,9 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import String, bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from models import ids
@@ -137,20 +138,30 @@ def revoke_token(session: Session, client: ClientRecord, token: str) -> None:
     )
 
 
+# The bearer token's row and its account's, for the token's digest bound as ``digest``.
+BEARER = (
+    select(AccessToken.token_hash, AccessToken.expires_at, Account.account_id, Account.disabled_at)
+    .join(Account, Account.account_id == AccessToken.account_id)
+    .where(AccessToken.token_hash == bindparam("digest", type_=String))
+    .subquery("bearer")
+)
+
+
 def authenticate(session: Session, token: str) -> str:
     """The account id a bearer token stands for; AuthenticationFailed otherwise.
 
     Read on every request, never cached: a revoked token or a disabled
-    account stops working at once.
+    account stops working at once. Listings read the same row in their own
+    first statement instead (``BEARER``, :func:`bearer_account`).
     """
     digest = token_digest(token)
-    row = session.execute(
-        select(
-            AccessToken.token_hash, AccessToken.expires_at, Account.account_id, Account.disabled_at
-        )
-        .join(Account, Account.account_id == AccessToken.account_id)
-        .where(AccessToken.token_hash == digest)
-    ).one_or_none()
+    row = session.execute(select(BEARER), {"digest": digest}).one_or_none()
+    return bearer_account(row, digest)
+
+
+def bearer_account(row: Any, digest: str) -> str:
+    """The account of a row of ``BEARER`` read for ``digest`` (None: no such token),
+    if the token is unexpired and its account enabled; AuthenticationFailed otherwise."""
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         raise AuthenticationFailed("invalid access token")
     if row.expires_at <= utcnow():

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     Row,
     Select,
+    SQLColumnExpression,
     String,
     and_,
     bindparam,
@@ -34,12 +35,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models import ids
+from models.accounts import BEARER
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, require_room
-from models.scoping import Caller, is_public, visible_image_ranges, visible_images
+from models.reads import Listed, Listing, Reads, listed_as_bearer
+from models.scoping import Caller, is_public, one_of, visible_image_ranges, visible_images
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -266,13 +269,8 @@ def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
         raise AccessDenied(f"cannot {verb} {names}: only your own images can be changed")
 
 
-@dataclass(frozen=True)
-class ImageListing:
-    """The two statements of one listing, its exact total and its page, and their values."""
-
-    total: Select[Any]
-    page: Select[Any]
-    values: dict[str, Any]
+# The statements of an image listing (models/reads.py).
+ImageListing = Listing
 
 
 @dataclass(frozen=True)
@@ -304,6 +302,21 @@ def list_images(
     return list(session.execute(listing.page, listing.values)), total
 
 
+async def list_images_as_bearer(
+    reads: Reads, digest: str, zone: str, filters: ImageFilters
+) -> Listed:
+    """:func:`list_images` for the account of the bearer token whose digest is
+    ``digest``, in two statements: the token's check and the total, then the
+    page. AuthenticationFailed if the token is unknown, expired or its account
+    disabled (read now, never cached: a revocation takes effect at once)."""
+    postgresql = reads.dialect_name == "postgresql"
+    wanted, values = _listing_values(zone, filters)
+    page = _listing_statements(wanted, postgresql)[1]
+    first = _bearer_total(wanted, postgresql)
+    searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
+    return await listed_as_bearer(reads, digest, first, page, values, custom_plans=searching)
+
+
 def _has_public_counts(session: Session) -> bool:
     """PostgreSQL keeps public_image_counts (migration 0007); SQLite counts rows."""
     return session.get_bind().dialect.name == "postgresql"
@@ -321,8 +334,16 @@ def image_listing(
     ``public_image_counts`` whenever it can answer the filters (all but
     ``images`` and ``search_word``), so the total follows the caller's rows only.
     """
+    wanted, values = _listing_values(caller.zone, filters)
+    values["owner"] = caller.account_id
+    total, page = _listing_statements(wanted, public_counts)
+    return ImageListing(total, page, values)
+
+
+def _listing_values(zone: str, filters: ImageFilters) -> tuple[frozenset[str], dict[str, Any]]:
+    """The filters a listing applies, by name, and the values of their parameters."""
     f = filters
-    values: dict[str, Any] = {"zone": caller.zone, "owner": caller.account_id}
+    values: dict[str, Any] = {"zone": zone}
     values |= {"head": f.offset + f.limit, "offset": f.offset, "limit": f.limit}
     if f.images:
         values["images"] = list(f.images)
@@ -336,80 +357,148 @@ def image_listing(
         values["provider"] = f.provider.value
     if f.status:
         values["status"] = [s.value for s in f.status]
-    elif not f.images:
-        values["hidden"] = [s.value for s in DEFAULT_HIDDEN]
     if f.search_word:
         values["pattern"] = f"%{_escape_like(f.search_word.lower())}%"
-    total, page = _listing_statements(frozenset(values), public_counts)
-    return ImageListing(total, page, values)
+    hidden = () if f.status or f.images else ("hidden",)
+    return frozenset(values.keys() & _FILTER_NAMES).union(hidden), values
 
 
 def _escape_like(word: str) -> str:
     return word.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
-# Each filter of a listing, by the name of its parameter.
-_FILTERS: dict[str, ColumnElement[bool]] = {
-    "images": Image.image_id.in_(bindparam("images", type_=String, expanding=True)),
-    "processor_type": Image.processor_type == bindparam("processor_type", type_=String),
-    "os_family": func.lower(Image.os_family) == bindparam("os_family", type_=String),
-    "visibility": Image.visibility == bindparam("visibility", type_=String),
-    "provider": Image.provider == bindparam("provider", type_=String),
-    "status": Image.status.in_(bindparam("status", type_=String, expanding=True)),
-    "hidden": Image.status.not_in(bindparam("hidden", type_=String, expanding=True)),
-    # Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL).
-    "pattern": or_(
-        func.lower(Image.image_id).like(bindparam("pattern", type_=String), escape="/"),
-        func.lower(Image.image_name).like(bindparam("pattern", type_=String), escape="/"),
-    ),
-}
+def _filters(postgresql: bool) -> dict[str, ColumnElement[bool]]:
+    """Each filter of a listing, by the name of its parameter."""
+    pattern = bindparam("pattern", type_=String)
+    return {
+        "images": one_of(Image.image_id, "images", postgresql),
+        "processor_type": Image.processor_type == bindparam("processor_type", type_=String),
+        "os_family": func.lower(Image.os_family) == bindparam("os_family", type_=String),
+        "visibility": Image.visibility == bindparam("visibility", type_=String),
+        "provider": Image.provider == bindparam("provider", type_=String),
+        "status": one_of(Image.status, "status", postgresql),
+        "hidden": _not_hidden(Image.status),
+        # Case-insensitive substring of the id or the name (trigram-indexed on PostgreSQL).
+        "pattern": or_(
+            func.lower(Image.image_id).like(pattern, escape="/"),
+            func.lower(Image.image_name).like(pattern, escape="/"),
+        ),
+    }
 
 
-# The filters public_image_counts answers, on its columns.
-_COUNTED_FILTERS: dict[str, ColumnElement[bool]] = {
-    "processor_type": PublicImageCount.processor_type == bindparam("processor_type", type_=String),
-    "os_family": PublicImageCount.os_family == bindparam("os_family", type_=String),
-    "visibility": literal_column(f"'{Visibility.PUBLIC.value}'")
-    == bindparam("visibility", type_=String),
-    "provider": PublicImageCount.provider == bindparam("provider", type_=String),
-    "status": PublicImageCount.status.in_(bindparam("status", type_=String, expanding=True)),
-    "hidden": PublicImageCount.status.not_in(bindparam("hidden", type_=String, expanding=True)),
-}
+def _not_hidden(status: SQLColumnExpression[str]) -> ColumnElement[bool]:
+    """Not a status a listing leaves out by default: literals, as constant as the rule."""
+    return and_(*(status != literal_column(f"'{hidden.value}'") for hidden in DEFAULT_HIDDEN))
+
+
+_FILTER_NAMES = frozenset(_filters(postgresql=False))
+
+
+def _counted_filters() -> dict[str, ColumnElement[bool]]:
+    """The filters public_image_counts answers (PostgreSQL only), on its columns."""
+    return {
+        "processor_type": PublicImageCount.processor_type
+        == bindparam("processor_type", type_=String),
+        "os_family": PublicImageCount.os_family == bindparam("os_family", type_=String),
+        "visibility": literal_column(f"'{Visibility.PUBLIC.value}'")
+        == bindparam("visibility", type_=String),
+        "provider": PublicImageCount.provider == bindparam("provider", type_=String),
+        "status": one_of(PublicImageCount.status, "status", postgresql=True),
+        "hidden": _not_hidden(PublicImageCount.status),
+    }
+
+
+_COUNTED_NAMES = frozenset(_counted_filters())
 
 
 @functools.cache
 def _listing_statements(
-    parameters: frozenset[str], public_counts: bool
+    wanted: frozenset[str], postgresql: bool
 ) -> tuple[Select[Any], Select[Any]]:
     """The total and the page for one set of filters, built once: their values
     are all parameters, so each request only binds them (building the
     statements cost more than running them)."""
-    filters = sorted(parameters & _FILTERS.keys())
-    wanted = and_(true(), *(_FILTERS[name] for name in filters))
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
-    own, others_public = (visible & wanted for visible in visible_image_ranges(zone, owner))
-    page = _page_of([own, others_public])
-    if public_counts and _COUNTED_FILTERS.keys() >= set(filters):
-        return _counted_total(own, zone, filters), page
-    return _total_of([own, others_public]), page
+    ranges = _ranges(wanted, postgresql, zone, owner)
+    return select(_total(wanted, postgresql, zone, ranges)), _page_of(ranges)
+
+
+@functools.cache
+def _bearer_total(wanted: frozenset[str], postgresql: bool) -> Select[Any]:
+    """The bearer token's row (accounts.BEARER) and the total of its account's
+    listing, in one statement: no row if the token is unknown."""
+    zone = bindparam("zone", type_=String)
+    ranges = _ranges(wanted, postgresql, zone, BEARER.c.account_id)
+    return select(BEARER, _total(wanted, postgresql, zone, ranges).label("total"))
+
+
+def _ranges(
+    wanted: frozenset[str],
+    postgresql: bool,
+    zone: ColumnElement[str],
+    owner: ColumnElement[str],
+) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The caller's own images and other owners' public ones, both filtered."""
+    filters = _filters(postgresql)
+    conditions = and_(true(), *(filters[name] for name in sorted(wanted)))
+    own, others_public = visible_image_ranges(zone, owner)
+    return own & conditions, others_public & conditions
+
+
+def _total(
+    wanted: frozenset[str],
+    postgresql: bool,
+    zone: ColumnElement[str],
+    ranges: tuple[ColumnElement[bool], ColumnElement[bool]],
+) -> ColumnElement[Any]:
+    """The exact total: from public_image_counts where it answers the filters."""
+    if postgresql and wanted <= _COUNTED_NAMES:
+        return _counted_total(ranges[0], zone, wanted)
+    return _total_of(ranges)
 
 
 def _counted_total(
-    own: ColumnElement[bool], zone: ColumnElement[str], filters: list[str]
-) -> Select[Any]:
+    own: ColumnElement[bool], zone: ColumnElement[str], wanted: frozenset[str]
+) -> ColumnElement[Any]:
     """The caller's own images that are not public, counted, plus every public
     image of the zone that passes the filters, from public_image_counts."""
     own_private = select(func.count()).where(own, ~is_public()).scalar_subquery()
-    counted = [PublicImageCount.zone == zone, *(_COUNTED_FILTERS[name] for name in filters)]
+    filters = _counted_filters()
+    counted = [PublicImageCount.zone == zone, *(filters[name] for name in sorted(wanted))]
     public = func.coalesce(func.sum(PublicImageCount.images), 0)
     public_total = select(cast(public, BigInteger)).where(*counted).scalar_subquery()
-    return select(own_private + public_total)
+    return own_private + public_total
 
 
-def _total_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
+def _total_of(ranges: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:
     """The sum of each range's count: the ranges are disjoint, so the sum is exact."""
     counts = [select(func.count()).where(where).scalar_subquery() for where in ranges]
-    return select(sum(counts[1:], counts[0]))
+    return sum(counts[1:], counts[0])
+
+
+# The columns a page of images shows, in the API's order (api/pages.py writes them as read).
+LISTED_IMAGE_COLUMNS = (
+    "image_id",
+    "image_name",
+    "description",
+    "size",
+    "processor_type",
+    "platform",
+    "os_family",
+    "visibility",
+    "provider",
+    "owner",
+    "recommended_type",
+    "status",
+    "transition_status",
+    "create_time",
+    "status_time",
+    "default_user",
+    "default_passwd",
+    "disk_format",
+    "checksum",
+    "checksum_algorithm",
+)
 
 
 def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
@@ -433,7 +522,7 @@ def _page_of(ranges: Sequence[ColumnElement[bool]]) -> Select[Any]:
         .subquery()
     )
     return (
-        select(*Image.__table__.columns)
+        select(*(Image.__table__.c[name] for name in LISTED_IMAGE_COLUMNS))
         .join(page, page.c.image_id == Image.image_id)
         .order_by(*newest_first)
     )

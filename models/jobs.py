@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Select, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Integer,
+    Row,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import ids
+from models.accounts import BEARER, bearer_account
 from models.errors import ResourceNotFound
-from models.scoping import Caller, owned_jobs
+from models.reads import Listed, Listing, Reads, listed_as_bearer
+from models.scoping import Caller, one_of, owned_job_range, owned_jobs
 from models.states import JOB_MOVES, JobAction, JobStatus
 from models.tables import Job, utcnow
 
@@ -252,6 +267,25 @@ def get_job(session: Session, caller: Caller, job_id: str) -> Job:
     return job
 
 
+async def get_job_as_bearer(reads: Reads, digest: str, zone: str, job_id: str) -> Listed:
+    """:func:`get_job` for the account of the bearer token whose digest is ``digest``,
+    the token checked in the same statement (accounts.bearer_account)."""
+    values = {"digest": digest, "zone": zone, "job_id": job_id}
+    row = await reads.run(lambda connection: connection.fetch_one(_bearer_job(), values))
+    account_id = bearer_account(row, digest)
+    if row.job_id is None:
+        raise ResourceNotFound(f"job {job_id} not found")
+    return Listed(account_id, [row], 1)
+
+
+@functools.cache
+def _bearer_job() -> Select[Any]:
+    """The bearer token's row (accounts.BEARER), and its account's job ``job_id`` (or nulls)."""
+    own = owned_job_range(bindparam("zone", type_=String), BEARER.c.account_id)
+    wanted = own & (Job.job_id == bindparam("job_id", type_=String))
+    return select(BEARER, *Job.__table__.columns).select_from(BEARER.outerjoin(Job, wanted))
+
+
 @dataclass(frozen=True)
 class JobFilters:
     """What a listing of jobs asks for; every field is optional."""
@@ -265,27 +299,82 @@ class JobFilters:
 
 def list_jobs(
     session: Session, caller: Caller, filters: JobFilters | None = None
-) -> tuple[list[Job], int]:
-    """The caller's jobs, newest first, and the filtered total."""
-    total, page = job_listing(caller, filters or JobFilters())
-    return list(session.scalars(page)), int(session.scalar(total) or 0)
+) -> tuple[list[Row[Any]], int]:
+    """The caller's jobs, newest first, and the filtered total (rows: a page is read-only)."""
+    listing = job_listing(caller, filters or JobFilters(), postgresql=_on_postgresql(session))
+    rows = list(session.execute(listing.page, listing.values))
+    return rows, int(session.scalar(listing.total, listing.values) or 0)
 
 
-def job_listing(caller: Caller, filters: JobFilters) -> tuple[Select[Any], Select[Job]]:
+async def list_jobs_as_bearer(reads: Reads, digest: str, zone: str, filters: JobFilters) -> Listed:
+    """:func:`list_jobs` for the account of the bearer token whose digest is
+    ``digest``: the token's check and the total in one statement, then the page."""
+    postgresql = reads.dialect_name == "postgresql"
+    wanted, values = _job_listing_values(zone, filters)
+    page = _job_statements(wanted, postgresql)[1]
+    return await listed_as_bearer(
+        reads, digest, _bearer_job_total(wanted, postgresql), page, values
+    )
+
+
+def _on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def job_listing(caller: Caller, filters: JobFilters, *, postgresql: bool = False) -> Listing:
     """The total and the page of :func:`list_jobs`: both read the caller's range of
     the (zone, owner, create_time, job_id) index, whatever the table's size."""
+    wanted, values = _job_listing_values(caller.zone, filters)
+    values["owner"] = caller.account_id
+    total, page = _job_statements(wanted, postgresql)
+    return Listing(total, page, values)
+
+
+# The list filters of a job listing, by parameter name, and the column each one matches.
+_JOB_FILTERS = {"jobs": Job.job_id, "status": Job.status, "action": Job.action}
+
+
+def _job_listing_values(zone: str, filters: JobFilters) -> tuple[frozenset[str], dict[str, Any]]:
     f = filters
-    stmt = owned_jobs(caller)
+    values: dict[str, Any] = {"zone": zone, "offset": f.offset, "limit": f.limit}
     if f.jobs:
-        stmt = stmt.where(Job.job_id.in_(f.jobs))
+        values["jobs"] = list(f.jobs)
     if f.status:
-        stmt = stmt.where(Job.status.in_([s.value for s in f.status]))
+        values["status"] = [s.value for s in f.status]
     if f.action:
-        stmt = stmt.where(Job.action.in_([a.value for a in f.action]))
-    total = select(func.count()).select_from(stmt.subquery())
-    page = stmt.order_by(Job.create_time.desc(), Job.job_id.desc())
-    page = page.offset(f.offset).limit(f.limit)
+        values["action"] = [a.value for a in f.action]
+    return frozenset(values.keys() & _JOB_FILTERS.keys()), values
+
+
+def _job_range(
+    wanted: frozenset[str], postgresql: bool, owner: ColumnElement[str]
+) -> ColumnElement[bool]:
+    own = owned_job_range(bindparam("zone", type_=String), owner)
+    filters = (one_of(_JOB_FILTERS[name], name, postgresql) for name in sorted(wanted))
+    return and_(own, *filters)
+
+
+@functools.cache
+def _job_statements(wanted: frozenset[str], postgresql: bool) -> tuple[Select[Any], Select[Any]]:
+    """The total and the page for one set of filters, built once (values are parameters)."""
+    where = _job_range(wanted, postgresql, bindparam("owner", type_=String))
+    total = select(func.count()).select_from(Job).where(where)
+    page = (
+        select(*Job.__table__.columns)
+        .where(where)
+        .order_by(Job.create_time.desc(), Job.job_id.desc())
+        .offset(bindparam("offset", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+    )
     return total, page
+
+
+@functools.cache
+def _bearer_job_total(wanted: frozenset[str], postgresql: bool) -> Select[Any]:
+    """The bearer token's row (accounts.BEARER) and its account's total, in one statement."""
+    where = _job_range(wanted, postgresql, BEARER.c.account_id)
+    total = select(func.count()).select_from(Job).where(where).scalar_subquery()
+    return select(BEARER, total.label("total"))
 
 
 def take_jobs_to_resend(

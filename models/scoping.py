@@ -6,8 +6,20 @@ Every query for a user's resources starts from one of these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, literal_column, or_, select
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    String,
+    any_,
+    bindparam,
+    literal_column,
+    or_,
+    select,
+)
 
 from models.states import Visibility
 from models.tables import Image, Instance, Job
@@ -55,8 +67,24 @@ def is_public() -> ColumnElement[bool]:
 
 
 def owned_jobs(caller: Caller) -> Select[Job]:
-    return select(Job).where(Job.zone == caller.zone, Job.owner == caller.account_id)
+    return select(Job).where(owned_job_range(caller.zone, caller.account_id))
+
+
+def owned_job_range(
+    zone: str | ColumnElement[str], account_id: str | ColumnElement[str]
+) -> ColumnElement[bool]:
+    """The jobs of ``account_id`` in ``zone`` (values or bound parameters)."""
+    return (Job.zone == zone) & (Job.owner == account_id)
 
 
 def owned_instances(caller: Caller) -> Select[Instance]:
     return select(Instance).where(Instance.zone == caller.zone, Instance.owner == caller.account_id)
+
+
+def one_of(column: SQLColumnExpression[Any], name: str, postgresql: bool) -> ColumnElement[bool]:
+    """``column`` is one of the list bound as ``name``: ``= ANY(array)`` on PostgreSQL,
+    so that a statement compiles once whatever the list's length (models/reads.py);
+    an expanding ``IN`` elsewhere."""
+    if postgresql:
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, type_=String, expanding=True))

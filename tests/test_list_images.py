@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from imagesvc.bootstrap import Services
 from models import ids
 from models.db import Database
 from models.images import SystemImageSpec
+from models.reads import APPLICATION_NAME
 from models.states import ProcessorType
 from models.tables import Image
 from tests.support.contract import Reply, parse_time
@@ -449,6 +451,53 @@ async def test_an_unknown_zone_is_404_naming_it(tenant: Tenant) -> None:
     reply = await elsewhere.call("GET", "/images")
     assert reply.status == 404, reply
     assert reply.body == {"ret_code": 2100, "message": "zone zz9 not found"}
+
+
+async def test_a_bad_token_is_a_401_before_a_bad_parameter_or_an_unknown_zone(
+    tenant: Tenant,
+) -> None:
+    """The listings check the token in their own statement; what is refused before it
+    still answers 401 first, as every other route does."""
+    forged = dataclasses.replace(tenant, token=secrets.token_urlsafe(32))
+    for caller, path, params in (
+        (forged, "/images", {"limit": "x"}),
+        (dataclasses.replace(forged, zone="zz9"), "/images", None),
+        (forged, "/jobs", {"offset": "-1"}),
+        (forged, "/job/not_an_id!", None),
+        (forged, "/job/j-nothere", None),
+    ):
+        reply = await caller.call("GET", path, params=params)
+        assert reply.status == 401, (path, params, reply)
+        assert reply.body == {"ret_code": 1200, "message": "invalid access token"}, reply
+    assert (await tenant.call("GET", "/images", params={"limit": "x"})).status == 400
+
+
+async def test_listings_survive_their_database_connections_being_killed(
+    tenant: Tenant, database: Database, disk: Path
+) -> None:
+    """As after a PostgreSQL restart: the read path's pooled connections are dead, and
+    the next listing runs once more on a new one instead of failing."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("the asyncpg read path is PostgreSQL's")
+    (image_id,) = await captured(tenant, disk, "survivor")
+    job_id = (await tenant.call("GET", "/jobs")).body["jobs"][0]["job_id"]
+    for _ in range(2):
+        killed = terminate_read_connections(database)
+        assert killed > 0, "the listings above left pooled connections"
+        assert ids_of(await listed(tenant, {"provider": "self"})) == [image_id]
+        assert (await tenant.call("GET", "/jobs")).status == 200
+        assert (await tenant.call("GET", f"/job/{job_id}")).status == 200
+        assert ids_of(await listed(tenant, {"search_word": "survivor"})) == [image_id]
+
+
+def terminate_read_connections(database: Database) -> int:
+    """Terminate this database's sessions of the API's read path; how many there were."""
+    statement = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = :name"
+    )
+    with database.engine.connect() as connection:
+        return int(connection.execute(statement, {"name": APPLICATION_NAME}).scalar_one())
 
 
 async def test_a_second_zone_is_served_and_kept_apart(

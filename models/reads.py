@@ -1,0 +1,300 @@
+"""Read-only statements awaited on the event loop: the path of the API's listings.
+
+The listings' statements are SQLAlchemy Core, built once per set of filters
+(models/images.py, models/jobs.py). On PostgreSQL they run on asyncpg, on the
+API's event loop: each is compiled once to asyncpg's SQL and then only bound,
+with no thread hop, no ORM and no pre-ping round trip; a connection that died
+with a PostgreSQL restart is replaced and the statement run once more. SQLite,
+the embedded default, runs them through the synchronous :class:`Database` in a
+thread. Both return rows that read by attribute and by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import asyncpg
+from sqlalchemy import Executable, Select
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from models.accounts import bearer_account
+from models.db import Database
+from models.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+CONNECT_TIMEOUT_S = 5
+POOL_SIZE = 10
+CUSTOM_PLANS_POOL_SIZE = 4
+# How the read path's sessions show in pg_stat_activity.
+APPLICATION_NAME = "imagesvc-reads"
+MAX_COMPILED = 1024
+# A connection the server closed (restart, admin shutdown) or could not open: the
+# statement is run once more on a fresh connection, then the request gets a 503.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    # A session terminated while idle in the pool: asyncpg notices on its next use,
+    # in whatever state the server's goodbye left the protocol.
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A listing's two statements, its exact total and its page, and their values."""
+
+    total: Select[Any]
+    page: Select[Any]
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What was read for the account a bearer token stands for: that account, rows, total."""
+
+    account_id: str
+    rows: Sequence[Any]
+    total: int
+
+
+class ReadConnection(ABC):
+    """One connection of a :class:`Reads`: runs read-only statements with named values;
+    rows read as ``row.column`` (and ``row._mapping``, as SQLAlchemy's rows do)."""
+
+    @abstractmethod
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        """Every row of ``statement``."""
+
+    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        """The first row of ``statement``, or None."""
+        rows = await self.fetch(statement, values)
+        return rows[0] if rows else None
+
+
+class Reads(ABC):
+    """Where the API's read-only statements run."""
+
+    dialect_name: str
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Get ready on the running event loop (the API's startup)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Let go of the connections (the API's cleanup)."""
+
+    @abstractmethod
+    async def run(
+        self, read: Callable[[ReadConnection], Awaitable[R]], *, custom_plans: bool = False
+    ) -> R:
+        """``read(connection)``: reads only, so it may be run twice.
+
+        ``custom_plans``: PostgreSQL plans each statement for its values, never
+        reusing a generic plan. A substring search needs it: the generic plan of
+        ``LIKE $1`` guesses a rare word and reads every public image's heap page
+        through the trigram index (10,017 buffers for a common word at 1,000,000
+        images, against 174 for its custom plan: docs/query-plans.md); other
+        listings keep the planning time that generic plans save."""
+
+
+class ThreadReads(Reads):
+    """The synchronous :class:`Database`, in a thread: SQLite's path."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.dialect_name = database.engine.dialect.name
+
+    async def open(self) -> None:
+        return None  # the Database's own pool, opened on first use
+
+    async def close(self) -> None:
+        return None  # closed with the Database
+
+    async def run(
+        self, read: Callable[[ReadConnection], Awaitable[R]], *, custom_plans: bool = False
+    ) -> R:
+        return await read(_ThreadConnection(self.database))
+
+
+class _ThreadConnection(ReadConnection):
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        return await asyncio.to_thread(self._fetch, statement, values)
+
+    def _fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        with self.database.reading() as session:
+            return list(session.execute(statement, dict(values)))
+
+
+class Record(asyncpg.Record):  # type: ignore[misc]
+    """An asyncpg row that also reads as SQLAlchemy's rows do: by attribute, and
+    as a mapping through ``_mapping``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> Record:
+        return self
+
+
+class AsyncpgReads(Reads):
+    """asyncpg on the event loop, statements compiled once: PostgreSQL's path."""
+
+    dialect_name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self._pools: dict[bool, asyncpg.Pool] = {}
+        self._compiler = AsyncpgCompiler()
+
+    async def open(self) -> None:
+        for custom_plans, size in ((False, POOL_SIZE), (True, CUSTOM_PLANS_POOL_SIZE)):
+            settings = {"application_name": APPLICATION_NAME}
+            if custom_plans:
+                settings["plan_cache_mode"] = "force_custom_plan"
+            # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
+            self._pools[custom_plans] = await asyncpg.create_pool(
+                self.dsn,
+                min_size=0,
+                max_size=size,
+                timeout=CONNECT_TIMEOUT_S,
+                server_settings=settings,
+                init=_decode_json,
+                record_class=Record,
+                reset=_nothing_to_reset,
+            )
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+
+    async def run(
+        self, read: Callable[[ReadConnection], Awaitable[R]], *, custom_plans: bool = False
+    ) -> R:
+        """``read`` on one pooled connection; once more on a new one if the first was lost."""
+        pool = self._pools[custom_plans]
+        try:
+            return await self._run(pool, read)
+        except _CONNECTION_LOST as lost:
+            log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
+            for each in self._pools.values():
+                await each.expire_connections()
+        try:
+            return await self._run(pool, read)
+        except _CONNECTION_LOST as lost:
+            log.warning("database unavailable: %s", lost)
+            raise ServiceUnavailable("the database is unavailable") from None
+
+    async def _run(self, pool: asyncpg.Pool, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+        async with pool.acquire() as connection:
+            return await read(_AsyncpgConnection(connection, self._compiler))
+
+
+class _AsyncpgConnection(ReadConnection):
+    def __init__(self, connection: asyncpg.Connection, compiler: AsyncpgCompiler) -> None:
+        self.connection = connection
+        self.compiler = compiler
+
+    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        sql, args = self.compiler.bind(statement, values)
+        rows: Sequence[Any] = await self.connection.fetch(sql, *args)
+        return rows
+
+
+class AsyncpgCompiler:
+    """asyncpg's SQL for each statement, compiled once: listings build their
+    statements once per set of filters, so a request's compile is a lookup."""
+
+    def __init__(self) -> None:
+        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+
+    def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL of ``statement`` and its positional arguments from ``values``."""
+        compiled = self._compile(statement)
+        bound = compiled.construct_params(dict(values))
+        return compiled.string, [bound[name] for name in compiled.positiontup or ()]
+
+    def _compile(self, statement: Executable) -> SQLCompiler:
+        known = self._compiled.get(id(statement))
+        if known is not None and known[0] is statement:
+            return known[1]
+        compiled = cast(SQLCompiler, statement.compile(dialect=self._dialect))  # type: ignore[attr-defined]
+        if "POSTCOMPILE" in compiled.string:
+            raise ValueError("expanding parameters: bind lists as arrays (= ANY) on PostgreSQL")
+        if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
+            self._compiled.clear()
+        self._compiled[id(statement)] = (statement, compiled)
+        return compiled
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """No reset query when a connection goes back to the pool: it only ever ran
+    these read statements, in autocommit (no transaction, no SET, no LISTEN, no
+    advisory lock), so asyncpg's default reset would be a round trip that resets
+    nothing."""
+
+
+async def _decode_json(connection: asyncpg.Connection) -> None:
+    """JSON columns come back as Python values, as SQLAlchemy's JSON type gives them."""
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def listed_as_bearer(
+    reads: Reads,
+    digest: str,
+    first: Executable,
+    page: Executable,
+    values: Mapping[str, Any],
+    *,
+    custom_plans: bool = False,
+) -> Listed:
+    """A listing for the account of the bearer token whose digest is ``digest``, on
+    one connection: ``first`` reads the token's row (accounts.BEARER) and the
+    ``total``, then ``page`` the rows, with the account bound as ``owner``; not
+    when ``offset`` is past the total (an offset still has to pass over every
+    entry before it, 8,657 of them at 1,000,000 images for offset=10000).
+
+    AuthenticationFailed if the token is unknown, expired or its account
+    disabled: read now, never cached, so a revocation takes effect at once.
+    """
+
+    async def read(connection: ReadConnection) -> Listed:
+        row = await connection.fetch_one(first, {**values, "digest": digest})
+        account_id, total = bearer_account(row, digest), int(row.total)
+        if values["offset"] >= total or not values["limit"]:
+            return Listed(account_id, [], total)  # past the exact total: nothing to read
+        rows = await connection.fetch(page, {**values, "owner": account_id})
+        return Listed(account_id, rows, total)
+
+    return await reads.run(read, custom_plans=custom_plans)
+
+
+def reads_for(database: Database) -> Reads:
+    """The read path for ``database``'s backend."""
+    if database.engine.dialect.name == "postgresql":
+        return AsyncpgReads(database.url)
+    return ThreadReads(database)
