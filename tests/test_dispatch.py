@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -12,7 +14,7 @@ from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
 from models.tables import Job, utcnow
-from tests.support.disks import stored_file
+from tests.support.disks import MiB, stored_file
 from tests.support.processes import ServiceProcess
 from tests.support.tenants import Tenant
 
@@ -56,3 +58,19 @@ async def test_a_job_delivered_twice_runs_once(
     with database.reading() as session:
         assert session.get(Job, job_id).attempts == 1  # type: ignore[union-attr]
     assert stored_file(service_settings.image_dir, image_id).name == f"{image_id}.1.raw"
+
+
+async def test_a_burst_of_captures_is_sent_by_the_api_itself(
+    tenant: Tenant, disk_factory: Any, database: Database
+) -> None:
+    # No scheduler runs here: every job must reach a worker through the API's
+    # sender, which sends what waits in batches; none is left to the sweep
+    # (whose resend would have stamped send_requested_at again).
+    instances = [tenant.add_instance(disk_factory(size=4 * MiB, regions=1)) for _ in range(8)]
+    replies = await asyncio.gather(*(tenant.capture(i) for i in instances))
+    assert [reply.status for reply in replies] == [202] * 8, replies
+    for reply in replies:
+        assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
+    with database.reading() as session:
+        jobs = [session.get(Job, reply.body["job_id"]) for reply in replies]
+        assert all(job and job.send_requested_at == job.create_time for job in jobs), jobs
