@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +322,6 @@ def _write(results: Results, docs: Path) -> None:
     else:
         current = current.rstrip("\n") + "\n\n" + section + "\n"
     page.write_text(current)
-    (docs / "img" / "writes-runs.json").write_text(json.dumps(asdict(results), indent=1) + "\n")
 
 
 def _section(results: Results) -> str:

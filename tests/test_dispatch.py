@@ -1,15 +1,20 @@
-"""A job that never reached a worker is sent again by the scheduler; one sent twice runs once."""
+"""The API sends committed jobs (in bursts, and on shutdown); the scheduler sends again a job
+that never reached a worker; a job sent twice runs once."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
+from api.app import create_app
 from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
@@ -74,3 +79,21 @@ async def test_a_burst_of_captures_is_sent_by_the_api_itself(
     with database.reading() as session:
         jobs = [session.get(Job, reply.body["job_id"]) for reply in replies]
         assert all(job and job.send_requested_at == job.create_time for job in jobs), jobs
+
+
+async def test_jobs_waiting_to_be_sent_are_sent_when_the_api_stops(
+    tenant: Tenant,
+    disk_factory: Any,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    service_settings: Settings,
+) -> None:
+    # A second API process's worth of app, stopped right after its replies: what
+    # its sender still holds must reach the worker (no scheduler runs here).
+    stopping = await aiohttp_client(create_app(service_settings))
+    caller = replace(tenant, client=stopping)
+    instances = [tenant.add_instance(disk_factory(size=4 * MiB, regions=1)) for _ in range(6)]
+    replies = await asyncio.gather(*(caller.capture(i) for i in instances))
+    await stopping.close()
+    assert [reply.status for reply in replies] == [202] * 6, replies
+    for reply in replies:
+        assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
