@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,16 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
 from api.app import create_app
+from api.job_sending import BATCH, SENDER
 from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
+from models.images import delete_images
+from models.scoping import Caller
 from models.tables import Job, utcnow
 from tests.support.disks import MiB, stored_file
 from tests.support.processes import ServiceProcess
+from tests.support.records import Records
 from tests.support.tenants import Tenant
 
 # Its scheduler resends and sweeps across the whole deployment.
@@ -83,17 +86,19 @@ async def test_a_burst_of_captures_is_sent_by_the_api_itself(
 
 async def test_jobs_waiting_to_be_sent_are_sent_when_the_api_stops(
     tenant: Tenant,
-    disk_factory: Any,
+    database: Database,
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
     service_settings: Settings,
 ) -> None:
-    # A second API process's worth of app, stopped right after its replies: what
-    # its sender still holds must reach the worker (no scheduler runs here).
+    # An API whose sender holds more than a batch of committed jobs is stopped at
+    # once: all of them must still reach the worker (no scheduler runs here).
     stopping = await aiohttp_client(create_app(service_settings))
-    caller = replace(tenant, client=stopping)
-    instances = [tenant.add_instance(disk_factory(size=4 * MiB, regions=1)) for _ in range(6)]
-    replies = await asyncio.gather(*(caller.capture(i) for i in instances))
+    records, caller = Records(database), Caller(tenant.account_id, tenant.zone)
+    images = [records.image(caller) for _ in range(2 * BATCH + 10)]
+    with database.transaction() as session:
+        job_ids = [delete_images(session, caller, [image]).job_id for image in images]
+    for job_id in job_ids:
+        stopping.app[SENDER].submit(job_id, "")
     await stopping.close()
-    assert [reply.status for reply in replies] == [202] * 6, replies
-    for reply in replies:
-        assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
+    for job_id in job_ids:
+        assert (await tenant.wait_job(job_id))["status"] == "successful"
