@@ -24,7 +24,6 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -42,13 +41,16 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from bench.scale import _api_server, _free_port, _process, _scratch_database
-from bench.scale_report import HEADER, machine
-from imagesvc.bootstrap import services_for
-from imagesvc.settings import Settings
+from bench.scale import (
+    _api_server,
+    _free_port,
+    _process,
+    add_server_options,
+    scratch_deployment,
+)
+from bench.scale_report import machine, write_section
 from models.accounts import client_record, create_account, issue_token
 from models.db import Database
-from models.migrate import upgrade
 from models.quotas import set_quota
 
 ZONE = "ac1"
@@ -151,12 +153,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="16 clients, one second per side")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL server whose user may create databases",
-    )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    add_server_options(parser)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one run")
     parser.add_argument("--rounds", type=int, default=3, help="alternations bare/API per case")
     parser.add_argument("--docs", default="docs", help="where benchmarks.md and img/ live")
@@ -165,15 +162,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _deploy(stack: ExitStack, args: argparse.Namespace, clients: int) -> Bench:
-    url = stack.enter_context(_scratch_database(args.database_url, keep=args.keep))
-    settings = Settings(
-        database_url=url,
-        broker_url=args.redis_url,
-        data_dir=Path(stack.enter_context(tempfile.TemporaryDirectory())),
-        queue=f"bench-{secrets.token_hex(4)}",
-    )
-    upgrade(url)
-    database = stack.enter_context(services_for(settings)).database
+    settings, database = scratch_deployment(stack, args)
+    url = settings.database_url
     accounts = [_new_client(database, n) for n in range(clients)]
     callers = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "callers.json"
     callers.write_text(json.dumps({c.token: c.account_id for c in accounts}))
@@ -313,15 +303,7 @@ def _write(results: Results, docs: Path) -> None:
     """The plot and this bench's section of docs/benchmarks.md."""
     (docs / "img").mkdir(parents=True, exist_ok=True)
     _plot(results, docs / "img" / "writes-throughput.png")
-    page = docs / "benchmarks.md"
-    current = page.read_text() if page.exists() else HEADER
-    section = f"{START}\n{_section(results)}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    page.write_text(current)
+    write_section(docs / "benchmarks.md", START, END, _section(results))
 
 
 def _section(results: Results) -> str:
