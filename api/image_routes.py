@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from api import pages
 from api.auth import checks_own_token
@@ -43,15 +42,21 @@ async def capture_instance(request: web.Request) -> web.Response:
     caller = caller_of(request)
     params = await parse_params(request, CaptureParams)
     inventory = request.app[INVENTORY]
-    wanted = images.CaptureRequest(
-        instance_id=params.instance,
-        instance=await asyncio.to_thread(inventory.find_owned, caller, params.instance),
-        image_name=params.image_name,
-        request_id=request_id_of(request, params.request_id),
-    )
-    capture = await in_idempotent_transaction(
-        request, images.capture_instance, caller, wanted, request.app[SETTINGS].default_quota
-    )
+    request_id = request_id_of(request, params.request_id)
+    default_quota = request.app[SETTINGS].default_quota
+
+    def capture_owned(session: Session) -> images.Capture:
+        # The instance is looked up in the capture's own unit of work: one thread
+        # hop and one connection per request.
+        wanted = images.CaptureRequest(
+            instance_id=params.instance,
+            instance=inventory.find_owned(caller, params.instance, session),
+            image_name=params.image_name,
+            request_id=request_id,
+        )
+        return images.capture_instance(session, caller, wanted, default_quota)
+
+    capture = await in_idempotent_transaction(request, capture_owned)
     send_after_commit(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
     return json(out, status=202)

@@ -2,8 +2,12 @@
 
 The job row is committed before it is sent, so a slow or absent broker never
 delays a response and never loses a job: whatever is not sent now, the
-scheduler's sweep sends later. Sends still in flight finish before the API
-process stops.
+scheduler's sweep sends later (every pending job whose send was requested more
+than ``IMAGESVC_DISPATCH_GRACE`` seconds ago). One background task per API
+process sends them: it takes every job waiting, sends the batch on one
+broker connection in one thread hop, and comes back for more, so a burst of
+requests costs one hop per batch rather than one per job. Jobs still waiting
+are sent before the API process stops.
 """
 
 from __future__ import annotations
@@ -15,13 +19,50 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from api.keys import IN_FLIGHT, JOB_QUEUE, SETTINGS
+from api.keys import JOB_QUEUE, SETTINGS
 from models.states import JobStatus
 from models.tables import Job
+from workers.job_queue import JobQueue
 
 log = logging.getLogger(__name__)
 
 FAULT_EXIT_CODE = 70
+# The most jobs one thread hop sends; more waiting go in the next batch.
+BATCH = 64
+
+
+class JobSender:
+    """The API process's one sender: jobs in, batches out to the broker."""
+
+    def __init__(self, job_queue: JobQueue) -> None:
+        self._job_queue = job_queue
+        self._waiting: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._task = asyncio.create_task(self._send_forever())
+
+    def submit(self, job_id: str, host: str) -> None:
+        """Queue a committed job for sending; returns at once."""
+        self._waiting.put_nowait((job_id, host))
+
+    async def drain(self) -> None:
+        """Send every job still waiting, then stop."""
+        await self._waiting.join()
+        self._task.cancel()
+
+    async def _send_forever(self) -> None:
+        while True:
+            batch = [await self._waiting.get()]
+            while len(batch) < BATCH and not self._waiting.empty():
+                batch.append(self._waiting.get_nowait())
+            try:
+                await asyncio.to_thread(self._job_queue.send_many, batch)
+            except Exception:  # never: send_many logs its failures; the sweep resends
+                log.exception("sending %d jobs failed; the sweep will retry", len(batch))
+            finally:
+                for _ in batch:
+                    self._waiting.task_done()
+
+
+SENDER = web.AppKey("job_sender", JobSender)
 
 
 def send_after_commit(request: web.Request, job: Job) -> None:
@@ -31,16 +72,11 @@ def send_after_commit(request: web.Request, job: Job) -> None:
     if request.app[SETTINGS].fault_after_commit:
         log.critical("fault injection: exiting between commit and dispatch of %s", job.job_id)
         os._exit(FAULT_EXIT_CODE)
-    sender = request.app[JOB_QUEUE]
-    task = asyncio.create_task(asyncio.to_thread(sender.send, job.job_id, job.host))
-    in_flight = request.app[IN_FLIGHT]
-    in_flight.add(task)
-    task.add_done_callback(in_flight.discard)
+    request.app[SENDER].submit(job.job_id, job.host)
 
 
 async def drain_sends(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: wait for sends in flight when the app stops."""
-    app[IN_FLIGHT] = set()
+    """Cleanup context: the sender, which sends the jobs still waiting when the app stops."""
+    app[SENDER] = JobSender(app[JOB_QUEUE])
     yield
-    if app[IN_FLIGHT]:
-        await asyncio.gather(*app[IN_FLIGHT], return_exceptions=True)
+    await app[SENDER].drain()

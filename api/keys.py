@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 from celery import Celery
 
@@ -21,7 +19,6 @@ INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 JOB_QUEUE = web.AppKey("job_queue", JobQueue)
 LOGIN_GUARD = web.AppKey("login_guard", LoginGuard)
-IN_FLIGHT = web.AppKey("in_flight", set[asyncio.Task[bool]])
 
 # Set by the auth middleware on every authenticated request.
 ACCOUNT_ID = web.RequestKey("account_id", str)

@@ -129,6 +129,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _deploy(stack: ExitStack, args: argparse.Namespace, size: int) -> Deployment:
     """A scratch database of ``size`` images, with the API and the bare server on it."""
+    settings, database = scratch_deployment(stack, args)
+    url = settings.database_url
+    caller = scale_data.create_caller(database)
+    print(f"generating {size:,} images ...", flush=True)
+    scale_data.grow_to(database, scale_data.CALLER_IMAGES, size)
+    api, api_pid = stack.enter_context(_api_server(settings))
+    bare, bare_pid = stack.enter_context(_bare_server(url, caller.account_id))
+    return Deployment(size, database, caller.token, api, bare, {api: api_pid, bare: bare_pid})
+
+
+def scratch_deployment(stack: ExitStack, args: argparse.Namespace) -> tuple[Settings, Database]:
+    """The settings of a migrated scratch database (``--database-url``, ``--keep``),
+    ``--redis-url`` and a queue of its own, and that database, closed with ``stack``."""
     url = stack.enter_context(_scratch_database(args.database_url, keep=args.keep))
     settings = Settings(
         database_url=url,
@@ -137,13 +150,7 @@ def _deploy(stack: ExitStack, args: argparse.Namespace, size: int) -> Deployment
         queue=f"bench-{secrets.token_hex(4)}",
     )
     upgrade(url)
-    database = stack.enter_context(services_for(settings)).database
-    caller = scale_data.create_caller(database)
-    print(f"generating {size:,} images ...", flush=True)
-    scale_data.grow_to(database, scale_data.CALLER_IMAGES, size)
-    api, api_pid = stack.enter_context(_api_server(settings))
-    bare, bare_pid = stack.enter_context(_bare_server(url, caller.account_id))
-    return Deployment(size, database, caller.token, api, bare, {api: api_pid, bare: bare_pid})
+    return settings, stack.enter_context(services_for(settings)).database
 
 
 def _settle(database: Database, deployments: list[Deployment], cases: tuple[str, ...]) -> None:
@@ -191,12 +198,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="10,000 images, under a minute")
-    parser.add_argument(
-        "--database-url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        help="a PostgreSQL server whose user may create databases",
-    )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    add_server_options(parser)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="default: all")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one run")
@@ -204,6 +206,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", default="docs", help="where benchmarks.md and img/ live")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database")
     return parser.parse_args(argv)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The PostgreSQL server and Redis a benchmark deploys on."""
+    parser.add_argument(
+        "--database-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server whose user may create databases",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
 
 
 def _require_same_answer(deployment: Deployment, path: str) -> None:

@@ -109,16 +109,20 @@ def write(results: Results, docs: Path) -> None:
     (docs / "img").mkdir(parents=True, exist_ok=True)
     _plot_latency(results, docs / "img" / "scale-latency.png")
     _plot_sweep(results, docs / "img" / "scale-throughput.png")
-    page = docs / "benchmarks.md"
-    current = page.read_text() if page.exists() else HEADER
-    section = f"{START}\n{_section(results)}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + section + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    page.write_text(current)
+    write_section(docs / "benchmarks.md", START, END, _section(results))
     (docs / "query-plans.md").write_text(_plans_page(results))
+
+
+def write_section(page: Path, start: str, end: str, section: str) -> None:
+    """Put ``section`` between the markers ``start`` and ``end`` of ``page``, or append it."""
+    current = page.read_text() if page.exists() else HEADER
+    marked = f"{start}\n{section}\n{end}"
+    if start in current and end in current:
+        before, rest = current.split(start, 1)
+        current = before + marked + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + marked + "\n"
+    page.write_text(current)
 
 
 def machine() -> str:

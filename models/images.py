@@ -40,9 +40,16 @@ from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
-from models.quotas import Quota, require_room
+from models.quotas import Quota, quota_of, require_room_for_added
 from models.reads import Listed, Listing, Reads, listed_as_bearer
-from models.scoping import Caller, is_public, one_of, visible_image_ranges, visible_images
+from models.scoping import (
+    Caller,
+    changeable_images,
+    is_public,
+    one_of,
+    visible_image_ranges,
+    visible_images,
+)
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -54,7 +61,7 @@ from models.states import (
     Visibility,
 )
 from models.tables import LOCAL_HOST, Image, Job, PublicImageCount, utcnow
-from models.transitions import can_move, move_images, refusal
+from models.transitions import can_move, move_images, moved_images, refusal
 
 GIB = 1024**3
 DEFAULT_HIDDEN = (ImageStatus.CEASED,)
@@ -95,9 +102,8 @@ def capture_instance(
     if instance is None:
         raise ResourceNotFound(f"instance {wanted.instance_id} not found")
     require_stopped(instance)
-    _refuse_concurrent_capture(session, instance.instance_id)
     size = size_in_gb(instance.disk_size)
-    require_room(session, caller.account_id, default_quota, size)
+    quota = quota_of(session, caller.account_id, default_quota, lock=True)
     image = _new_image(
         caller.zone,
         caller.account_id,
@@ -109,8 +115,9 @@ def capture_instance(
     session.add(image)
     try:
         session.flush()
-    except IntegrityError as exc:  # the partial unique index: a capture raced us
+    except IntegrityError as exc:  # the partial unique index: a capture is under way
         raise _already_capturing(instance.instance_id) from exc
+    require_room_for_added(session, caller.account_id, quota, size)
     resources = [image.image_id, instance.instance_id]
     job = new_job(session, caller, action, resources, job_id=job_id, host=instance.host)
     return Capture(job, image)
@@ -136,20 +143,8 @@ def _image_of(session: Session, capture_job: Job) -> Image:
     return image
 
 
-def _refuse_concurrent_capture(session: Session, instance_id: str) -> None:
-    running = session.scalars(
-        select(Image.image_id).where(
-            Image.source_instance_id == instance_id,
-            Image.transition_status == TransitionStatus.CREATING.value,
-        )
-    ).first()
-    if running is not None:
-        raise _already_capturing(instance_id, running)
-
-
-def _already_capturing(instance_id: str, image_id: str | None = None) -> StateConflict:
-    into = f" into image {image_id}" if image_id else ""
-    return StateConflict(f"instance {instance_id} is already being captured{into}; wait for it")
+def _already_capturing(instance_id: str) -> StateConflict:
+    return StateConflict(f"instance {instance_id} is already being captured; wait for it")
 
 
 def delete_images(
@@ -164,7 +159,7 @@ def delete_images(
     earlier = _replay_or_remember(session, caller, request_id, action, job_id)
     if earlier is not None:
         return earlier
-    wanted = _start_batch(session, caller, image_ids, ImageAction.BEGIN_DELETE)
+    wanted = _begin_delete(session, caller, image_ids)
     return new_job(session, caller, action, wanted, job_id=job_id)
 
 
@@ -194,16 +189,25 @@ def _is_ceased(image: Image, cutoff: datetime) -> bool:
     return expired or image.status == ImageStatus.CEASED
 
 
-def _start_batch(
-    session: Session, caller: Caller, image_ids: Sequence[str], action: ImageAction
-) -> list[str]:
-    """Begin ``action`` on all the caller's images, or refuse naming the offenders."""
+def _begin_delete(session: Session, caller: Caller, image_ids: Sequence[str]) -> list[str]:
+    """Begin deleting all the caller's images, or refuse naming the offenders.
+
+    One compare-and-set update moves every image the caller may change and
+    that may be deleted. Only if it moves fewer than asked are those moves
+    undone (deleting leaves ``status`` alone, so the undo is exact: a refusal
+    leaves the images as they were, even in a unit that goes on to commit)
+    and the others read, to say why: not found, not theirs, or in a state
+    that forbids it.
+    """
+    action = ImageAction.BEGIN_DELETE
     wanted = list(dict.fromkeys(image_ids))
+    moved = moved_images(session, wanted, action, *changeable_images(caller))
+    if len(moved) == len(wanted):
+        return wanted
+    move_images(session, list(moved), ImageAction.CANCEL_DELETE)
     rows = _lock_own(session, caller, wanted, action.value)
     _require_movable(rows, action)
-    if move_images(session, wanted, action) != len(wanted):
-        raise StateConflict(f"images changed during {action.value}; retry")
-    return wanted
+    raise StateConflict(f"images changed during {action.value}; retry")
 
 
 def _lock_own(

@@ -59,8 +59,15 @@ class InstanceInfo:
 class InstanceInventory(Protocol):
     """What the image service needs to know about instances."""
 
-    def find_owned(self, caller: Caller, instance_id: str) -> InstanceInfo | None:
-        """The caller's instance, or None if it does not exist or is not theirs."""
+    def find_owned(
+        self, caller: Caller, instance_id: str, session: Session | None = None
+    ) -> InstanceInfo | None:
+        """The caller's instance, or None if it does not exist or is not theirs.
+
+        ``session``, the caller's unit of work: an inventory kept in this
+        service's database reads through it (no second connection); any other
+        inventory ignores it.
+        """
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
         """Any instance, for workers acting on a job already authorised."""
@@ -72,17 +79,23 @@ class SqlInventory:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    def find_owned(self, caller: Caller, instance_id: str) -> InstanceInfo | None:
+    def find_owned(
+        self, caller: Caller, instance_id: str, session: Session | None = None
+    ) -> InstanceInfo | None:
         stmt = owned_instances(caller).where(Instance.instance_id == instance_id)
-        with self._database.reading() as session:
-            row = session.scalars(stmt).one_or_none()
-            return instance_info(row) if row else None
+        if session is not None:
+            return _info_or_none(session.scalars(stmt).one_or_none())
+        with self._database.reading() as reading:
+            return _info_or_none(reading.scalars(stmt).one_or_none())
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
         stmt = select(Instance).where(Instance.zone == zone, Instance.instance_id == instance_id)
         with self._database.reading() as session:
-            row = session.scalars(stmt).one_or_none()
-            return instance_info(row) if row else None
+            return _info_or_none(session.scalars(stmt).one_or_none())
+
+
+def _info_or_none(row: Instance | None) -> InstanceInfo | None:
+    return instance_info(row) if row else None
 
 
 def instance_info(row: Instance) -> InstanceInfo:

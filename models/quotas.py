@@ -49,7 +49,21 @@ def usage_of(session: Session, account_id: str) -> Usage:
 def require_room(session: Session, account_id: str, default: Quota, adding_gb: int) -> None:
     """Refuse (429) a new image of ``adding_gb`` that would exceed the account's quota."""
     quota = quota_of(session, account_id, default, lock=True)
+    _refuse_over(quota, usage_of(session, account_id), adding_gb)
+
+
+def require_room_for_added(session: Session, account_id: str, quota: Quota, added_gb: int) -> None:
+    """Refuse (429) the image of ``added_gb`` just recorded, if it exceeds ``quota``.
+
+    ``quota`` comes from :func:`quota_of` with ``lock``, taken before the image
+    was recorded: the usage read here, in a later statement, counts every image
+    of a capture that held the lock before, and this one.
+    """
     used = usage_of(session, account_id)
+    _refuse_over(quota, Usage(used.images - 1, used.gb - added_gb), added_gb)
+
+
+def _refuse_over(quota: Quota, used: Usage, adding_gb: int) -> None:
     if used.images + 1 > quota.images:
         raise QuotaExceeded(f"image quota exceeded: {used.images} of {quota.images} images in use")
     if used.gb + adding_gb > quota.gb:

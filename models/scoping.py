@@ -21,7 +21,7 @@ from sqlalchemy import (
     select,
 )
 
-from models.states import Visibility
+from models.states import Provider, Visibility
 from models.tables import Image, Instance, Job
 
 
@@ -39,6 +39,19 @@ def visible_images(caller: Caller) -> Select[Image]:
     return select(Image).where(
         Image.zone == caller.zone,
         or_(Image.owner == caller.account_id, Image.visibility == Visibility.PUBLIC.value),
+    )
+
+
+def changeable_images(caller: Caller) -> tuple[ColumnElement[bool], ...]:
+    """Images the caller may change: visible, their own, and captured (``provider`` self).
+
+    The conditions of :func:`visible_images` joined with ownership, for a
+    compare-and-set update that needs no read first.
+    """
+    return (
+        Image.zone == caller.zone,
+        Image.owner == caller.account_id,
+        Image.provider == Provider.SELF.value,
     )
 
 

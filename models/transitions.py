@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, update
+from sqlalchemy import ColumnElement, CursorResult, Update, update
 from sqlalchemy.orm import Session
 
 from models.errors import StateConflict
@@ -26,11 +26,34 @@ def move_images(
     ``conditions``), so a row that changed since it was read is left alone
     and not counted.
     """
+    stmt = _move_statement(image_ids, action, conditions, values)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return int(result.rowcount)
+
+
+def moved_images(
+    session: Session,
+    image_ids: Sequence[str],
+    action: ImageAction,
+    *conditions: ColumnElement[bool],
+    **values: Any,
+) -> set[str]:
+    """Like :func:`move_images`, in the same one statement; the ids of the images moved."""
+    stmt = _move_statement(image_ids, action, conditions, values).returning(Image.image_id)
+    return set(session.scalars(stmt))
+
+
+def _move_statement(
+    image_ids: Sequence[str],
+    action: ImageAction,
+    conditions: Sequence[ColumnElement[bool]],
+    values: dict[str, Any],
+) -> Update:
     move = IMAGE_MOVES[action]
     if move.target is not None:
         values.update(status=move.target.value, status_time=utcnow())
     values["transition_status"] = move.target_transition.value
-    stmt = (
+    return (
         update(Image)
         .where(
             Image.image_id.in_(list(image_ids)),
@@ -41,8 +64,6 @@ def move_images(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
-    return int(result.rowcount)
 
 
 def can_move(image: Image, action: ImageAction) -> bool:

@@ -1,19 +1,29 @@
-"""A job that never reached a worker is sent again by the scheduler; one sent twice runs once."""
+"""The API sends committed jobs (in bursts, and on shutdown); the scheduler sends again a job
+that never reached a worker; a job sent twice runs once."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
+from api.app import create_app
+from api.job_sending import BATCH, SENDER
 from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
 from models.db import Database
+from models.images import delete_images
+from models.scoping import Caller
 from models.tables import Job, utcnow
-from tests.support.disks import stored_file
+from tests.support.disks import MiB, stored_file
 from tests.support.processes import ServiceProcess
+from tests.support.records import Records
 from tests.support.tenants import Tenant
 
 # Its scheduler resends and sweeps across the whole deployment.
@@ -56,3 +66,39 @@ async def test_a_job_delivered_twice_runs_once(
     with database.reading() as session:
         assert session.get(Job, job_id).attempts == 1  # type: ignore[union-attr]
     assert stored_file(service_settings.image_dir, image_id).name == f"{image_id}.1.raw"
+
+
+async def test_a_burst_of_captures_is_sent_by_the_api_itself(
+    tenant: Tenant, disk_factory: Any, database: Database
+) -> None:
+    # No scheduler runs here: every job must reach a worker through the API's
+    # sender, which sends what waits in batches; none is left to the sweep
+    # (whose resend would have stamped send_requested_at again).
+    instances = [tenant.add_instance(disk_factory(size=4 * MiB, regions=1)) for _ in range(8)]
+    replies = await asyncio.gather(*(tenant.capture(i) for i in instances))
+    assert [reply.status for reply in replies] == [202] * 8, replies
+    for reply in replies:
+        assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
+    with database.reading() as session:
+        jobs = [session.get(Job, reply.body["job_id"]) for reply in replies]
+        assert all(job and job.send_requested_at == job.create_time for job in jobs), jobs
+
+
+async def test_jobs_waiting_to_be_sent_are_sent_when_the_api_stops(
+    tenant: Tenant,
+    database: Database,
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    service_settings: Settings,
+) -> None:
+    # An API whose sender holds more than a batch of committed jobs is stopped at
+    # once: all of them must still reach the worker (no scheduler runs here).
+    stopping = await aiohttp_client(create_app(service_settings))
+    records, caller = Records(database), Caller(tenant.account_id, tenant.zone)
+    images = [records.image(caller) for _ in range(2 * BATCH + 10)]
+    with database.transaction() as session:
+        job_ids = [delete_images(session, caller, [image]).job_id for image in images]
+    for job_id in job_ids:
+        stopping.app[SENDER].submit(job_id, "")
+    await stopping.close()
+    for job_id in job_ids:
+        assert (await tenant.wait_job(job_id))["status"] == "successful"

@@ -22,7 +22,7 @@ from models.images import ImageFilters, delete_images, list_images, modify_image
 from models.jobs import get_job, list_jobs
 from models.quotas import Quota, require_room, set_quota, usage_of
 from models.scoping import Caller
-from models.states import ImageAction, JobAction
+from models.states import ImageAction, ImageStatus, JobAction, TransitionStatus
 from models.tables import ClientRequest, Image, utcnow
 from models.transitions import move_images
 from tests.support.disks import GiB
@@ -140,6 +140,25 @@ def test_a_batch_with_one_image_not_the_callers_changes_none_of_them(
     with own_database.transaction() as session, pytest.raises(ResourceNotFound, match=theirs):
         delete_images(session, me, [mine, theirs])
     assert records.image_state(mine) == ("available", "")
+
+
+def test_a_batch_with_one_image_in_a_state_that_forbids_it_changes_none_of_them(
+    records: Records, own_database: Database
+) -> None:
+    # The delete moves what it can in one update and undoes it on a refusal: even
+    # a unit that catches the refusal and commits leaves every image as it was.
+    me = records.account()
+    movable = records.image(me)
+    blocked = records.images_in(me, [(ImageStatus.AVAILABLE, TransitionStatus.DELETING)])
+    [deleting] = blocked.values()
+    with own_database.transaction() as session, pytest.raises(StateConflict, match=deleting):
+        delete_images(session, me, [movable, deleting])
+    assert records.image_state(movable) == ("available", "")
+    assert records.image_state(deleting) == ("available", "deleting")
+    with own_database.transaction() as session:
+        job = delete_images(session, me, [movable])
+    assert job.resource_ids == [movable]
+    assert records.image_state(movable) == ("available", "deleting")
 
 
 # Retention, cease and purge ------------------------------------------------------------

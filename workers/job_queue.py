@@ -9,8 +9,10 @@ pending; the sweep sends it again, to the same host.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from celery import Celery
+from kombu.messaging import Producer
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +35,22 @@ class JobQueue:
 
     def send(self, job_id: str, host: str = "") -> bool:
         """Send one job to ``host``'s workers (any worker if ''); False (logged) if refused."""
+        return self._send(job_id, host, producer=None)
+
+    def send_many(self, jobs: Sequence[tuple[str, str]]) -> int:
+        """Send each ``(job_id, host)`` as :meth:`send` does, all on one producer (one
+        broker connection); the number sent. A job not sent is logged and left pending."""
+        try:
+            with self._app.producer_or_acquire() as producer:
+                return sum(self._send(job_id, host, producer) for job_id, host in jobs)
+        except Exception:  # the pool could not give a producer: the broker is away
+            log.warning("could not send %d jobs; the sweep will retry", len(jobs), exc_info=True)
+            return 0
+
+    def _send(self, job_id: str, host: str, producer: Producer | None) -> bool:
         queue = host_queue(self._queue, host) if host else self._queue
         try:
-            self._app.send_task(RUN_JOB, args=[job_id], queue=queue)
+            self._app.send_task(RUN_JOB, args=[job_id], queue=queue, producer=producer)
         except Exception:  # any broker failure: the job row is still there
             log.warning("could not send job %s; the sweep will retry", job_id, exc_info=True)
             return False
