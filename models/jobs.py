@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, Select, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, Update, func, select, update
 from sqlalchemy.orm import Session
 
 from models import ids
@@ -67,38 +67,54 @@ def move_job(
     given up for lost and comes back cannot settle a job another run now owns.
     """
     fence = () if attempt is None else (Job.attempts == attempt,)
-    return _move_job_where(session, job_id, target, fence, values)
+    stmt = _move_statement(job_id, target, fence, values)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount == 1
 
 
-def _move_job_where(
-    session: Session,
+def _move_statement(
     job_id: str,
     target: JobStatus,
     conditions: Sequence[ColumnElement[bool]],
     values: dict[str, Any],
-) -> bool:
+) -> Update:
     """The compare-and-set behind every move: the status table's sources plus ``conditions``."""
     sources = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
-    stmt = (
+    return (
         update(Job)
         .where(Job.job_id == job_id, Job.status.in_([s.value for s in sources]), *conditions)
         .values(status=target.value, **values)
         .execution_options(synchronize_session=False)
     )
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
-    return result.rowcount == 1
 
 
-def claim_job(session: Session, job_id: str, worker: str, host: str | None = None) -> Job | None:
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a run needs of the job it claimed, as the claim's ``UPDATE`` returned it."""
+
+    job_id: str
+    action: str
+    zone: str
+    owner: str
+    resource_ids: list[str]
+    attempts: int  # this run's number: every later move of the run is fenced by it
+    request_id: str | None
+    host: str
+
+
+def claim_job(
+    session: Session, job_id: str, worker: str, host: str | None = None
+) -> ClaimedRun | None:
     """Take a pending job for this worker; None if someone else has it or it is done.
 
-    With ``host``, only a job of that compute host (or of any host) is taken:
-    a capture delivered to the wrong host's worker stays pending, and the
-    sweep sends it again to its own host.
+    One statement: the compare-and-set returns what the run needs, and holds the
+    row until the transaction ends. With ``host``, only a job of that compute host
+    (or of any host) is taken: a capture delivered to the wrong host's worker stays
+    pending, and the sweep sends it again to its own host.
     """
     now = utcnow()
     on_host = () if host is None else (Job.host.in_((ANY_HOST, host)),)
@@ -108,8 +124,18 @@ def claim_job(session: Session, job_id: str, worker: str, host: str | None = Non
         "worker": worker,
         "attempts": Job.attempts + 1,
     }
-    claimed = _move_job_where(session, job_id, JobStatus.WORKING, on_host, started)
-    return session.get(Job, job_id, populate_existing=True) if claimed else None
+    stmt = _move_statement(job_id, JobStatus.WORKING, on_host, started).returning(
+        Job.job_id,
+        Job.action,
+        Job.zone,
+        Job.owner,
+        Job.resource_ids,
+        Job.attempts,
+        Job.request_id,
+        Job.host,
+    )
+    row = session.execute(stmt).one_or_none()
+    return None if row is None else ClaimedRun(**row._asdict())
 
 
 def fail_job(
