@@ -47,6 +47,7 @@ import redis
 from sqlalchemy import func, select, text
 
 from bench import bare_celery, pipeline_report, pipeline_trace
+from bench.pipeline_cpu import CpuMeter, process_tree
 from bench.scale import _environment, _scratch_database
 from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
@@ -59,6 +60,8 @@ from models.tables import Job
 from workers.job_queue import JobQueue, host_queue
 
 TARGET = 0.5
+DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 CONCURRENCY = 2  # Settings.worker_concurrency's default
 SWEEP = (1, 2, 4)
 ZONE = "ac1"
@@ -78,17 +81,30 @@ FROM generate_series(1, CAST(:count AS bigint)) AS i
 """
 
 
+@dataclass(frozen=True)
+class Level:
+    """The runs at one worker concurrency, by side: jobs (or tasks) per second, and the CPU
+    milliseconds each cost (the worker's processes; imagesvc's PostgreSQL backends too)."""
+
+    rates: dict[str, list[float]]
+    cpu_ms: dict[str, list[float]]
+
+
 @dataclass
 class Results:
-    """Every run: per worker concurrency and side, the jobs (or tasks) per second of each."""
+    """Every run, by worker concurrency."""
 
     started: str
     jobs: int
     rounds: int
-    rates: dict[int, dict[str, list[float]]] = field(default_factory=dict)
+    load: str
+    levels: dict[int, Level] = field(default_factory=dict)
 
     def median(self, concurrency: int, side: str) -> float:
-        return statistics.median(self.rates[concurrency][side])
+        return statistics.median(self.levels[concurrency].rates[side])
+
+    def cpu_ms(self, concurrency: int, side: str) -> float:
+        return statistics.median(self.levels[concurrency].cpu_ms[side])
 
     def ratio(self, concurrency: int) -> float:
         return self.median(concurrency, "imagesvc") / self.median(concurrency, "bare")
@@ -114,16 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     levels = [CONCURRENCY] if args.quick else sorted(args.concurrency)
     jobs, rounds = (100, 1) if args.quick else (args.jobs, args.rounds)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results = Results(started, jobs, rounds)
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    results = Results(started, jobs, rounds, load)
     with ExitStack() as stack:
         bench = _bench(stack, args)
         if args.trace:
             pipeline_trace.run(bench.settings, _delete_jobs(bench, args.trace), args.profile)
             return 0
         for concurrency in levels:
-            with _workers(bench, concurrency):
-                _warm_up(bench)
-                results.rates[concurrency] = _alternate(bench, jobs, rounds)
+            with _workers(bench, concurrency) as pids:
+                _warm_up(bench, pids)
+                results.levels[concurrency] = _alternate(bench, pids, jobs, rounds)
             _print_level(results, concurrency)
     met = _print_ratio(results)
     if not args.quick:
@@ -165,30 +182,32 @@ def _bench(stack: ExitStack, args: argparse.Namespace) -> Bench:
 
 
 @contextmanager
-def _workers(bench: Bench, concurrency: int) -> Iterator[None]:
-    """Both workers, started side by side with the same concurrency, stopped on exit."""
+def _workers(bench: Bench, concurrency: int) -> Iterator[dict[str, int]]:
+    """Both workers, started side by side with the same concurrency, stopped on exit;
+    yields their main processes' ids by side."""
     python = Path(sys.executable)
     imagesvc = [str(python.parent / "imagesvc"), "worker", f"--concurrency={concurrency}"]
     bare = [str(python), "-m", "bench.bare_celery", f"--concurrency={concurrency}"]
+    pids: dict[str, int] = {}
     with ExitStack() as stack:
         for name, command, settings in (
             ("imagesvc", imagesvc, bench.settings),
             ("bare", bare, bench.bare_settings),
         ):
             log = bench.logs / f"{name}-worker-{concurrency}.log"
-            stack.enter_context(_process(command, settings, log))
-        yield
+            pids[name] = stack.enter_context(_process(command, settings, log))
+        yield pids
 
 
 @contextmanager
-def _process(command: list[str], settings: Settings, log: Path) -> Iterator[None]:
+def _process(command: list[str], settings: Settings, log: Path) -> Iterator[int]:
     env = {**_inherited(), **_environment(settings)}
     with log.open("w") as output:
         process = subprocess.Popen(
             command, env=env, stdout=output, stderr=output, cwd=Path(__file__).parent.parent
         )
     try:
-        yield
+        yield process.pid
     finally:
         process.terminate()  # Celery's warm shutdown: it finishes what it runs
         try:
@@ -203,28 +222,45 @@ def _inherited() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("IMAGESVC_")}
 
 
-def _warm_up(bench: Bench) -> None:
+def _warm_up(bench: Bench, pids: dict[str, int]) -> None:
     """A few jobs and tasks through each worker: both are up and their processes warm."""
-    _run_imagesvc(bench, 20)
-    _run_bare(bench, 20)
+    _run_imagesvc(bench, 20, _meter(bench, pids, "imagesvc"))
+    _run_bare(bench, 20, _meter(bench, pids, "bare"))
 
 
-def _alternate(bench: Bench, jobs: int, rounds: int) -> dict[str, list[float]]:
-    runs: dict[str, Callable[[Bench, int], float]] = {
+def _alternate(bench: Bench, pids: dict[str, int], jobs: int, rounds: int) -> Level:
+    runs: dict[str, Callable[[Bench, int, CpuMeter], float]] = {
         "bare": _run_bare,
         "imagesvc": _run_imagesvc,
     }
-    rates: dict[str, list[float]] = {side: [] for side in SIDES}
+    level = Level({side: [] for side in SIDES}, {side: [] for side in SIDES})
     for round_number in range(rounds):
         order = SIDES if round_number % 2 == 0 else SIDES[::-1]
         for side in order:
-            rates[side].append(runs[side](bench, jobs))
-    return rates
+            meter = _meter(bench, pids, side)
+            level.rates[side].append(runs[side](bench, jobs, meter))
+            level.cpu_ms[side].append(meter.stop() * 1000 / jobs)
+    return level
 
 
-def _run_imagesvc(bench: Bench, count: int) -> float:
+def _meter(bench: Bench, pids: dict[str, int], side: str) -> CpuMeter:
+    """The CPU of a side's worker processes, and for imagesvc of its database's backends."""
+    if side == "bare":
+        return CpuMeter(lambda: process_tree(pids[side]))
+    return CpuMeter(lambda: process_tree(pids[side]) + _backends(bench))
+
+
+def _backends(bench: Bench) -> list[int]:
+    """The PostgreSQL server processes of the bench's database (its polling's included)."""
+    stmt = text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    with bench.services.database.reading() as session:
+        return list(session.scalars(stmt))
+
+
+def _run_imagesvc(bench: Bench, count: int, meter: CpuMeter) -> float:
     """Delete jobs per second, from the first send to the last job settled."""
     job_ids = _delete_jobs(bench, count)
+    meter.start()
     started = time.perf_counter()
     for job_id in job_ids:
         bench.services.job_queue.send(job_id)
@@ -234,8 +270,9 @@ def _run_imagesvc(bench: Bench, count: int) -> float:
     return count / seconds
 
 
-def _run_bare(bench: Bench, count: int) -> float:
+def _run_bare(bench: Bench, count: int, meter: CpuMeter) -> float:
     """No-op tasks per second, from the first send to the last one acknowledged."""
+    meter.start()
     started = time.perf_counter()
     for number in range(count):
         bench.bare_queue.send(f"j-bare{number:08d}")
@@ -301,18 +338,22 @@ def _forget_queues(broker: redis.Redis, *every: Settings) -> None:
 
 def _print_level(results: Results, concurrency: int) -> None:
     for side in SIDES:
-        runs = ", ".join(f"{rate:.0f}" for rate in results.rates[concurrency][side])
-        median = results.median(concurrency, side)
-        print(f"concurrency {concurrency} {side:>8}: {median:7.1f}/s (runs: {runs})", flush=True)
+        runs = ", ".join(f"{rate:.0f}" for rate in results.levels[concurrency].rates[side])
+        median, cpu = results.median(concurrency, side), results.cpu_ms(concurrency, side)
+        print(
+            f"concurrency {concurrency} {side:>8}: {median:7.1f}/s, {cpu:5.2f} ms CPU each"
+            f" (runs: {runs})",
+            flush=True,
+        )
 
 
 def _print_ratio(results: Results) -> bool:
     """imagesvc over bare Celery at each concurrency; True if the default one meets 0.5."""
     print(f"\ndelete jobs end to end / bare Celery no-op tasks (target >= {TARGET})")
-    for concurrency in sorted(results.rates):
+    for concurrency in sorted(results.levels):
         ratio = results.ratio(concurrency)
         print(f"  concurrency {concurrency}: {ratio:.2f}  {'ok' if ratio >= TARGET else 'MISSED'}")
-    default = results.rates.get(CONCURRENCY) and results.ratio(CONCURRENCY)
+    default = CONCURRENCY in results.levels and results.ratio(CONCURRENCY)
     return bool(default and default >= TARGET)
 
 
@@ -325,10 +366,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="100 jobs, once, concurrency 2")
     parser.add_argument(
         "--database-url",
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        default=os.environ.get("IMAGESVC_BENCH_DATABASE_URL", DATABASE_URL),
         help="a PostgreSQL server whose user may create databases",
     )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("IMAGESVC_BENCH_REDIS_URL", REDIS_URL)
+    )
     parser.add_argument("--jobs", type=int, default=1000, help="jobs (and tasks) per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternations bare/imagesvc")
     parser.add_argument(

@@ -35,7 +35,8 @@ def _section(results: Results) -> str:
     lines = [
         "## Job pipeline (issue 9)",
         "",
-        f"Measured {results.started} on {machine()}, by `python -m bench pipeline`: "
+        f"Measured {results.started} on {machine()}, load average at the start "
+        f"{results.load}, by `python -m bench pipeline`: "
         f"{results.jobs:,} jobs per run, {results.rounds} run(s) of each side per concurrency, "
         "alternating, medians. imagesvc: delete jobs (no disk work, one image each, committed "
         "as the API commits them) from the first `JobQueue.send` to the last job `successful` "
@@ -43,17 +44,22 @@ def _section(results: Results) -> str:
         "(`bench/bare_celery.py`) with the same configuration and worker command line (prefork, "
         "`acks_late`, `reject_on_worker_lost`, prefetch 1, JSON, results ignored, same "
         "concurrency, same Redis), from the first send to the last message acknowledged. "
-        "What a job costs the database, and the profile: "
+        "CPU per job: the worker's processes (main and pool), for imagesvc also the "
+        "PostgreSQL backends of its database (the bench's polling included), from "
+        "`/proc/<pid>/stat`: unlike the rates, it hardly depends on the rest of the "
+        "machine's load. What a job costs the database, and the profile: "
         "[pipeline-profile.md](pipeline-profile.md).",
         "",
         f"| worker concurrency | imagesvc delete jobs/s | bare Celery no-op tasks/s | ratio "
-        f"(target ≥ {TARGET} at {CONCURRENCY}) |",
-        "|---|---|---|---|",
+        f"(target ≥ {TARGET} at {CONCURRENCY}) | CPU ms per job: imagesvc | bare |",
+        "|---|---|---|---|---|---|",
     ]
-    for concurrency in sorted(results.rates):
+    for concurrency in sorted(results.levels):
         lines.append(
             f"| {concurrency} | {results.median(concurrency, 'imagesvc'):.0f} | "
-            f"{results.median(concurrency, 'bare'):.0f} | {results.ratio(concurrency):.2f} |"
+            f"{results.median(concurrency, 'bare'):.0f} | {results.ratio(concurrency):.2f} | "
+            f"{results.cpu_ms(concurrency, 'imagesvc'):.2f} | "
+            f"{results.cpu_ms(concurrency, 'bare'):.2f} |"
         )
     lines += ["", f"![jobs per second against worker concurrency](img/{PLOT})"]
     return "\n".join(lines)
@@ -66,13 +72,13 @@ def _plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 5))
-    levels = sorted(results.rates)
+    levels = sorted(results.levels)
     for side, style in (("imagesvc", "-o"), ("bare", "--x")):
         rates = [results.median(concurrency, side) for concurrency in levels]
         label = "imagesvc delete jobs" if side == "imagesvc" else "bare Celery no-op tasks"
         axes.plot(levels, rates, style, label=label)
         for concurrency in levels:
-            runs = results.rates[concurrency][side]
+            runs = results.levels[concurrency].rates[side]
             axes.scatter([concurrency] * len(runs), runs, s=8, alpha=0.4)
     axes.set_xticks(levels)
     axes.set_xlabel("worker concurrency (prefork processes)")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
-from models.jobs import claim_job, hold_job, move_job
+from models.jobs import claim_job, hold_job, move_job, settle_job
 from models.states import ImageAction, JobAction, JobPhase, JobStatus
 from models.tables import Image, Job
 from models.transitions import move_images
@@ -423,14 +423,13 @@ def _settle_batch(
     else:
         message = f"{missed} image(s) changed meanwhile"
         outcome = _Outcome(JobStatus.DONE_WITH_FAILURE, "ImagesChanged", message, 0)
-    errors = {"error_code": outcome.error_code, "error_message": outcome.error_message}
-    settled = move_job(
+    settled = settle_job(
         session,
         job.job_id,
+        job.attempt,
         outcome.status,
-        attempt=job.attempt,
-        progress=100,
-        **(errors if outcome.error_code else {}),
+        outcome.error_code,
+        outcome.error_message,
     )
     if not settled:  # the row is held for this run: only a broken invariant gets here
         raise RuntimeError(f"job {job.job_id} attempt {job.attempt} could not be settled")
