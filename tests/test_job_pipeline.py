@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from imagesvc.bootstrap import Services
 from models.images import delete_images
+from models.jobs import requeue_job
 from models.scoping import Caller
 from models.states import ImageAction
 from models.transitions import move_images
@@ -144,7 +145,7 @@ def _on_images(engine: Engine) -> str:
     return "" if engine.dialect.name == "sqlite" else " ON images"
 
 
-def test_a_failure_half_way_leaves_the_job_pending_and_nothing_applied(
+def test_a_failure_half_way_applies_nothing_and_the_job_is_run_again(
     own_services: Services, records: Records
 ) -> None:
     caller = records.account()
@@ -156,13 +157,17 @@ def test_a_failure_half_way_leaves_the_job_pending_and_nothing_applied(
     with pytest.raises(DBAPIError):
         execute_job(own_services, job_id)
 
-    # Claimed and half run, then rolled back whole: as if never delivered.
-    assert _job(records, job_id) == ("pending", 0, None)
+    # The transaction that claimed the job and moved the first image was rolled back
+    # whole; run step by step, the job was claimed once (attempt 1, not 2) and is left
+    # working, its images untouched, for the sweep, as a run that lost its database.
+    assert _job(records, job_id) == ("working", 1, None)
     assert records.image_state(first) == ("available", "deleting")
     _allow_updates(engine)
-    execute_job(own_services, job_id)  # the sweep sends it again
-    assert _job(records, job_id) == ("successful", 1, None)
-    assert records.image_state(refused) == ("deleted", "")
+    with own_services.database.transaction() as session:
+        assert requeue_job(session, job_id, attempt=1)  # what the sweep does
+    execute_job(own_services, job_id)
+    assert _job(records, job_id) == ("successful", 2, None)
+    assert [records.image_state(image) for image in (first, refused)] == [("deleted", "")] * 2
 
 
 def _end_other_connections(engine: Engine) -> None:

@@ -76,9 +76,12 @@ def execute_job(services: Services, job_id: str) -> None:
     started = time.monotonic()
     try:
         claimed = _with_reconnect(lambda: _claim_and_settle(services, job_id))
-    except DBAPIError:
-        raise  # the database stayed away: the job stays pending, and is sent again
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and _connection_lost(exc):
+            raise  # the database stayed away: the job stays pending, and is sent again
+        # Rolled back whole. Step by step, the run fails as it always did: an error
+        # fails the job (InternalError); a database error leaves it working, and the
+        # sweep runs it again until it has used its attempts (WorkerLost).
         fields = {"job_id": job_id}
         log.exception("job not settled at once; running it step by step", extra=fields)
         claimed = _with_reconnect(lambda: _claim(services, job_id))
@@ -145,11 +148,17 @@ def _with_reconnect(attempt: Callable[[], Claimed]) -> Claimed:
         try:
             return attempt()
         except DBAPIError as exc:
-            if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+            if not _connection_lost(exc):
                 raise
             log.warning("database connection lost (%s); trying again in %.1f s", exc, delay)
         time.sleep(delay)
     return attempt()
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """The connection broke or could not be made (or the server gave up on the transaction,
+    a deadlock say): the same transaction may simply be run again."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
 
 
 def _claim_and_settle(services: Services, job_id: str) -> Claimed:
