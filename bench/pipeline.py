@@ -358,20 +358,16 @@ def _print_ratio(results: Results) -> bool:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench pipeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser("python -m bench pipeline", formatter_class=formatter)
+    parser.description = __doc__
     parser.add_argument("--quick", action="store_true", help="100 jobs, once, concurrency 2")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("IMAGESVC_BENCH_DATABASE_URL", DATABASE_URL),
-        help="a PostgreSQL server whose user may create databases",
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("IMAGESVC_BENCH_REDIS_URL", REDIS_URL)
-    )
+    for flag, variable, default, meaning in (
+        ("--database-url", "DATABASE_URL", DATABASE_URL, "PostgreSQL; its user creates databases"),
+        ("--redis-url", "REDIS_URL", REDIS_URL, "the Redis both workers use"),
+    ):
+        value = os.environ.get(f"IMAGESVC_BENCH_{variable}", default)
+        parser.add_argument(flag, default=value, help=f"{meaning} (IMAGESVC_BENCH_{variable})")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs (and tasks) per run")
     parser.add_argument("--rounds", type=int, default=3, help="alternations bare/imagesvc")
     parser.add_argument(

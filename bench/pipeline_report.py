@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,12 +22,11 @@ def write(results: Results, docs: Path) -> None:
     page = docs / "benchmarks.md"
     current = page.read_text() if page.exists() else HEADER
     section = f"{START}\n{_section(results)}\n{END}"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + section + rest.split(END, 1)[1]
+    ours = re.compile(f"{re.escape(START)}.*?{re.escape(END)}", re.DOTALL)
+    if ours.search(current):
+        page.write_text(ours.sub(lambda _: section, current, count=1))
     else:
-        current = current.rstrip("\n") + "\n\n" + section + "\n"
-    page.write_text(current)
+        page.write_text(f"{current.rstrip()}\n\n{section}\n")
 
 
 def _section(results: Results) -> str:
@@ -76,17 +76,19 @@ def _plot(results: Results, path: Path) -> None:
     for side, style in (("imagesvc", "-o"), ("bare", "--x")):
         rates = [results.median(concurrency, side) for concurrency in levels]
         label = "imagesvc delete jobs" if side == "imagesvc" else "bare Celery no-op tasks"
-        axes.plot(levels, rates, style, label=label)
+        (line,) = axes.plot(levels, rates, style, label=label)
         for concurrency in levels:
             runs = results.levels[concurrency].rates[side]
-            axes.scatter([concurrency] * len(runs), runs, s=8, alpha=0.4)
-    axes.set_xticks(levels)
-    axes.set_xlabel("worker concurrency (prefork processes)")
-    axes.set_ylabel("finished per second (medians; dots: each run)")
+            axes.scatter([concurrency] * len(runs), runs, s=8, alpha=0.4, color=line.get_color())
+    axes.set(
+        xticks=levels,
+        xlabel="worker concurrency (prefork processes)",
+        ylabel="finished per second (medians; dots: each run)",
+        title=f"Job pipeline against bare Celery ({results.started})",
+    )
     axes.set_ylim(bottom=0)
     axes.grid(True, alpha=0.3)
     axes.legend()
-    axes.set_title(f"Job pipeline against bare Celery ({results.started})")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -35,6 +35,13 @@ def _delete_job(services: Services, caller: Caller, image_ids: list[str]) -> str
         return delete_images(session, caller, image_ids).job_id
 
 
+def _deleting(services: Services, records: Records, count: int) -> tuple[str, list[str]]:
+    """A new account's ``count`` available images, and the pending job deleting them."""
+    caller = records.account()
+    images = [records.image(caller) for _ in range(count)]
+    return _delete_job(services, caller, images), images
+
+
 def _job(records: Records, job_id: str) -> tuple[str, int, str | None]:
     job = records.job(job_id)
     return job.status, job.attempts, job.error_code
@@ -58,9 +65,7 @@ def _commits(engine: Engine) -> Iterator[list[int]]:
 def test_a_delete_job_is_settled_in_the_transaction_that_claims_it(
     own_services: Services, records: Records
 ) -> None:
-    caller = records.account()
-    images = [records.image(caller), records.image(caller)]
-    job_id = _delete_job(own_services, caller, images)
+    job_id, images = _deleting(own_services, records, 2)
 
     with _commits(own_services.database.engine) as commits:
         execute_job(own_services, job_id)
@@ -75,9 +80,7 @@ def test_a_delete_job_is_settled_in_the_transaction_that_claims_it(
 def test_a_second_delivery_of_a_settled_job_changes_nothing(
     own_services: Services, records: Records
 ) -> None:
-    caller = records.account()
-    image = records.image(caller)
-    job_id = _delete_job(own_services, caller, [image])
+    job_id, _ = _deleting(own_services, records, 1)
     execute_job(own_services, job_id)
     settled = records.job(job_id).finished_time
 
@@ -90,9 +93,7 @@ def test_a_second_delivery_of_a_settled_job_changes_nothing(
 def test_two_deliveries_at_once_settle_the_job_once(
     own_services: Services, records: Records
 ) -> None:
-    caller = records.account()
-    images = [records.image(caller) for _ in range(3)]
-    job_id = _delete_job(own_services, caller, images)
+    job_id, _ = _deleting(own_services, records, 3)
     runs = [threading.Thread(target=execute_job, args=(own_services, job_id)) for _ in range(2)]
     for run in runs:
         run.start()
@@ -104,9 +105,7 @@ def test_two_deliveries_at_once_settle_the_job_once(
 def test_an_image_changed_meanwhile_makes_the_job_done_with_failure(
     own_services: Services, records: Records
 ) -> None:
-    caller = records.account()
-    kept, deleted = records.image(caller), records.image(caller)
-    job_id = _delete_job(own_services, caller, [kept, deleted])
+    job_id, (kept, deleted) = _deleting(own_services, records, 2)
     with own_services.database.transaction() as session:
         assert move_images(session, [kept], ImageAction.CANCEL_DELETE) == 1
 
@@ -148,9 +147,7 @@ def _on_images(engine: Engine) -> str:
 def test_a_failure_half_way_applies_nothing_and_the_job_is_run_again(
     own_services: Services, records: Records
 ) -> None:
-    caller = records.account()
-    first, refused = records.image(caller), records.image(caller)
-    job_id = _delete_job(own_services, caller, [first, refused])
+    job_id, (first, refused) = _deleting(own_services, records, 2)
     engine = own_services.database.engine
     _refuse_updates_of(engine, refused)
 
@@ -195,8 +192,7 @@ def test_a_worker_runs_on_after_the_server_ends_its_connections(
         pytest.skip("a SQLite file has no connection to lose")
     worker = worker_services(own_services.settings)
     try:
-        caller = records.account()
-        jobs = [_delete_job(own_services, caller, [records.image(caller)]) for _ in range(2)]
+        jobs = [_deleting(own_services, records, 1)[0] for _ in range(2)]
         execute_job(worker, jobs[0])  # the worker's pool now holds a connection
         _end_other_connections(own_services.database.engine)
 
