@@ -259,21 +259,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from imagesvc.bootstrap import bootstrap
     from imagesvc.metrics import forget_exited_process
-    from workers.job_queue import host_queue
-    from workers.tasks import register_tasks
+    from workers.celery_app import worker_argv
+    from workers.tasks import register_tasks, worker_services
 
     concurrency = args.concurrency or settings.worker_concurrency
-    host = settings.compute_host
-    argv = ["--quiet", "worker", f"--loglevel={settings.log_level}", f"--pool={args.pool}"]
-    argv += [f"--concurrency={concurrency}"]
-    # The shared queue (no disk work, sweeps) and this compute host's own queue.
-    argv += ["-Q", f"{settings.queue},{host_queue(settings.queue, host)}"]
-    argv += ["-n", f"imagesvc-{host}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    name = f"imagesvc-{settings.compute_host}-{os.getpid()}"
+    argv = worker_argv(settings, concurrency, args.pool, name)
     _keep_celery_off_logging()
     # Celery sends this as each pool process exits, naming it.
     worker_process_shutdown.connect(lambda pid=None, **_: forget_exited_process(pid), weak=False)
     services = bootstrap(settings)
-    register_tasks(services.celery, lambda: bootstrap(settings))
+    register_tasks(services.celery, lambda: worker_services(settings))
     services.celery.worker_main(argv)
     return 0
 

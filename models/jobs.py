@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -15,6 +15,8 @@ from sqlalchemy import (
     Row,
     Select,
     String,
+    Table,
+    Update,
     and_,
     bindparam,
     func,
@@ -33,6 +35,8 @@ from models.tables import Job, utcnow
 
 # The host of a job with no disk work: any worker may run it (the shared queue).
 ANY_HOST = ""
+
+_JOBS = cast(Table, Job.__table__)  # the runs' moves are Core statements on it
 
 
 def new_job(
@@ -81,50 +85,159 @@ def move_job(
     With ``attempt``, only that run of the job may move it: a worker that was
     given up for lost and comes back cannot settle a job another run now owns.
     """
-    fence = () if attempt is None else (Job.attempts == attempt,)
-    return _move_job_where(session, job_id, target, fence, values)
+    fence = () if attempt is None else (_JOBS.c.attempts == attempt,)
+    stmt = _move_statement(job_id, target, fence, values)
+    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    return result.rowcount == 1
 
 
-def _move_job_where(
-    session: Session,
+def _move_statement(
     job_id: str,
     target: JobStatus,
     conditions: Sequence[ColumnElement[bool]],
     values: dict[str, Any],
-) -> bool:
-    """The compare-and-set behind every move: the status table's sources plus ``conditions``."""
+) -> Update:
+    """The compare-and-set behind every move: the status table's sources plus ``conditions``.
+
+    A Core statement on the table: the ORM's bulk-update machinery would only add
+    work to a statement that touches no loaded object.
+    """
     sources = JOB_MOVES[target]
     now = utcnow()
     values.setdefault("status_time", now)
     if target.is_terminal:
         values.setdefault("finished_time", now)
-    stmt = (
-        update(Job)
-        .where(Job.job_id == job_id, Job.status.in_([s.value for s in sources]), *conditions)
+    jobs = _JOBS.c
+    return (
+        update(_JOBS)
+        .where(jobs.job_id == job_id, jobs.status.in_([s.value for s in sources]), *conditions)
         .values(status=target.value, **values)
-        .execution_options(synchronize_session=False)
     )
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What a run needs of the job it claimed, as the claim's ``UPDATE`` returned it."""
+
+    job_id: str
+    action: str
+    zone: str
+    owner: str
+    resource_ids: list[str]
+    attempts: int  # this run's number: every later move of the run is fenced by it
+    request_id: str | None
+    host: str
+
+
+def claim_job(
+    session: Session, job_id: str, worker: str, host: str | None = None
+) -> ClaimedRun | None:
+    """Take a pending job for this worker; None if someone else has it or it is done.
+
+    One statement: the compare-and-set returns what the run needs, and holds the
+    row until the transaction ends. With ``host``, only a job of that compute host
+    (or of any host) is taken: a capture delivered to the wrong host's worker stays
+    pending, and the sweep sends it again to its own host.
+    """
+    values = {"b_job_id": job_id, "b_worker": worker, "b_host": host, "b_now": utcnow()}
+    row = session.execute(_CLAIMS[host is not None], values).one_or_none()
+    return None if row is None else ClaimedRun(**row._asdict())
+
+
+def _claim_statement(on_host: bool) -> Update:
+    """The claim's compare-and-set, built once: every worker runs it for every job."""
+    jobs = _JOBS.c
+    now = bindparam("b_now", type_=jobs.status_time.type)
+    on_any_or_this_host = (jobs.host.in_((ANY_HOST, bindparam("b_host"))),) if on_host else ()
+    started = {
+        "begin_time": func.coalesce(jobs.begin_time, now),
+        "heartbeat_at": now,
+        "worker": bindparam("b_worker"),
+        "attempts": jobs.attempts + 1,
+        "status_time": now,
+    }
+    return (
+        update(_JOBS)
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            *on_any_or_this_host,
+        )
+        .values(status=JobStatus.WORKING.value, **started)
+        .returning(
+            jobs.job_id,
+            jobs.action,
+            jobs.zone,
+            jobs.owner,
+            jobs.resource_ids,
+            jobs.attempts,
+            jobs.request_id,
+            jobs.host,
+        )
+    )
+
+
+def _status_in(sources: frozenset[JobStatus]) -> ColumnElement[bool]:
+    """``status IN (...)``, an equality for one status (no list to expand per execution)."""
+    if len(sources) == 1:
+        return _JOBS.c.status == next(iter(sources)).value
+    return _JOBS.c.status.in_(sorted(s.value for s in sources))
+
+
+_CLAIMS = {on_host: _claim_statement(on_host) for on_host in (False, True)}
+
+
+# The outcomes a run settles its job with, from working.
+SETTLED = (JobStatus.SUCCESSFUL, JobStatus.DONE_WITH_FAILURE)
+
+
+def settle_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    outcome: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """This run's working job is done (``successful`` or ``done with failure``), progress
+    100; False if the job is not this run's. :func:`move_job` with fixed values, built once."""
+    if outcome not in SETTLED:
+        raise ValueError(f"a run settles its job as one of {SETTLED}, not {outcome}")
+    values = {
+        "b_job_id": job_id,
+        "b_attempt": attempt,
+        "b_outcome": outcome.value,
+        "b_error_code": error_code,
+        "b_error_message": error_message,
+        "b_now": utcnow(),
+    }
+    result: CursorResult[Any] = session.execute(_SETTLE, values)  # type: ignore[assignment]
     return result.rowcount == 1
 
 
-def claim_job(session: Session, job_id: str, worker: str, host: str | None = None) -> Job | None:
-    """Take a pending job for this worker; None if someone else has it or it is done.
+def _settle_statement() -> Update:
+    jobs = _JOBS.c
+    now = bindparam("b_now", type_=jobs.status_time.type)
+    sources = {source for outcome in SETTLED for source in JOB_MOVES[outcome]}
+    return (
+        update(_JOBS)
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(frozenset(sources)),
+            jobs.attempts == bindparam("b_attempt"),
+        )
+        .values(
+            status=bindparam("b_outcome"),
+            progress=100,
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            status_time=now,
+            finished_time=now,
+        )
+    )
 
-    With ``host``, only a job of that compute host (or of any host) is taken:
-    a capture delivered to the wrong host's worker stays pending, and the
-    sweep sends it again to its own host.
-    """
-    now = utcnow()
-    on_host = () if host is None else (Job.host.in_((ANY_HOST, host)),)
-    started = {
-        "begin_time": func.coalesce(Job.begin_time, now),
-        "heartbeat_at": now,
-        "worker": worker,
-        "attempts": Job.attempts + 1,
-    }
-    claimed = _move_job_where(session, job_id, JobStatus.WORKING, on_host, started)
-    return session.get(Job, job_id, populate_existing=True) if claimed else None
+
+_SETTLE = _settle_statement()
 
 
 def fail_job(
@@ -156,12 +269,13 @@ def hold_job(session: Session, job_id: str, attempt: int) -> bool:
 
 def _touch_own_run(session: Session, job_id: str, attempt: int, **values: Any) -> bool:
     """Stamp the heartbeat if the job is working on ``attempt``; False if it is not."""
+    jobs = _JOBS.c
     stmt = (
-        update(Job)
+        update(_JOBS)
         .where(
-            Job.job_id == job_id,
-            Job.status == JobStatus.WORKING.value,
-            Job.attempts == attempt,
+            jobs.job_id == job_id,
+            jobs.status == JobStatus.WORKING.value,
+            jobs.attempts == attempt,
         )
         .values(heartbeat_at=utcnow(), **values)
     )

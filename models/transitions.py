@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Update, update
+from sqlalchemy import ColumnElement, CursorResult, Table, Update, bindparam, update
 from sqlalchemy.orm import Session
 
 from models.errors import StateConflict
 from models.states import IMAGE_MOVES, ImageAction, allowed_sources
 from models.tables import Image, utcnow
+
+# A Core statement on the table (unless a condition names the ORM's attributes): it touches
+# no loaded object, so the ORM's bulk-update machinery would only add work.
+_IMAGES = cast(Table, Image.__table__)
 
 
 def move_images(
@@ -26,8 +31,8 @@ def move_images(
     ``conditions``), so a row that changed since it was read is left alone
     and not counted.
     """
-    stmt = _move_statement(image_ids, action, conditions, values)
-    result: CursorResult[Any] = session.execute(stmt)  # type: ignore[assignment]
+    stmt, params = _move(image_ids, action, conditions, values)
+    result: CursorResult[Any] = session.execute(stmt, params)  # type: ignore[assignment]
     return int(result.rowcount)
 
 
@@ -39,31 +44,48 @@ def moved_images(
     **values: Any,
 ) -> set[str]:
     """Like :func:`move_images`, in the same one statement; the ids of the images moved."""
-    stmt = _move_statement(image_ids, action, conditions, values).returning(Image.image_id)
-    return set(session.scalars(stmt))
+    stmt, params = _move(image_ids, action, conditions, values)
+    return set(session.scalars(stmt.returning(_IMAGES.c.image_id), params))
 
 
-def _move_statement(
+def _move(
     image_ids: Sequence[str],
     action: ImageAction,
     conditions: Sequence[ColumnElement[bool]],
     values: dict[str, Any],
-) -> Update:
+) -> tuple[Update, dict[str, Any]]:
+    """The compare-and-set statement of ``action`` and its parameters."""
     move = IMAGE_MOVES[action]
     if move.target is not None:
         values.update(status=move.target.value, status_time=utcnow())
     values["transition_status"] = move.target_transition.value
+    if conditions:
+        stmt = _move_statement(action, tuple(values), tuple(conditions))
+    else:  # the common case, built once per action and set of columns
+        stmt = _cached_move_statement(action, tuple(sorted(values)))
+    params = {f"b_{name}": value for name, value in values.items()}
+    return stmt, {"b_image_ids": list(image_ids), **params}
+
+
+def _move_statement(
+    action: ImageAction, columns: tuple[str, ...], conditions: Sequence[ColumnElement[bool]] = ()
+) -> Update:
+    """The compare-and-set of ``action``, its new values bound as ``b_<column>``."""
+    move = IMAGE_MOVES[action]
+    images = _IMAGES.c
     return (
-        update(Image)
+        update(_IMAGES)
         .where(
-            Image.image_id.in_(list(image_ids)),
-            Image.status.in_([s.value for s in move.sources]),
-            Image.transition_status == move.source_transition.value,
+            images.image_id.in_(bindparam("b_image_ids", expanding=True)),
+            images.status.in_(sorted(s.value for s in move.sources)),
+            images.transition_status == move.source_transition.value,
             *conditions,
         )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        .values({name: bindparam(f"b_{name}", type_=images[name].type) for name in columns})
     )
+
+
+_cached_move_statement = functools.cache(_move_statement)
 
 
 def can_move(image: Image, action: ImageAction) -> bool:

@@ -8,7 +8,7 @@ from celery import Celery
 
 from imagesvc.settings import Settings
 from workers import embedded_broker
-from workers.job_queue import SWEEP_IMAGES, SWEEP_JOBS
+from workers.job_queue import SWEEP_IMAGES, SWEEP_JOBS, host_queue
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -19,11 +19,22 @@ def create_celery(settings: Settings) -> Celery:
     """
     embedded_broker.register()
     app = Celery("imagesvc", set_as_current=False)
-    app.conf.update(_config(settings))
+    app.conf.update(celery_config(settings))
     return app
 
 
-def _config(settings: Settings) -> dict[str, Any]:
+def worker_argv(settings: Settings, concurrency: int, pool: str, name: str) -> list[str]:
+    """``celery worker``'s arguments: the pool, and the shared queue (no disk work, sweeps)
+    with this compute host's own. The pipeline bench's bare worker runs with the same."""
+    host = settings.compute_host
+    argv = ["--quiet", "worker", f"--loglevel={settings.log_level}", f"--pool={pool}"]
+    argv += [f"--concurrency={concurrency}"]
+    argv += ["-Q", f"{settings.queue},{host_queue(settings.queue, host)}"]
+    return [*argv, "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every setting of the app; the pipeline bench's bare Celery app runs with the same."""
     embedded = not settings.broker_url
     return {
         "broker_url": settings.resolved_broker_url,

@@ -57,6 +57,11 @@ def job_started(action: str) -> None:
     JOBS_RUNNING.labels(action).inc()
 
 
+def job_ran_at_once(action: str) -> None:
+    """A run claimed, ran and settled its job in one transaction: it was never seen running."""
+    JOBS_STARTED.labels(action).inc()
+
+
 def job_stopped(action: str) -> None:
     """The run ended, settled or not."""
     JOBS_RUNNING.labels(action).dec()

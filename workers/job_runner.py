@@ -9,6 +9,7 @@ attempt, so two runs never touch each other's copies.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -17,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
-from models.jobs import claim_job, hold_job, move_job
+from models.jobs import claim_job, hold_job, move_job, settle_job
 from models.states import ImageAction, JobAction, JobPhase, JobStatus
 from models.tables import Image, Job
 from models.transitions import move_images
@@ -65,15 +67,40 @@ class JobFailure(Exception):
 def execute_job(services: Services, job_id: str) -> None:
     """Run one job if it is still pending; a no-op for any other status.
 
-    Logs one line when the run starts and one when it settles the job, with
-    the job's outcome as recorded in the database.
+    A job with no disk work (delete, recover) is claimed, run and settled in one
+    transaction: a crash or a lost database anywhere in it leaves the job pending,
+    to be sent again by the sweep, and nothing half done. A job with disk work is
+    claimed in a transaction of its own, then run under a heartbeat. Either way one
+    line is logged when the run settles the job, with the outcome; a run with disk
+    work also logs one when it starts.
     """
-    job = _claim(services, job_id)
-    if job is None:
+    started = time.monotonic()
+    try:
+        claimed = _with_reconnect(lambda: _claim_and_settle(services, job_id))
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and _connection_lost(exc):
+            raise  # the database stayed away: the job stays pending, and is sent again
+        # Rolled back whole. Step by step, the run fails as it always did: an error
+        # fails the job (InternalError); a database error leaves it working, and the
+        # sweep runs it again until it has used its attempts (WorkerLost).
+        fields = {"job_id": job_id}
+        log.exception("job not settled at once; running it step by step", extra=fields)
+        claimed = _with_reconnect(lambda: _claim(services, job_id))
+    if claimed is None:
         host = services.settings.compute_host
         fields = {"job_id": job_id, "host": host}
         log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
         return
+    job, outcome = claimed
+    if outcome is not None:
+        job_metrics.job_ran_at_once(job.action)
+        _report(job, outcome, time.monotonic() - started)
+        return
+    _run_claimed(services, job)
+
+
+def _run_claimed(services: Services, job: ClaimedJob) -> None:
+    """Run a job whose claim is committed, under its heartbeat, and report how it ended."""
     started = time.monotonic()
     log.info("job started", extra=_job_fields(job) | {"attempt": job.attempt})
     job_metrics.job_started(job.action)
@@ -105,23 +132,74 @@ def _run(services: Services, job: ClaimedJob) -> bool:
     return True
 
 
-def _claim(services: Services, job_id: str) -> ClaimedJob | None:
-    """Take the job if it is pending and runs on this worker's compute host (or on any)."""
-    host = services.settings.compute_host
-    worker = f"{host}/{socket.gethostname()}:{os.getpid()}"
+# How long a job waits for a lost database connection to come back, try after try.
+RECONNECT_DELAYS_S = (0.1, 0.5, 2.0)
+
+Claimed = tuple["ClaimedJob", "_Outcome | None"] | None
+
+
+def _with_reconnect(attempt: Callable[[], Claimed]) -> Claimed:
+    """``attempt`` (one transaction), tried again while the database connection is lost.
+
+    A worker's connections are not checked before every use: the first statement
+    after a restart of PostgreSQL fails, its pool then drops every old connection, and
+    the transaction, rolled back whole, is simply run again on a new one.
+    """
+    for delay in RECONNECT_DELAYS_S:
+        try:
+            return attempt()
+        except DBAPIError as exc:
+            if not _connection_lost(exc):
+                raise
+            log.warning("database connection lost (%s); trying again in %.1f s", exc, delay)
+        time.sleep(delay)
+    return attempt()
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """The connection broke or could not be made (or the server gave up on the transaction,
+    a deadlock say): the same transaction may simply be run again."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError)
+
+
+def _claim_and_settle(services: Services, job_id: str) -> Claimed:
+    """Claim the job; settle it in the same transaction if it has no disk work."""
     with services.database.transaction() as session:
-        job = claim_job(session, job_id, worker, host)
+        job = _claim_in(session, services, job_id)
         if job is None:
             return None
-        return ClaimedJob(
-            job_id,
-            JobAction(job.action),
-            job.zone,
-            job.resource_ids,
-            job.attempts,
-            owner=job.owner,
-            request_id=job.request_id,
-        )
+        settle = _SETTLE_AT_ONCE.get(job.action)
+        return job, None if settle is None else settle(session, job)
+
+
+def _claim(services: Services, job_id: str) -> Claimed:
+    """Claim the job in a transaction of its own: its run comes after the commit."""
+    with services.database.transaction() as session:
+        job = _claim_in(session, services, job_id)
+        return None if job is None else (job, None)
+
+
+def _claim_in(session: Session, services: Services, job_id: str) -> ClaimedJob | None:
+    """Take the job if it is pending and runs on this worker's compute host (or on any)."""
+    host = services.settings.compute_host
+    run = claim_job(session, job_id, _worker_name(host, os.getpid()), host)
+    if run is None:
+        return None
+    return ClaimedJob(
+        run.job_id,
+        JobAction(run.action),
+        run.zone,
+        run.resource_ids,
+        run.attempts,
+        owner=run.owner,
+        request_id=run.request_id,
+    )
+
+
+@functools.cache
+def _worker_name(host: str, pid: int) -> str:
+    """How the job row names the process that runs it (a pool process: named once)."""
+    return f"{host}/{socket.gethostname()}:{pid}"
 
 
 # Jobs whose resource ids are [the image, its source] and that copy a disk into the store.
@@ -164,6 +242,11 @@ def _report_outcome(services: Services, job: ClaimedJob, seconds: float) -> None
     if outcome is None:
         log.warning("job run superseded: another run settles the job", extra=_run_fields(job))
         return
+    _report(job, outcome, seconds)
+
+
+def _report(job: ClaimedJob, outcome: _Outcome, seconds: float) -> None:
+    """The one line, and the metrics, of a job this run settled."""
     job_metrics.job_finished(job.action, outcome.status, seconds, outcome.copied)
     fields = _job_fields(job) | {
         "status": outcome.status.value,
@@ -352,19 +435,32 @@ def _finish_capture(services: Services, job: ClaimedJob, image_id: str, stored: 
 
 
 def run_delete(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    """Finish deleting; the files stay until the image is ceased."""
-    _finish_batch(services, job, ImageAction.FINISH_DELETE)
+    """Finish deleting a claimed run in its own transaction; the files stay until the image
+    is ceased. (A pending delete job is claimed and settled at once: :func:`settle_delete`.)"""
+    _finish_batch(services, job, settle_delete)
 
 
 def run_recover(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    """Finish recovering: the images are available again (not deprecated), files untouched."""
-    _finish_batch(services, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
+    """Finish recovering a claimed run in its own transaction (see :func:`settle_recover`)."""
+    _finish_batch(services, job, settle_recover)
 
 
-def _finish_batch(
-    services: Services, job: ClaimedJob, action: ImageAction, **values: object
-) -> None:
-    """Settle a delete or recover: the job first, fenced by the run, then its images.
+Settle = Callable[[Session, ClaimedJob], _Outcome]
+
+
+def settle_delete(session: Session, job: ClaimedJob) -> _Outcome:
+    """The images are deleted; the files stay until they are ceased."""
+    return _settle_batch(session, job, ImageAction.FINISH_DELETE)
+
+
+def settle_recover(session: Session, job: ClaimedJob) -> _Outcome:
+    """The images are available again (not deprecated), files untouched."""
+    return _settle_batch(session, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
+
+
+def _finish_batch(services: Services, job: ClaimedJob, settle: Settle) -> None:
+    """Settle a delete or recover whose claim was committed: the job first, fenced by the
+    run, then its images.
 
     A run given up for lost that wakes up finds the job no longer its own and
     changes nothing; its successor settles the job and the images.
@@ -373,18 +469,32 @@ def _finish_batch(
         if not hold_job(session, job.job_id, job.attempt):
             log.warning("job %s attempt %d was superseded", job.job_id, job.attempt)
             return
-        moved = move_images(session, job.resource_ids, action, **values)
-        missed = len(job.resource_ids) - moved
-        outcome = JobStatus.SUCCESSFUL if missed == 0 else JobStatus.DONE_WITH_FAILURE
-        errors = {} if missed == 0 else _images_changed(missed)
-        move_job(session, job.job_id, outcome, attempt=job.attempt, progress=100, **errors)
+        settle(session, job)
 
 
-def _images_changed(missed: int) -> dict[str, object]:
-    return {
-        "error_code": "ImagesChanged",
-        "error_message": f"{missed} image(s) changed meanwhile",
-    }
+def _settle_batch(
+    session: Session, job: ClaimedJob, action: ImageAction, **values: object
+) -> _Outcome:
+    """Move the images, then the job to its outcome, in the caller's transaction, which
+    holds the job's row for this run (its claim, or :func:`hold_job`)."""
+    moved = move_images(session, job.resource_ids, action, **values)
+    missed = len(job.resource_ids) - moved
+    if missed == 0:
+        outcome = _Outcome(JobStatus.SUCCESSFUL, None, None, 0)
+    else:
+        message = f"{missed} image(s) changed meanwhile"
+        outcome = _Outcome(JobStatus.DONE_WITH_FAILURE, "ImagesChanged", message, 0)
+    settled = settle_job(
+        session,
+        job.job_id,
+        job.attempt,
+        outcome.status,
+        outcome.error_code,
+        outcome.error_message,
+    )
+    if not settled:  # the row is held for this run: only a broken invariant gets here
+        raise RuntimeError(f"job {job.job_id} attempt {job.attempt} could not be settled")
+    return outcome
 
 
 def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> None:
@@ -395,6 +505,12 @@ def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> Non
 
 
 Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
+
+# Jobs with no disk work: claimed, run and settled in one transaction.
+_SETTLE_AT_ONCE: dict[JobAction, Settle] = {
+    JobAction.DELETE_IMAGES: settle_delete,
+    JobAction.RECOVER_IMAGES: settle_recover,
+}
 
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
