@@ -129,6 +129,19 @@ class ClaimedRun:
     host: str
 
 
+# The columns of a ClaimedRun, as a claim returns or a lock reads them.
+_CLAIMED_COLUMNS = (
+    "job_id",
+    "action",
+    "zone",
+    "owner",
+    "resource_ids",
+    "attempts",
+    "request_id",
+    "host",
+)
+
+
 def claim_job(
     session: Session, job_id: str, worker: str, host: str | None = None
 ) -> ClaimedRun | None:
@@ -164,16 +177,7 @@ def _claim_statement(on_host: bool) -> Update:
             *on_any_or_this_host,
         )
         .values(status=JobStatus.WORKING.value, **started)
-        .returning(
-            jobs.job_id,
-            jobs.action,
-            jobs.zone,
-            jobs.owner,
-            jobs.resource_ids,
-            jobs.attempts,
-            jobs.request_id,
-            jobs.host,
-        )
+        .returning(*(jobs[name] for name in _CLAIMED_COLUMNS))
     )
 
 
@@ -185,6 +189,40 @@ def _status_in(sources: frozenset[JobStatus]) -> ColumnElement[bool]:
 
 
 _CLAIMS = {on_host: _claim_statement(on_host) for on_host in (False, True)}
+
+
+def lock_pending_job(session: Session, job_id: str, host: str) -> ClaimedRun | None:
+    """Hold a pending job of this compute host (or of any) until the transaction ends,
+    without writing it; None if it is not pending or not this host's.
+
+    The run it returns carries the attempt number it will have (one more than the
+    row's): a run with no disk work settles the job straight from pending with
+    :func:`settle_pending_job`, writing the row once. A second delivery waits for
+    the lock, then finds the job no longer pending.
+    """
+    values = {"b_job_id": job_id, "b_host": host}
+    row = session.execute(_LOCK_PENDING, values).one_or_none()
+    if row is None:
+        return None
+    run = row._asdict()
+    return ClaimedRun(**run | {"attempts": run["attempts"] + 1})
+
+
+def _lock_pending_statement() -> Select[Any]:
+    """The claim's conditions as a ``SELECT … FOR UPDATE``, built once."""
+    jobs = _JOBS.c
+    return (
+        select(*(jobs[name] for name in _CLAIMED_COLUMNS))
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            jobs.host.in_((ANY_HOST, bindparam("b_host"))),
+        )
+        .with_for_update()
+    )
+
+
+_LOCK_PENDING = _lock_pending_statement()
 
 
 # The outcomes a run settles its job with, from working.
@@ -238,6 +276,66 @@ def _settle_statement() -> Update:
 
 
 _SETTLE = _settle_statement()
+
+
+def settle_pending_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    worker: str,
+    outcome: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Claim and settle in one write a job this transaction holds pending
+    (:func:`lock_pending_job`): the run's attempt is counted, its worker and times
+    stamped as a claim does, and the outcome recorded as :func:`settle_job` does.
+
+    ``attempt`` is this run's number (:func:`lock_pending_job`'s): only a job still
+    pending on the one before moves; False otherwise (the lock makes that a broken
+    invariant).
+    """
+    if outcome not in SETTLED:
+        raise ValueError(f"a run settles its job as one of {SETTLED}, not {outcome}")
+    values = {
+        "b_job_id": job_id,
+        "b_attempt": attempt - 1,
+        "b_worker": worker,
+        "b_outcome": outcome.value,
+        "b_error_code": error_code,
+        "b_error_message": error_message,
+        "b_now": utcnow(),
+    }
+    result: CursorResult[Any] = session.execute(_SETTLE_PENDING, values)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def _settle_pending_statement() -> Update:
+    jobs = _JOBS.c
+    now = bindparam("b_now", type_=jobs.status_time.type)
+    return (
+        update(_JOBS)
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            jobs.attempts == bindparam("b_attempt"),
+        )
+        .values(
+            status=bindparam("b_outcome"),
+            attempts=jobs.attempts + 1,
+            worker=bindparam("b_worker"),
+            begin_time=func.coalesce(jobs.begin_time, now),
+            heartbeat_at=now,
+            progress=100,
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            status_time=now,
+            finished_time=now,
+        )
+    )
+
+
+_SETTLE_PENDING = _settle_pending_statement()
 
 
 def fail_job(
