@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -26,6 +27,8 @@ from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import (
     ClaimedRun,
+    SettledRun,
+    claim_and_settle_batch,
     claim_job,
     hold_job,
     lock_pending_job,
@@ -172,8 +175,20 @@ def _connection_lost(exc: DBAPIError) -> bool:
 
 def _claim_and_settle(services: Services, job_id: str) -> Claimed:
     """Hold the pending job; one with no disk work is claimed and settled in the same
-    transaction, its row written once (pending to its outcome); any other is claimed."""
+    transaction, its row written once (pending to its outcome); any other is claimed.
+
+    On PostgreSQL a delete or recover is first tried as one statement (one round trip);
+    a job it does not settle (a capture, a job not pending) takes the general path.
+    """
     host = services.settings.compute_host
+    engine = services.database.engine
+    if engine.dialect.name == "postgresql":
+        with _autocommit(engine).begin() as connection:
+            settled = claim_and_settle_batch(
+                connection, job_id, _worker_name(host, os.getpid()), host
+            )
+        if settled is not None:
+            return _claimed_job(settled.run), _outcome_of(settled)
     with services.database.transaction() as session:
         run = lock_pending_job(session, job_id, host)
         if run is None:
@@ -184,6 +199,16 @@ def _claim_and_settle(services: Services, job_id: str) -> Claimed:
         job = _claimed_job(run)
         worker = _worker_name(host, os.getpid())
         return job, _settle_from_pending(session, job, settle, worker)
+
+
+def _outcome_of(settled: SettledRun) -> _Outcome:
+    return _Outcome(settled.status, settled.error_code, settled.error_message, 0)
+
+
+@functools.cache
+def _autocommit(engine: Engine) -> Engine:
+    """The process's engine, each statement its own transaction (no BEGIN, no COMMIT)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _claim(services: Services, job_id: str) -> Claimed:
