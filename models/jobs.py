@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
+    Connection,
     CursorResult,
     Integer,
     Row,
@@ -19,7 +21,9 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     func,
+    null,
     select,
     update,
 )
@@ -30,13 +34,14 @@ from models.accounts import BEARER, bearer_account
 from models.errors import ResourceNotFound
 from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import Caller, one_of, owned_job_range, owned_jobs
-from models.states import JOB_MOVES, JobAction, JobStatus
-from models.tables import Job, utcnow
+from models.states import IMAGE_MOVES, JOB_MOVES, ImageAction, JobAction, JobStatus
+from models.tables import Image, Job, utcnow
 
 # The host of a job with no disk work: any worker may run it (the shared queue).
 ANY_HOST = ""
 
 _JOBS = cast(Table, Job.__table__)  # the runs' moves are Core statements on it
+_IMAGES = cast(Table, Image.__table__)
 
 
 def new_job(
@@ -129,6 +134,19 @@ class ClaimedRun:
     host: str
 
 
+# The columns of a ClaimedRun, as a claim returns or a lock reads them.
+_CLAIMED_COLUMNS = (
+    "job_id",
+    "action",
+    "zone",
+    "owner",
+    "resource_ids",
+    "attempts",
+    "request_id",
+    "host",
+)
+
+
 def claim_job(
     session: Session, job_id: str, worker: str, host: str | None = None
 ) -> ClaimedRun | None:
@@ -164,16 +182,7 @@ def _claim_statement(on_host: bool) -> Update:
             *on_any_or_this_host,
         )
         .values(status=JobStatus.WORKING.value, **started)
-        .returning(
-            jobs.job_id,
-            jobs.action,
-            jobs.zone,
-            jobs.owner,
-            jobs.resource_ids,
-            jobs.attempts,
-            jobs.request_id,
-            jobs.host,
-        )
+        .returning(*(jobs[name] for name in _CLAIMED_COLUMNS))
     )
 
 
@@ -185,6 +194,40 @@ def _status_in(sources: frozenset[JobStatus]) -> ColumnElement[bool]:
 
 
 _CLAIMS = {on_host: _claim_statement(on_host) for on_host in (False, True)}
+
+
+def lock_pending_job(session: Session, job_id: str, host: str) -> ClaimedRun | None:
+    """Hold a pending job of this compute host (or of any) until the transaction ends,
+    without writing it; None if it is not pending or not this host's.
+
+    The run it returns carries the attempt number it will have (one more than the
+    row's): a run with no disk work settles the job straight from pending with
+    :func:`settle_pending_job`, writing the row once. A second delivery waits for
+    the lock, then finds the job no longer pending.
+    """
+    values = {"b_job_id": job_id, "b_host": host}
+    row = session.execute(_LOCK_PENDING, values).one_or_none()
+    if row is None:
+        return None
+    run = row._asdict()
+    return ClaimedRun(**run | {"attempts": run["attempts"] + 1})
+
+
+def _lock_pending_statement() -> Select[Any]:
+    """The claim's conditions as a ``SELECT … FOR UPDATE``, built once."""
+    jobs = _JOBS.c
+    return (
+        select(*(jobs[name] for name in _CLAIMED_COLUMNS))
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            jobs.host.in_((ANY_HOST, bindparam("b_host"))),
+        )
+        .with_for_update()
+    )
+
+
+_LOCK_PENDING = _lock_pending_statement()
 
 
 # The outcomes a run settles its job with, from working.
@@ -238,6 +281,66 @@ def _settle_statement() -> Update:
 
 
 _SETTLE = _settle_statement()
+
+
+def settle_pending_job(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    worker: str,
+    outcome: JobStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Claim and settle in one write a job this transaction holds pending
+    (:func:`lock_pending_job`): the run's attempt is counted, its worker and times
+    stamped as a claim does, and the outcome recorded as :func:`settle_job` does.
+
+    ``attempt`` is this run's number (:func:`lock_pending_job`'s): only a job still
+    pending on the one before moves; False otherwise (the lock makes that a broken
+    invariant).
+    """
+    if outcome not in SETTLED:
+        raise ValueError(f"a run settles its job as one of {SETTLED}, not {outcome}")
+    values = {
+        "b_job_id": job_id,
+        "b_attempt": attempt - 1,
+        "b_worker": worker,
+        "b_outcome": outcome.value,
+        "b_error_code": error_code,
+        "b_error_message": error_message,
+        "b_now": utcnow(),
+    }
+    result: CursorResult[Any] = session.execute(_SETTLE_PENDING, values)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def _settle_pending_statement() -> Update:
+    jobs = _JOBS.c
+    now = bindparam("b_now", type_=jobs.status_time.type)
+    return (
+        update(_JOBS)
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            jobs.attempts == bindparam("b_attempt"),
+        )
+        .values(
+            status=bindparam("b_outcome"),
+            attempts=jobs.attempts + 1,
+            worker=bindparam("b_worker"),
+            begin_time=func.coalesce(jobs.begin_time, now),
+            heartbeat_at=now,
+            progress=100,
+            error_code=bindparam("b_error_code"),
+            error_message=bindparam("b_error_message"),
+            status_time=now,
+            finished_time=now,
+        )
+    )
+
+
+_SETTLE_PENDING = _settle_pending_statement()
 
 
 def fail_job(
@@ -513,3 +616,112 @@ def take_jobs_to_resend(
         .execution_options(synchronize_session=False)
     )
     return [JobToSend(job_id, host) for job_id, host in taken]
+
+
+@dataclass(frozen=True)
+class SettledRun:
+    """A delete or recover claimed and settled by one statement: the run and its outcome."""
+
+    run: ClaimedRun
+    status: JobStatus
+    error_code: str | None
+    error_message: str | None
+
+
+def claim_and_settle_batch(
+    connection: Connection, job_id: str, worker: str, host: str
+) -> SettledRun | None:
+    """PostgreSQL: claim a pending delete or recover job, move its images and settle it,
+    in one statement (one round trip, its own transaction on an autocommit connection).
+
+    The same compare-and-sets as step by step: the job is held pending (``FOR UPDATE``;
+    a second delivery waits, then finds it no longer pending), each image moves only
+    from its action's source states, and the job's row is written once, pending to its
+    outcome, counting the run. None if the job is not a pending delete or recover of
+    this host (or any): the caller then takes the general path.
+    """
+    values = {"b_job_id": job_id, "b_worker": worker, "b_host": host, "b_now": utcnow()}
+    row = connection.execute(_claim_and_settle_batch(), values).one_or_none()
+    if row is None:
+        return None
+    fields = row._asdict()
+    status = JobStatus(fields.pop("status"))
+    code, message = fields.pop("error_code"), fields.pop("error_message")
+    return SettledRun(ClaimedRun(**fields), status, code, message)
+
+
+# The image move that settles each batch job, and the values it sets besides the status.
+BATCH_MOVES: dict[JobAction, tuple[ImageAction, dict[str, Any]]] = {
+    JobAction.DELETE_IMAGES: (ImageAction.FINISH_DELETE, {}),
+    JobAction.RECOVER_IMAGES: (ImageAction.FINISH_RECOVER, {"deprecated_at": None}),
+}
+
+
+@functools.cache
+def _claim_and_settle_batch() -> Update:
+    """``WITH held AS (SELECT … FOR UPDATE), <one image move per action> UPDATE jobs …
+    RETURNING``: built once."""
+    jobs = _JOBS.c
+    now = bindparam("b_now", type_=jobs.status_time.type)
+    held = (
+        select(jobs.job_id, jobs.action, jobs.resource_ids, jobs.attempts)
+        .where(
+            jobs.job_id == bindparam("b_job_id"),
+            _status_in(JOB_MOVES[JobStatus.WORKING]),
+            jobs.host.in_((ANY_HOST, bindparam("b_host"))),
+            jobs.action.in_(sorted(action.value for action in BATCH_MOVES)),
+        )
+        .with_for_update()
+        .cte("held")
+    )
+    moves = [_batch_move(held, action, now) for action in BATCH_MOVES]
+    moved = sum((select(func.count()).select_from(m).scalar_subquery() for m in moves), 0)
+    wanted = func.json_array_length(held.c.resource_ids)
+    missed = wanted - moved
+    all_moved = missed == 0
+    changed = func.concat(missed, " image(s) changed meanwhile")
+    settle = (
+        update(_JOBS)
+        .where(jobs.job_id == held.c.job_id, jobs.attempts == held.c.attempts)
+        .values(
+            status=case((all_moved, JobStatus.SUCCESSFUL.value), else_=_DONE_WITH_FAILURE),
+            attempts=jobs.attempts + 1,
+            worker=bindparam("b_worker"),
+            begin_time=func.coalesce(jobs.begin_time, now),
+            heartbeat_at=now,
+            progress=100,
+            error_code=case((all_moved, null()), else_="ImagesChanged"),
+            error_message=case((all_moved, null()), else_=changed),
+            status_time=now,
+            finished_time=now,
+        )
+        .returning(*(jobs[name] for name in _CLAIMED_COLUMNS), jobs.status)
+        .returning(jobs.error_code, jobs.error_message)
+    )
+    return settle.add_cte(held, *moves)
+
+
+_DONE_WITH_FAILURE = JobStatus.DONE_WITH_FAILURE.value
+
+
+def _batch_move(held: CTE, action: JobAction, now: ColumnElement[Any]) -> CTE:
+    """The image move that settles ``action``'s jobs, on the held job's images (none if
+    the held job is another action's): the compare-and-set of ``models.transitions``."""
+    image_action, values = BATCH_MOVES[action]
+    move = IMAGE_MOVES[image_action]
+    images = _IMAGES.c
+    ids = select(func.json_array_elements_text(held.c.resource_ids)).where(
+        held.c.action == action.value
+    )
+    target = {} if move.target is None else {"status": move.target.value, "status_time": now}
+    return (
+        update(_IMAGES)
+        .where(
+            images.image_id.in_(ids.scalar_subquery()),
+            images.status.in_(sorted(s.value for s in move.sources)),
+            images.transition_status == move.source_transition.value,
+        )
+        .values(transition_status=move.target_transition.value, **target, **values)
+        .returning(images.image_id)
+        .cte(f"moved_{action.name.lower()}")
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from imagesvc.bootstrap import Services
-from models.images import delete_images
+from models.images import delete_images, recover_images
 from models.jobs import requeue_job
 from models.scoping import Caller
 from models.states import ImageAction
@@ -77,6 +77,29 @@ def test_a_delete_job_is_settled_in_the_transaction_that_claims_it(
     assert job.progress == 100 and job.begin_time is not None and job.finished_time is not None
 
 
+def test_on_postgresql_a_delete_job_is_one_statement(
+    own_services: Services, records: Records
+) -> None:
+    engine = own_services.database.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no data-modifying WITH: its jobs take three statements")
+    job_id, images = _deleting(own_services, records, 2)
+    statements: list[str] = []
+
+    def sent(connection: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", sent)
+    try:
+        execute_job(own_services, job_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", sent)
+
+    assert len(statements) == 1 and statements[0].startswith("WITH")
+    assert _job(records, job_id) == ("successful", 1, None)
+    assert [records.image_state(image) for image in images] == [("deleted", "")] * 2
+
+
 def test_a_second_delivery_of_a_settled_job_changes_nothing(
     own_services: Services, records: Records
 ) -> None:
@@ -114,6 +137,32 @@ def test_an_image_changed_meanwhile_makes_the_job_done_with_failure(
     assert _job(records, job_id) == ("done with failure", 1, "ImagesChanged")
     assert records.image_state(kept) == ("available", "")
     assert records.image_state(deleted) == ("deleted", "")
+
+
+def test_a_recover_job_is_settled_at_once_and_an_image_changed_meanwhile_is_named(
+    own_services: Services, records: Records
+) -> None:
+    """Recover, the other job with no disk work, on the same path: its images come back,
+    and one that is no longer recovering makes the job done with failure."""
+    caller = records.account()
+    images = [records.image(caller) for _ in range(3)]
+    execute_job(own_services, _delete_job(own_services, caller, images))
+    with own_services.database.transaction() as session:
+        job_id = recover_images(session, caller, images, retention=3600).job_id
+        assert move_images(session, images[:1], ImageAction.CANCEL_RECOVER) == 1
+
+    with _commits(own_services.database.engine) as commits:
+        execute_job(own_services, job_id)
+
+    assert commits == [1]
+    job = records.job(job_id)
+    assert (job.status, job.attempts, job.progress) == ("done with failure", 1, 100)
+    assert (job.error_code, job.error_message) == ("ImagesChanged", "1 image(s) changed meanwhile")
+    assert [records.image_state(image) for image in images] == [
+        ("deleted", ""),
+        ("available", ""),
+        ("available", ""),
+    ]
 
 
 def _refuse_updates_of(engine: Engine, image_id: str) -> None:

@@ -18,13 +18,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
-from models.jobs import claim_job, hold_job, move_job, settle_job
+from models.jobs import (
+    ClaimedRun,
+    SettledRun,
+    claim_and_settle_batch,
+    claim_job,
+    hold_job,
+    lock_pending_job,
+    move_job,
+    settle_job,
+    settle_pending_job,
+)
 from models.states import ImageAction, JobAction, JobPhase, JobStatus
 from models.tables import Image, Job
 from models.transitions import move_images
@@ -163,28 +174,57 @@ def _connection_lost(exc: DBAPIError) -> bool:
 
 
 def _claim_and_settle(services: Services, job_id: str) -> Claimed:
-    """Claim the job; settle it in the same transaction if it has no disk work."""
+    """Hold the pending job; one with no disk work is claimed and settled in the same
+    transaction, its row written once (pending to its outcome); any other is claimed.
+
+    On PostgreSQL a delete or recover is first tried as one statement (one round trip);
+    a job it does not settle (a capture, a job not pending) takes the general path.
+    """
+    host = services.settings.compute_host
+    engine = services.database.engine
+    if engine.dialect.name == "postgresql":
+        with _autocommit(engine).begin() as connection:
+            settled = claim_and_settle_batch(
+                connection, job_id, _worker_name(host, os.getpid()), host
+            )
+        if settled is not None:
+            return _claimed_job(settled.run), _outcome_of(settled)
     with services.database.transaction() as session:
-        job = _claim_in(session, services, job_id)
-        if job is None:
+        run = lock_pending_job(session, job_id, host)
+        if run is None:
             return None
-        settle = _SETTLE_AT_ONCE.get(job.action)
-        return job, None if settle is None else settle(session, job)
+        settle = _SETTLE_AT_ONCE.get(JobAction(run.action))
+        if settle is None:
+            return _claim_held(session, services, job_id)
+        job = _claimed_job(run)
+        worker = _worker_name(host, os.getpid())
+        return job, _settle_from_pending(session, job, settle, worker)
+
+
+def _outcome_of(settled: SettledRun) -> _Outcome:
+    return _Outcome(settled.status, settled.error_code, settled.error_message, 0)
+
+
+@functools.cache
+def _autocommit(engine: Engine) -> Engine:
+    """The process's engine, each statement its own transaction (no BEGIN, no COMMIT)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _claim(services: Services, job_id: str) -> Claimed:
     """Claim the job in a transaction of its own: its run comes after the commit."""
     with services.database.transaction() as session:
-        job = _claim_in(session, services, job_id)
-        return None if job is None else (job, None)
+        return _claim_held(session, services, job_id)
 
 
-def _claim_in(session: Session, services: Services, job_id: str) -> ClaimedJob | None:
+def _claim_held(session: Session, services: Services, job_id: str) -> Claimed:
     """Take the job if it is pending and runs on this worker's compute host (or on any)."""
     host = services.settings.compute_host
     run = claim_job(session, job_id, _worker_name(host, os.getpid()), host)
-    if run is None:
-        return None
+    return None if run is None else (_claimed_job(run), None)
+
+
+def _claimed_job(run: ClaimedRun) -> ClaimedJob:
     return ClaimedJob(
         run.job_id,
         JobAction(run.action),
@@ -450,12 +490,12 @@ Settle = Callable[[Session, ClaimedJob], _Outcome]
 
 def settle_delete(session: Session, job: ClaimedJob) -> _Outcome:
     """The images are deleted; the files stay until they are ceased."""
-    return _settle_batch(session, job, ImageAction.FINISH_DELETE)
+    return _move_batch(session, job, ImageAction.FINISH_DELETE)
 
 
 def settle_recover(session: Session, job: ClaimedJob) -> _Outcome:
     """The images are available again (not deprecated), files untouched."""
-    return _settle_batch(session, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
+    return _move_batch(session, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
 
 
 def _finish_batch(services: Services, job: ClaimedJob, settle: Settle) -> None:
@@ -469,32 +509,42 @@ def _finish_batch(services: Services, job: ClaimedJob, settle: Settle) -> None:
         if not hold_job(session, job.job_id, job.attempt):
             log.warning("job %s attempt %d was superseded", job.job_id, job.attempt)
             return
-        settle(session, job)
+        outcome = settle(session, job)
+        _settled(job, settle_job(session, job.job_id, job.attempt, *_recorded(outcome)))
 
 
-def _settle_batch(
+def _settle_from_pending(
+    session: Session, job: ClaimedJob, settle: Settle, worker: str
+) -> _Outcome:
+    """Move the images, then the job from pending (held by this transaction) straight to
+    its outcome: one write of the job's row counts the run and records how it ended."""
+    outcome = settle(session, job)
+    recorded = settle_pending_job(session, job.job_id, job.attempt, worker, *_recorded(outcome))
+    _settled(job, recorded)
+    return outcome
+
+
+def _move_batch(
     session: Session, job: ClaimedJob, action: ImageAction, **values: object
 ) -> _Outcome:
-    """Move the images, then the job to its outcome, in the caller's transaction, which
-    holds the job's row for this run (its claim, or :func:`hold_job`)."""
+    """Move the images in the caller's transaction, which holds the job's row for this
+    run; the outcome that makes of the job."""
     moved = move_images(session, job.resource_ids, action, **values)
     missed = len(job.resource_ids) - moved
     if missed == 0:
-        outcome = _Outcome(JobStatus.SUCCESSFUL, None, None, 0)
-    else:
-        message = f"{missed} image(s) changed meanwhile"
-        outcome = _Outcome(JobStatus.DONE_WITH_FAILURE, "ImagesChanged", message, 0)
-    settled = settle_job(
-        session,
-        job.job_id,
-        job.attempt,
-        outcome.status,
-        outcome.error_code,
-        outcome.error_message,
-    )
-    if not settled:  # the row is held for this run: only a broken invariant gets here
+        return _Outcome(JobStatus.SUCCESSFUL, None, None, 0)
+    message = f"{missed} image(s) changed meanwhile"
+    return _Outcome(JobStatus.DONE_WITH_FAILURE, "ImagesChanged", message, 0)
+
+
+def _recorded(outcome: _Outcome) -> tuple[JobStatus, str | None, str | None]:
+    """What the job's row records of an outcome."""
+    return outcome.status, outcome.error_code, outcome.error_message
+
+
+def _settled(job: ClaimedJob, recorded: bool) -> None:
+    if not recorded:  # the row is held for this run: only a broken invariant gets here
         raise RuntimeError(f"job {job.job_id} attempt {job.attempt} could not be settled")
-    return outcome
 
 
 def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> None:
