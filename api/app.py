@@ -11,6 +11,7 @@ from celery import Celery
 from sqlalchemy import text
 
 from api import auth, docs_routes, image_routes, job_routes
+from api.caller import IDLE_PING_S
 from api.errors import error_middleware
 from api.headers import on_response_prepare
 from api.job_sending import drain_sends
@@ -68,7 +69,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     settings.ensure_dirs()
-    services = bootstrap(settings)
+    services = bootstrap(settings, ping_idle_after=IDLE_PING_S)
     app[DATABASE] = services.database
     await services.reads.open()
     app[READS] = services.reads

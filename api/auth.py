@@ -165,8 +165,9 @@ _CHECKING_OWN_TOKEN: set[Handler] = set()
 
 
 def checks_own_token(handler: Handler) -> Handler:
-    """Mark a read handler that checks the bearer token in its own first statement
-    (api.caller.read_as_bearer), saving the middleware's round trip.
+    """Mark a handler that checks the bearer token in its own first statement
+    (api.caller.read_as_bearer for listings, api.caller.as_bearer for writes),
+    saving the middleware's thread hop, connection and round trip.
 
     The token is still read on every request, never cached. A request refused
     before that statement (a bad parameter, an unknown zone) has its token

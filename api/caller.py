@@ -11,11 +11,16 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS
-from models.accounts import token_digest
+from models.accounts import authenticate, token_digest
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
 from models.reads import Listed, Reads
 from models.scoping import Caller
+
+# The API checks a pooled database connection before use only once it has been idle
+# this long (imagesvc.bootstrap.ping_only_idle): under load, never. Its units of work
+# run once more when a lost connection interrupts them before their commit.
+IDLE_PING_S = 1.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,14 +62,13 @@ async def in_transaction(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Run ``work(session, ...)`` in a writing unit of work, in a thread."""
-    database = request.app[DATABASE]
+    """Run ``work(session, ...)`` in a writing unit of work, in a thread; run once
+    more if its connection was lost before the commit (models.db.Database.run_transaction)."""
 
-    def unit() -> R:
-        with database.transaction() as session:
-            return work(session, *args, **kwargs)
+    def unit(session: Session) -> R:
+        return work(session, *args, **kwargs)
 
-    return await asyncio.to_thread(unit)
+    return await asyncio.to_thread(request.app[DATABASE].run_transaction, unit)
 
 
 async def in_reading(
@@ -73,14 +77,32 @@ async def in_reading(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Run ``work(session, ...)`` in a read-only unit of work, in a thread."""
-    database = request.app[DATABASE]
+    """Run ``work(session, ...)`` in a read-only unit of work, in a thread; run once
+    more if its connection was lost (models.db.Database.run_reading)."""
 
-    def unit() -> R:
-        with database.reading() as session:
-            return work(session, *args, **kwargs)
+    def unit(session: Session) -> R:
+        return work(session, *args, **kwargs)
 
-    return await asyncio.to_thread(unit)
+    return await asyncio.to_thread(request.app[DATABASE].run_reading, unit)
+
+
+def as_bearer(
+    request: web.Request, work: Callable[Concatenate[Session, Caller, P], R]
+) -> Callable[Concatenate[Session, P], R]:
+    """``work(session, caller, ...)`` for a write handler marked ``auth.checks_own_token``:
+    the unit checks the bearer token in its own first statement (one thread hop and
+    one connection per request), and the request is then the token's account's.
+    A refused token rolls the unit back before it has changed anything."""
+    zone = zone_of(request)
+    token = request[BEARER_TOKEN]
+
+    def checked(session: Session, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        account_id = authenticate(session, token)
+        request[ACCOUNT_ID] = account_id
+        caller = Caller(account_id=account_id, zone=zone, request_id=request.get(REQUEST_ID))
+        return work(session, caller, *args, **kwargs)
+
+    return checked
 
 
 async def in_idempotent_transaction(

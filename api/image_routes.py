@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from api import pages
 from api.auth import checks_own_token
 from api.caller import (
-    caller_of,
+    as_bearer,
     in_idempotent_transaction,
     in_transaction,
     read_as_bearer,
@@ -31,23 +31,25 @@ from api.schemas import (
     RequestIdParams,
 )
 from models import images
+from models.scoping import Caller
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/v2/zone/{zone}/images")
 @documented(params=CaptureParams, response=CaptureOut, status=202, errors=(403, 409, 429))
+@checks_own_token
 async def capture_instance(request: web.Request) -> web.Response:
     """Capture a stopped instance into a new image; returns the job and the image id."""
-    caller = caller_of(request)
+    zone_of(request)
     params = await parse_params(request, CaptureParams)
     inventory = request.app[INVENTORY]
     request_id = request_id_of(request, params.request_id)
     default_quota = request.app[SETTINGS].default_quota
 
-    def capture_owned(session: Session) -> images.Capture:
-        # The instance is looked up in the capture's own unit of work: one thread
-        # hop and one connection per request.
+    def capture_owned(session: Session, caller: Caller) -> images.Capture:
+        # The token is checked and the instance looked up in the capture's own unit
+        # of work: one thread hop and one connection per request.
         wanted = images.CaptureRequest(
             instance_id=params.instance,
             instance=inventory.find_owned(caller, params.instance, session),
@@ -56,7 +58,7 @@ async def capture_instance(request: web.Request) -> web.Response:
         )
         return images.capture_instance(session, caller, wanted, default_quota)
 
-    capture = await in_idempotent_transaction(request, capture_owned)
+    capture = await in_idempotent_transaction(request, as_bearer(request, capture_owned))
     send_after_commit(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
     return json(out, status=202)
@@ -64,14 +66,15 @@ async def capture_instance(request: web.Request) -> web.Response:
 
 @routes.delete("/v2/zone/{zone}/images/{ids}")
 @documented(params=RequestIdParams, response=JobOut, status=202, errors=(403, 409))
+@checks_own_token
 async def delete_images(request: web.Request) -> web.Response:
     """Delete images, ``ids`` comma-joined: all of them or none."""
-    caller = caller_of(request)
+    zone_of(request)
     params = validate_params(DeleteParams, {"images": request.match_info["ids"]})
     body = await parse_params(request, RequestIdParams)  # the seed sends an empty body
     request_id = request_id_of(request, body.request_id)
     job = await in_idempotent_transaction(
-        request, images.delete_images, caller, params.images, request_id
+        request, as_bearer(request, images.delete_images), params.images, request_id
     )
     send_after_commit(request, job)
     return json(JobOut.from_row(job), status=202)
@@ -79,25 +82,27 @@ async def delete_images(request: web.Request) -> web.Response:
 
 @routes.post("/v2/zone/{zone}/images/recover")
 @documented(params=RecoverParams, response=JobOut, status=202, errors=(403, 409))
+@checks_own_token
 async def recover_images(request: web.Request) -> web.Response:
     """Bring deleted images back while they are within the retention window."""
-    caller = caller_of(request)
+    zone_of(request)
     params = await parse_params(request, RecoverParams)
     retention = request.app[SETTINGS].deleted_retention
-    job = await in_transaction(request, images.recover_images, caller, params.images, retention)
+    recover = as_bearer(request, images.recover_images)
+    job = await in_transaction(request, recover, params.images, retention)
     send_after_commit(request, job)
     return json(JobOut.from_row(job), status=202)
 
 
 @routes.put("/v2/zone/{zone}/images")
 @documented(params=ModifyParams, response=JobOut, errors=(403, 409))
+@checks_own_token
 async def modify_image(request: web.Request) -> web.Response:
     """Change one image's name and/or description."""
-    caller = caller_of(request)
+    zone_of(request)
     params = await parse_params(request, ModifyParams)
-    job = await in_transaction(
-        request, images.modify_image, caller, params.image, params.image_name, params.description
-    )
+    modify = as_bearer(request, images.modify_image)
+    job = await in_transaction(request, modify, params.image, params.image_name, params.description)
     return json(JobOut.from_row(job))
 
 

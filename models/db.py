@@ -7,18 +7,21 @@ writing units so that concurrent writers queue instead of failing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 _WRITE_OPTION = "imagesvc_write"
 SQLITE_BUSY_TIMEOUT_S = 30
+
+R = TypeVar("R")
 
 
 class Database:
@@ -44,8 +47,43 @@ class Database:
         with self._reader() as session, session.begin():
             yield session
 
+    def run_transaction(self, work: Callable[[Session], R]) -> R:
+        """``work(session)`` in a writing unit of work, run once more if its
+        connection was lost before the commit (see :func:`_run_unit`)."""
+        return _run_unit(self.transaction, work)
+
+    def run_reading(self, work: Callable[[Session], R]) -> R:
+        """``work(session)`` in a read-only unit of work, run once more if its
+        connection was lost (see :func:`_run_unit`)."""
+        return _run_unit(self.reading, work)
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _run_unit(
+    unit: Callable[[], AbstractContextManager[Session]], work: Callable[[Session], R]
+) -> R:
+    """Run ``work`` in ``unit``; a connection lost before the commit runs it once more.
+
+    This is what lets a caller do without the pool's ``SELECT 1`` before every
+    checkout: a connection the server dropped (a restart) fails its first
+    statement, SQLAlchemy invalidates it and every connection pooled before
+    it, and the second run gets a fresh one. Nothing of the first run was
+    committed, so running it again is safe. A connection lost during the
+    commit is not retried: whether the commit landed is unknown.
+    """
+    for attempt in (1, 2):
+        committing = False
+        try:
+            with unit() as session:
+                result = work(session)
+                committing = True
+            return result
+        except DBAPIError as error:
+            if committing or attempt == 2 or not error.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _reading_engine(engine: Engine) -> Engine:

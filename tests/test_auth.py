@@ -179,6 +179,30 @@ async def test_a_token_is_refused_once_expired(tenant: Tenant, database: Databas
     assert answer.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/images", {"instance": "i-nosuchone"}),  # else 404
+        ("POST", "/images", {"image_name": "no instance"}),  # else 400
+        ("DELETE", "/images/img-nosuchone", {}),  # else 404
+        ("DELETE", "/images/,,", {}),  # else 400
+        ("PUT", "/images", {"image": "img-nosuchone", "image_name": "x"}),  # else 404
+        ("POST", "/images/recover", {"images": "img-nosuchone"}),  # else 404
+    ],
+)
+async def test_writes_refuse_an_expired_token_before_anything_else(
+    tenant: Tenant, database: Database, method: str, path: str, body: dict[str, str]
+) -> None:
+    """The writes check the token in their own unit of work: still a 401 first."""
+    with database.transaction() as session:
+        row = session.get(AccessToken, token_digest(tenant.token))
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    answer = await tenant.curl(method, path, json.dumps(body))
+    assert answer.status == 401, answer
+    assert answer.body["ret_code"] == 1200, answer
+
+
 async def test_tokens_written_straight_to_the_table_follow_their_expiry(
     tenant: Tenant, database: Database
 ) -> None:

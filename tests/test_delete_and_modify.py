@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from imagesvc.bootstrap import Services
 from imagesvc.settings import Settings
@@ -182,3 +182,29 @@ def publish(database: Database, image_id: str, visibility: str) -> None:
         session.execute(
             update(Image).where(Image.image_id == image_id).values(visibility=visibility)
         )
+
+
+async def test_writes_survive_their_database_connections_being_killed(
+    tenant: Tenant, disk_factory: Any, database: Database
+) -> None:
+    """As after a PostgreSQL restart: the API's pooled connections are dead, it pings
+    none of them under load, and each write runs its unit once more on a new one."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    first = await tenant.captured_image(disk_factory())
+    second = await tenant.captured_image(disk_factory())
+    for image_id in (first, second):
+        assert terminate_other_connections(database) > 0, "the captures left pooled connections"
+        reply = await tenant.call("DELETE", f"/images/{image_id}")
+        assert reply.status == 202, reply
+        assert (await tenant.wait_job(reply.body["job_id"]))["status"] == "successful"
+
+
+def terminate_other_connections(database: Database) -> int:
+    """Terminate every other session on this test database; how many there were."""
+    statement = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with database.engine.connect() as connection:
+        return int(connection.execute(statement).scalar_one())
