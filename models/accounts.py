@@ -71,7 +71,7 @@ def token_digest(token: str) -> str:
 
 
 def create_account(session: Session, name: str) -> Credentials:
-    secret = secrets.token_urlsafe(32)
+    secret = new_secret()
     account = Account(
         account_id=ids.account_id(),
         name=name,
@@ -198,10 +198,18 @@ def enable_account(session: Session, account_id: str) -> Account:
     return account
 
 
+def new_secret() -> str:
+    """A fresh account secret: 32 random bytes, URL-safe, never starting with ``-``, so that
+    ``imagectl login --secret SECRET`` (or any command line) cannot read it as an option."""
+    while (secret := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return secret
+
+
 def rotate_secret(session: Session, account_id: str) -> Credentials:
     """A new secret, shown once; the old one and every token issued with it stop working."""
     account = _account(session, account_id)
-    secret = secrets.token_urlsafe(32)
+    secret = new_secret()
     account.secret_hash = hash_secret(secret)
     _revoke_all_tokens(session, account_id)
     return Credentials(account.account_id, account.api_key, secret)

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 from sqlalchemy import select
 
-from models.accounts import Credentials, create_account, token_digest
+from models.accounts import Credentials, create_account, new_secret, token_digest
 from models.db import Database
 from models.tables import AccessToken, Account
 from tests.support.tenants import Tenant
@@ -266,3 +266,8 @@ async def test_a_malformed_body_is_a_400_without_a_stack_trace(
     )
     # A body past the size limit is refused before it is read: 413, still ret_code 1100.
     assert_failure(answer, 413 if BAD_BODIES[case] is HUGE else 400, 1100)
+
+
+def test_a_new_secret_never_reads_as_a_command_line_option() -> None:
+    # 1 in 64 secrets would start with "-" and break `imagectl login --secret SECRET`.
+    assert not any(new_secret().startswith("-") for _ in range(2000))
