@@ -312,13 +312,17 @@ def _exit_on_stop_signal(service: object) -> None:
     ignored: the supervisor sends SIGTERM."""
 
     def stop(signum: int, frame: object) -> None:
-        for sig in _STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)  # a second signal cannot cut the clean-up
+        for sig in _STOP_SIGNALS:  # a second signal cannot cut the clean-up
+            signal.signal(sig, _ignore_signal)  # (not SIG_IGN: one may be due already)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
         signal.signal(signal.SIGINT, stop)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing."""
 
 
 def _worker_stop_signals() -> None:
