@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 log = logging.getLogger(__name__)
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -35,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Command = args.command
     try:
         return command(args, settings)
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C: the shell's status for it, and no traceback
     except Exception as exc:
         from models.errors import ServiceError
 
@@ -228,13 +233,17 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from imagesvc.metrics import write_metrics_to_dir
     from imagesvc.supervisor import Supervisor
 
+    listen = ["--host", args.host, "--port", str(args.port)]
+    supervisor = Supervisor(
+        {"api": ["api", *listen], "worker": ["worker"], "scheduler": ["scheduler"]}
+    )
+    supervisor.listen()  # Ctrl-C from here on: the upgrade finishes, nothing else starts
     cmd_db_upgrade(args, settings)
+    if supervisor.stopping:
+        return 130
     # The whole service starts here: earlier processes' counters are gone with them.
     write_metrics_to_dir(settings, empty_first=True)
-    listen = ["--host", args.host, "--port", str(args.port)]
-    return Supervisor(
-        {"api": ["api", *listen], "worker": ["worker"], "scheduler": ["scheduler"]}
-    ).run()
+    return supervisor.run()
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
@@ -266,6 +275,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     name = f"imagesvc-{settings.compute_host}-{os.getpid()}"
     argv = worker_argv(settings, concurrency, args.pool, name)
     _keep_celery_off_logging()
+    _worker_stop_signals()
     # Celery sends this as each pool process exits, naming it.
     worker_process_shutdown.connect(lambda pid=None, **_: forget_exited_process(pid), weak=False)
     services = bootstrap(settings)
@@ -289,8 +299,60 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     beat = bootstrap(settings).celery.Beat(
         scheduler=Scheduler, loglevel=settings.log_level, quiet=True
     )
+    beat.install_sync_handler = _exit_on_stop_signal
     beat.run()
     return 0
+
+
+def _exit_on_stop_signal(service: object) -> None:
+    """Celery beat's own SIGTERM/SIGINT handler closes the scheduler (its broker connection)
+    inside the handler, in the middle of whatever beat was doing, a send included: an error
+    there is logged with its traceback. This handler only raises SystemExit, once; beat's
+    loop then closes the scheduler in its ``finally``. Under ``imagesvc up`` SIGINT stays
+    ignored: the supervisor sends SIGTERM."""
+
+    def stop(signum: int, frame: object) -> None:
+        for sig in _STOP_SIGNALS:  # a second signal cannot cut the clean-up
+            signal.signal(sig, _ignore_signal)  # (not SIG_IGN: one may be due already)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """A handler that does nothing."""
+
+
+def _worker_stop_signals() -> None:
+    """How the worker takes SIGTERM and SIGINT (Celery's handlers, adjusted before it installs
+    them): its "Warm shutdown" notice is a log line in the configured format instead of a
+    print; the embedded broker stops waiting for messages at once (an idle worker stops
+    within a polling interval); under ``imagesvc up`` (SIGINT ignored) SIGINT stays ignored.
+    A running job is still finished, or given back, as Celery's warm shutdown does."""
+    import functools
+
+    from celery.apps import worker as celery_worker
+    from celery.signals import worker_shutting_down
+
+    celery_worker.install_worker_term_handler = functools.partial(
+        celery_worker.install_worker_term_handler, verbose=False
+    )
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        celery_worker.install_worker_int_handler = lambda *args, **kwargs: None
+    else:
+        celery_worker.install_worker_int_handler = functools.partial(
+            celery_worker.install_worker_int_handler, verbose=False
+        )
+    worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
+
+
+def _on_worker_shutting_down(sig: str, how: str, exitcode: int, **_: object) -> None:
+    from workers import embedded_broker
+
+    embedded_broker.stop_waiting()
+    log.info("%s shutdown: running jobs finish first", how, extra={"signal": sig})
 
 
 def _keep_celery_off_logging() -> None:

@@ -1,4 +1,12 @@
-"""``imagesvc up``: run the API, a worker and the scheduler, and stop them together."""
+"""``imagesvc up``: run the API, a worker and the scheduler, and stop them together.
+
+Ctrl-C (SIGINT to the terminal's whole process group) and SIGTERM are the supervisor's
+alone: it starts its children with SIGINT ignored (a Python started so raises no
+KeyboardInterrupt, wherever its start-up is; the worker and the scheduler keep ignoring
+it), and stops each of them with one SIGTERM: the worker's warm shutdown, the API's
+graceful stop. A stop asked for before the children start (during the schema upgrade)
+starts none of them.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +31,24 @@ class Supervisor:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._stopping = False
 
-    def run(self) -> int:
+    @property
+    def stopping(self) -> bool:
+        """Whether SIGINT or SIGTERM came since :meth:`listen`."""
+        return self._stopping
+
+    def listen(self) -> None:
+        """From now on SIGINT and SIGTERM ask for a stop instead of interrupting."""
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
+
+    def run(self) -> int:
+        self.listen()
         for name, argv in self._commands.items():
-            self._children[name] = subprocess.Popen([sys.executable, "-m", "imagesvc", *argv])
+            if self._stopping:
+                break
+            self._children[name] = subprocess.Popen(
+                [sys.executable, "-m", "imagesvc", *argv], preexec_fn=_ignore_sigint
+            )
             log.debug("started %s (pid %d)", name, self._children[name].pid)
         code = self._watch()
         self._stop_all()
@@ -39,7 +60,8 @@ class Supervisor:
     def _watch(self) -> int:
         while not self._stopping:
             for name, child in self._children.items():
-                if child.poll() is not None:
+                # A child gone while we stop is part of the stop, not a failure.
+                if child.poll() is not None and not self._stopping:
                     log.error("%s exited with code %s; stopping the rest", name, child.returncode)
                     return child.returncode or 1
             time.sleep(0.2)
@@ -57,3 +79,8 @@ class Supervisor:
                 log.warning("%s did not stop in %.0f s; killing it", name, STOP_TIMEOUT_S)
                 child.kill()
                 child.wait()
+
+
+def _ignore_sigint() -> None:
+    """In the child, before it runs ``imagesvc``: Ctrl-C is the supervisor's to act on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

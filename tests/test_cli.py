@@ -118,6 +118,27 @@ def test_up_runs_the_walkthrough_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> 
         assert "Traceback" not in service.log(), service.log()
 
 
+def test_ctrl_c_during_the_schema_upgrade_lets_it_finish_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while ``imagesvc up`` still upgrades the schema: no traceback, exit 130, and
+    not one of the three services started."""
+    with scratch_database(tmp_path) as url:
+        settings = make_settings(tmp_path / "var", url, log_level="DEBUG")
+        service = ServiceProcess(settings, "up", "--port", str(free_port()))
+        try:
+            service.wait_for_output("Running upgrade", timeout=60)  # the first migration
+            os.killpg(service.process.pid, signal.SIGINT)
+            code = service.process.wait(timeout=90)
+        finally:
+            service.stop(timeout=30)
+        assert code == 130, service.log()
+        assert "Traceback" not in service.log(), service.log()
+        assert "imagesvc.supervisor DEBUG started" not in service.log(), service.log()
+        again = run_imagesvc(settings, "db", "upgrade")
+        assert "Running upgrade" not in again.stderr, "the upgrade was cut short"
+
+
 def _walkthrough(settings: Settings, http: Client, tmp_path: Path) -> None:
     account = imagesvc_json(settings, "account", "create", "alice")
     disk = make_raw_disk(tmp_path / "vm.raw", size=1024 * MiB + 512 * MiB, regions=8)

@@ -221,13 +221,14 @@ def multi_host(
     request: pytest.FixtureRequest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[ChaosEnv]:
     """A scratch deployment whose store every host reaches: the data dir's directory (a
-    filesystem they all mount), or a bucket of a real S3 server."""
+    filesystem they all mount), or a bucket of its own on a real S3 server (``.ci/run``'s,
+    or the test's own)."""
     with ExitStack() as stack:
         overrides = {}
         if request.param == "s3":
             require_qemu_img()  # an S3 store keeps compact qcow2 copies
-            stack.enter_context(s3_store_server(tmp_path / "s3", "images"))
-            overrides["store_url"] = "s3://images/multi-host"
+            server = stack.enter_context(s3_store_server(tmp_path / "s3"))
+            overrides["store_url"] = f"s3://{server.new_bucket()}/multi-host"
         try:
             yield stack.enter_context(chaos_deployment(tmp_path, **overrides))
         finally:

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from imagesvc.settings import Settings
-from tests.support.s3_server import S3Server
+from tests.support.s3_server import S3Server, s3_store_server
 from workers import image_store
 from workers.checksum import ALGORITHMS, checksum_file, checksum_stream
 from workers.image_store import FileImageStore, ImageStore, S3ImageStore, StoreError, open_store
@@ -21,11 +21,14 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    server.make_bucket("images")
-    server.start()
-    yield server
-    server.stop()
+    """``.ci/run``'s server (IMAGESVC_TEST_S3_*), or one of the module's own."""
+    with s3_store_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    return s3_server.new_bucket()
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ImageStore:
         (tmp_path / "store").mkdir()
         return open_store((tmp_path / "store").as_uri(), tmp_path)
     request.getfixturevalue("s3_env")
-    return open_store(f"s3://images/{tmp_path.name}", tmp_path)
+    return open_store(f"s3://{request.getfixturevalue('bucket')}/{tmp_path.name}", tmp_path)
 
 
 def staged_file(store: ImageStore, size: int) -> tuple[Path, bytes]:
@@ -68,10 +71,10 @@ def test_a_published_copy_is_listed_read_back_whole_and_removed(store: ImageStor
 
 
 def test_s3_uploads_in_parts(
-    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_env: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(image_store, "PART_SIZE", 5 * MiB)  # S3's smallest part
-    store = S3ImageStore("images", tmp_path.name, tmp_path / "staging")
+    store = S3ImageStore(bucket, tmp_path.name, tmp_path / "staging")
     staged, data = staged_file(store, 12 * MiB)
     sent: list[int] = []
     store.publish(staged, "img-b.1.qcow2", on_progress=sent.append)
@@ -81,10 +84,10 @@ def test_s3_uploads_in_parts(
 
 
 def test_an_s3_restart_mid_upload_loses_nothing_and_leaves_nothing_half_written(
-    s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_env: S3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(image_store, "PART_SIZE", 5 * MiB)
-    store = S3ImageStore("images", tmp_path.name, tmp_path / "staging")
+    store = S3ImageStore(bucket, tmp_path.name, tmp_path / "staging")
     staged, data = staged_file(store, 12 * MiB)
     restarted: list[int] = []
 
@@ -101,10 +104,12 @@ def test_an_s3_restart_mid_upload_loses_nothing_and_leaves_nothing_half_written(
     assert store.remove_stale_uploads(older_than=0) == []
 
 
-def test_an_unfinished_upload_is_aborted_by_the_sweep(s3_env: S3Server, tmp_path: Path) -> None:
-    store = S3ImageStore("images", tmp_path.name, tmp_path / "staging")
+def test_an_unfinished_upload_is_aborted_by_the_sweep(
+    s3_env: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    store = S3ImageStore(bucket, tmp_path.name, tmp_path / "staging")
     key = f"{tmp_path.name}/img-d.1.qcow2"
-    store.client.create_multipart_upload(Bucket="images", Key=key)  # a run that crashed
+    store.client.create_multipart_upload(Bucket=bucket, Key=key)  # a run that crashed
     assert store.remove_stale_uploads(older_than=3600) == []
     assert store.remove_stale_uploads(older_than=0) == ["img-d.1.qcow2"]
     assert store.remove_stale_uploads(older_than=0) == []

@@ -96,9 +96,9 @@ async def test_a_json_worker_logs_one_object_per_line_and_one_line_per_job_outco
         assert (await tenant.wait_job(captured.body["job_id"]))["status"] == "successful"
         assert (await tenant.wait_job(doomed.body["job_id"]))["status"] == "failed"
         worker.wait_for_output('"job failed"')
-        lines = list(worker.output)  # before the stop: Celery prints its shutdown notice raw
     finally:
         worker.stop()
+    lines = list(worker.output)  # the warm-shutdown notice too: a line in the format
     # Its pool's processes counted running jobs while they lived, and forgot them on exit.
     assert set(settings.resolved_metrics_dir.glob("gauge_live*")) <= live_before
     entries = [json.loads(line) for line in lines if line.strip()]
@@ -122,6 +122,8 @@ async def test_a_json_worker_logs_one_object_per_line_and_one_line_per_job_outco
     assert failed["status"] == "failed" and failed["error_code"], failed
     # Celery's own per-task lines are not shown: ours say what happened.
     assert not any("succeeded in" in e["message"] for e in entries), entries
+    [stopping] = [e for e in entries if e["message"].startswith("Warm shutdown")]
+    assert stopping["signal"] == "SIGTERM", stopping
 
 
 async def test_metrics_count_the_jobs_a_worker_process_ran(

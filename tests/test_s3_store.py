@@ -27,20 +27,25 @@ from tests.support.s3_server import S3Server, s3_store_server
 from workers.image_store import S3ImageStore
 from workers.image_sweep import remove_orphans, sweep_images
 
-BUCKET = "images"
-
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with s3_store_server(tmp_path_factory.mktemp("s3"), BUCKET) as server:
+    """``.ci/run``'s server (IMAGESVC_TEST_S3_*), or one of the module's own."""
+    with s3_store_server(tmp_path_factory.mktemp("s3")) as server:
         yield server
 
 
+@pytest.fixture(scope="module")
+def bucket(s3: S3Server) -> str:
+    return s3.new_bucket()
+
+
 @pytest.fixture
-def env(s3: S3Server, tmp_path: Path) -> Iterator[ChaosEnv]:
-    """A deployment of its own on the S3 store, under a prefix of its own."""
+def env(bucket: str, tmp_path: Path) -> Iterator[ChaosEnv]:
+    """A deployment of its own on the S3 store, in the module's bucket under a prefix of its
+    own."""
     require_qemu_img()
-    store_url = f"s3://{BUCKET}/{tmp_path.name}"
+    store_url = f"s3://{bucket}/{tmp_path.name}"
     with chaos_deployment(tmp_path, store_url=store_url) as deployment:
         yield deployment
 
@@ -122,10 +127,10 @@ def test_a_capture_on_s3_is_a_compact_qcow2_verified_ceased_and_swept(
     corrupt = bytearray(stored.read_bytes())
     corrupt[-1] ^= 0xFF
     key = store.prefix + name
-    store.client.put_object(Bucket=BUCKET, Key=key, Body=bytes(corrupt))
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=bytes(corrupt))
     code, verified = verify(env, image_id)
     assert (code, verified["matches"]) == (1, False), verified
-    store.client.put_object(Bucket=BUCKET, Key=key, Body=stored.read_bytes())
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=stored.read_bytes())
 
     reply = env.client().call("DELETE", f"/v2/zone/ac1/images/{image_id}")
     assert reply.status == 202, reply
@@ -147,9 +152,9 @@ def test_the_orphan_sweep_removes_unowned_objects_and_unfinished_uploads_only(
     job_id, image_id = started_and_captured(env, disk)
     store = s3_store(env)
     stray = f"img-stray{secrets.token_hex(4)}.1.qcow2"
-    store.client.put_object(Bucket=BUCKET, Key=store.prefix + stray, Body=b"left by a crash")
+    store.client.put_object(Bucket=store.bucket, Key=store.prefix + stray, Body=b"left by a crash")
     crashed = f"img-crash{secrets.token_hex(4)}.1.qcow2"
-    store.client.create_multipart_upload(Bucket=BUCKET, Key=store.prefix + crashed)
+    store.client.create_multipart_upload(Bucket=store.bucket, Key=store.prefix + crashed)
 
     with services_for(env.settings.model_copy(update={"orphan_grace": 3600.0})) as services:
         assert remove_orphans(services) == [], "young objects and uploads must stay"
@@ -169,7 +174,7 @@ def wait_for_upload(env: ChaosEnv, job_id: str, image_id: str) -> None:
     while time.monotonic() < deadline:
         assert env.job_status(job_id) in ("pending", "working"), env.job_status(job_id)
         uploads = store.client.list_multipart_uploads(
-            Bucket=BUCKET, Prefix=f"{store.prefix}{image_id}."
+            Bucket=store.bucket, Prefix=f"{store.prefix}{image_id}."
         ).get("Uploads", [])
         if uploads:
             return
@@ -203,7 +208,7 @@ def test_restarting_the_s3_server_mid_upload_loses_nothing(
     disk = make_raw_disk(tmp_path / "big.raw", size=2 * GiB, data=256 * MiB)
     job_id, image_id = capture(env, disk)
     wait_for_upload(env, job_id, image_id)
-    s3.restart()  # the server's unfinished uploads are gone with its process
+    s3.restart()  # the server's unfinished uploads are gone with its process (.ci/run's too)
 
     seen = phases_until_settled(env, job_id)
     assert seen[-2:] == ["uploading", "successful"], seen

@@ -6,12 +6,19 @@ two changes make it safe: a message file appears in the queue folder only
 once it is fully written (write, fsync, rename), and a consumer claims a
 message by renaming it into a folder on the same filesystem, so two workers
 never read the same file and a reader never sees half a message.
+
+A worker waits for messages by polling the folder; Celery's loop for a polling
+transport checks for a shutdown only between waits of up to two seconds, and
+waits once more on its way out. :func:`stop_waiting` (the worker calls it when
+its warm shutdown starts) ends the waits at once, so an idle worker stops within
+one polling interval and takes no new message once it is stopping.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +29,9 @@ from kombu.transport import TRANSPORT_ALIASES, filesystem
 from kombu.utils.json import dumps, loads
 
 SCHEME = "embedded"
+
+# Set once this process's worker is shutting down: no more waiting for messages.
+_stopping = threading.Event()
 
 
 class Channel(filesystem.Channel):
@@ -61,6 +71,26 @@ class Transport(filesystem.Transport):
     Channel = Channel
     driver_type = SCHEME
     driver_name = SCHEME
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        """kombu's polling wait for one message, ended at once by :func:`stop_waiting`."""
+        assert self.cycle is not None
+        started = time.monotonic()
+        interval = min(self.polling_interval or 0.2, timeout or float("inf"))
+        while not _stopping.is_set():
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[no-untyped-call]
+                return
+            except Empty:
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    break
+                _stopping.wait(interval)
+        raise TimeoutError()  # socket.timeout, what the loop expects
+
+
+def stop_waiting() -> None:
+    """The worker is shutting down: end its wait for messages now, and take no more."""
+    _stopping.set()
 
 
 def _sequence() -> str:
