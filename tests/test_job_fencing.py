@@ -17,7 +17,7 @@ from models.states import JobAction
 from models.tables import Image, Job
 from tests.support.tenants import Tenant
 from workers.heartbeat import Heartbeat
-from workers.job_runner import ClaimedJob, run_delete
+from workers.job_runner import ClaimedJob, run_batch
 
 
 def _start_delete_unsent(services: Services, tenant: Tenant, image_id: str) -> str:
@@ -42,7 +42,7 @@ def _state(services: Services, job_id: str, image_id: str) -> tuple[str, int, st
 
 def _finish(services: Services, run: ClaimedJob) -> None:
     heartbeat = Heartbeat(services.database, run.job_id, run.attempt, interval=60.0)
-    run_delete(services, run, heartbeat)
+    run_batch(services, run, heartbeat)
 
 
 async def test_a_superseded_delete_run_changes_nothing(

@@ -26,6 +26,7 @@ from imagesvc.bootstrap import Services
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import (
+    BATCH_MOVES,
     ClaimedRun,
     SettledRun,
     claim_and_settle_batch,
@@ -193,12 +194,11 @@ def _claim_and_settle(services: Services, job_id: str) -> Claimed:
         run = lock_pending_job(session, job_id, host)
         if run is None:
             return None
-        settle = _SETTLE_AT_ONCE.get(JobAction(run.action))
-        if settle is None:
+        if JobAction(run.action) not in BATCH_MOVES:  # disk work: claim, commit, then run
             return _claim_held(session, services, job_id)
         job = _claimed_job(run)
         worker = _worker_name(host, os.getpid())
-        return job, _settle_from_pending(session, job, settle, worker)
+        return job, _settle_from_pending(session, job, worker)
 
 
 def _outcome_of(settled: SettledRun) -> _Outcome:
@@ -474,33 +474,11 @@ def _finish_capture(services: Services, job: ClaimedJob, image_id: str, stored: 
         log.warning("capture job %s attempt %d was superseded", job.job_id, job.attempt)
 
 
-def run_delete(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    """Finish deleting a claimed run in its own transaction; the files stay until the image
-    is ceased. (A pending delete job is claimed and settled at once: :func:`settle_delete`.)"""
-    _finish_batch(services, job, settle_delete)
-
-
-def run_recover(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
-    """Finish recovering a claimed run in its own transaction (see :func:`settle_recover`)."""
-    _finish_batch(services, job, settle_recover)
-
-
-Settle = Callable[[Session, ClaimedJob], _Outcome]
-
-
-def settle_delete(session: Session, job: ClaimedJob) -> _Outcome:
-    """The images are deleted; the files stay until they are ceased."""
-    return _move_batch(session, job, ImageAction.FINISH_DELETE)
-
-
-def settle_recover(session: Session, job: ClaimedJob) -> _Outcome:
-    """The images are available again (not deprecated), files untouched."""
-    return _move_batch(session, job, ImageAction.FINISH_RECOVER, deprecated_at=None)
-
-
-def _finish_batch(services: Services, job: ClaimedJob, settle: Settle) -> None:
-    """Settle a delete or recover whose claim was committed: the job first, fenced by the
-    run, then its images.
+def run_batch(services: Services, job: ClaimedJob, heartbeat: Heartbeat) -> None:
+    """Settle a delete or recover whose claim was committed, in its own transaction: the
+    job first, fenced by the run, then its images (``models.jobs.BATCH_MOVES``: deleted
+    images keep their files until they are ceased; recovered ones are no longer
+    deprecated). A pending one is claimed and settled at once (:func:`_settle_from_pending`).
 
     A run given up for lost that wakes up finds the job no longer its own and
     changes nothing; its successor settles the job and the images.
@@ -509,27 +487,25 @@ def _finish_batch(services: Services, job: ClaimedJob, settle: Settle) -> None:
         if not hold_job(session, job.job_id, job.attempt):
             log.warning("job %s attempt %d was superseded", job.job_id, job.attempt)
             return
-        outcome = settle(session, job)
+        outcome = _move_batch(session, job)
         _settled(job, settle_job(session, job.job_id, job.attempt, *_recorded(outcome)))
 
 
-def _settle_from_pending(
-    session: Session, job: ClaimedJob, settle: Settle, worker: str
-) -> _Outcome:
+def _settle_from_pending(session: Session, job: ClaimedJob, worker: str) -> _Outcome:
     """Move the images, then the job from pending (held by this transaction) straight to
     its outcome: one write of the job's row counts the run and records how it ended."""
-    outcome = settle(session, job)
+    outcome = _move_batch(session, job)
     recorded = settle_pending_job(session, job.job_id, job.attempt, worker, *_recorded(outcome))
     _settled(job, recorded)
     return outcome
 
 
-def _move_batch(
-    session: Session, job: ClaimedJob, action: ImageAction, **values: object
-) -> _Outcome:
-    """Move the images in the caller's transaction, which holds the job's row for this
-    run; the outcome that makes of the job."""
-    moved = move_images(session, job.resource_ids, action, **values)
+def _move_batch(session: Session, job: ClaimedJob) -> _Outcome:
+    """Move the images as ``BATCH_MOVES`` says for the job's action, in the caller's
+    transaction, which holds the job's row for this run; the outcome that makes of the job.
+    (On PostgreSQL a pending job's moves are one statement: ``claim_and_settle_batch``.)"""
+    image_action, values = BATCH_MOVES[job.action]
+    moved = move_images(session, job.resource_ids, image_action, **values)
     missed = len(job.resource_ids) - moved
     if missed == 0:
         return _Outcome(JobStatus.SUCCESSFUL, None, None, 0)
@@ -556,15 +532,9 @@ def abandon(services: Services, job: ClaimedJob, code: str, message: str) -> Non
 
 Handler = Callable[[Services, ClaimedJob, Heartbeat], None]
 
-# Jobs with no disk work: claimed, run and settled in one transaction.
-_SETTLE_AT_ONCE: dict[JobAction, Settle] = {
-    JobAction.DELETE_IMAGES: settle_delete,
-    JobAction.RECOVER_IMAGES: settle_recover,
-}
-
 _HANDLERS: dict[JobAction, Handler] = {
     JobAction.CAPTURE_INSTANCE: run_capture,
     JobAction.IMPORT_IMAGE: run_capture,
-    JobAction.DELETE_IMAGES: run_delete,
-    JobAction.RECOVER_IMAGES: run_recover,
+    JobAction.DELETE_IMAGES: run_batch,
+    JobAction.RECOVER_IMAGES: run_batch,
 }
