@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import scale_report
 from bench._s3_store import S3Store
 
 MiB = 1 << 20
@@ -562,18 +563,8 @@ def plots(results: list[Result]) -> list[str]:
 
 def write_section(body: str, doc: Path = DOC) -> None:
     """Replace this bench's section of the doc (between its markers), creating the doc."""
-    if doc.exists():
-        text = doc.read_text()
-    else:
-        text = "# Benchmarks\n\nEach section is written by `python -m bench <case>`.\n"
-    section = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
+    scale_report.write_section(doc, START, END, body.rstrip())
 
 
 def document(results: list[Result], lines: list[str], rss_peak: int | None) -> None:

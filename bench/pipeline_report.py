@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.scale_report import HEADER, machine
+from bench.scale_report import machine, write_section
 
 if TYPE_CHECKING:
     from bench.pipeline import Results
@@ -19,14 +18,7 @@ def write(results: Results, docs: Path) -> None:
     """The plot, and this benchmark's section of benchmarks.md (added, or replaced)."""
     (docs / "img").mkdir(parents=True, exist_ok=True)
     _plot(results, docs / "img" / PLOT)
-    page = docs / "benchmarks.md"
-    current = page.read_text() if page.exists() else HEADER
-    section = f"{START}\n{_section(results)}\n{END}"
-    ours = re.compile(f"{re.escape(START)}.*?{re.escape(END)}", re.DOTALL)
-    if ours.search(current):
-        page.write_text(ours.sub(lambda _: section, current, count=1))
-    else:
-        page.write_text(f"{current.rstrip()}\n\n{section}\n")
+    write_section(docs / "benchmarks.md", START, END, _section(results))
 
 
 def _section(results: Results) -> str:
