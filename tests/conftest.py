@@ -37,6 +37,7 @@ from tests.support.deployment import (
 from tests.support.disks import MiB, make_raw_disk
 from tests.support.processes import ServiceProcess
 from tests.support.records import Records
+from tests.support.s3_server import S3Server, s3_store_server
 from tests.support.tenants import Account, Tenant, TenantFactory, new_account, sign_up
 
 OWN_DEPLOYMENT = "own_deployment"
@@ -202,3 +203,16 @@ def chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[ChaosE
             yield env
     finally:
         show_summaries(capsys)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """``.ci/run``'s S3 server (IMAGESVC_TEST_S3_*), or one of the module's own."""
+    with s3_store_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    """A bucket of the module's own on that server: no test sees another module's objects."""
+    return s3_server.new_bucket()

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from imagesvc.settings import Settings
-from tests.support.s3_server import S3Server, s3_store_server
+from tests.support.s3_server import S3Server
 from workers import image_store
 from workers.checksum import ALGORITHMS, checksum_file, checksum_stream
 from workers.image_store import FileImageStore, ImageStore, S3ImageStore, StoreError, open_store
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """``.ci/run``'s server (IMAGESVC_TEST_S3_*), or one of the module's own."""
-    with s3_store_server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bucket(s3_server: S3Server) -> str:
-    return s3_server.new_bucket()
 
 
 @pytest.fixture

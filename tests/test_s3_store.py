@@ -23,21 +23,9 @@ from tests.chaos import ChaosEnv, chaos_deployment, scenario_timeout
 from tests.support.backends import require_qemu_img
 from tests.support.disks import GiB, MiB, make_raw_disk
 from tests.support.processes import ServiceProcess, run_imagesvc
-from tests.support.s3_server import S3Server, s3_store_server
+from tests.support.s3_server import S3Server
 from workers.image_store import S3ImageStore
 from workers.image_sweep import remove_orphans, sweep_images
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """``.ci/run``'s server (IMAGESVC_TEST_S3_*), or one of the module's own."""
-    with s3_store_server(tmp_path_factory.mktemp("s3")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def bucket(s3: S3Server) -> str:
-    return s3.new_bucket()
 
 
 @pytest.fixture
@@ -201,14 +189,14 @@ def phases_until_settled(env: ChaosEnv, job_id: str, timeout: float = 180) -> li
 
 @scenario_timeout(240)
 def test_restarting_the_s3_server_mid_upload_loses_nothing(
-    env: ChaosEnv, s3: S3Server, tmp_path: Path
+    env: ChaosEnv, s3_server: S3Server, tmp_path: Path
 ) -> None:
     worker = start(env)
     # 256 MiB of data: four 64 MiB parts, so the restart lands between parts.
     disk = make_raw_disk(tmp_path / "big.raw", size=2 * GiB, data=256 * MiB)
     job_id, image_id = capture(env, disk)
     wait_for_upload(env, job_id, image_id)
-    s3.restart()  # the server's unfinished uploads are gone with its process (.ci/run's too)
+    s3_server.restart()  # the server's unfinished uploads are gone with its process (.ci/run's too)
 
     seen = phases_until_settled(env, job_id)
     assert seen[-2:] == ["uploading", "successful"], seen
