@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     ColumnElement,
     Connection,
@@ -18,15 +19,19 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     Update,
     and_,
+    any_,
     bindparam,
     case,
     func,
     null,
     select,
+    true,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from models import ids
@@ -710,14 +715,21 @@ def _batch_move(held: CTE, action: JobAction, now: ColumnElement[Any]) -> CTE:
     image_action, values = BATCH_MOVES[action]
     move = IMAGE_MOVES[image_action]
     images = _IMAGES.c
-    ids = select(func.json_array_elements_text(held.c.resource_ids)).where(
-        held.c.action == action.value
+    # ``= ANY (<one array>)``, so that the images are found through their primary key:
+    # ``IN (SELECT json_array_elements_text(…))`` got a generic plan with a hash join over
+    # a sequential scan of every image (4 ms at 3,000 images, against 0.6 ms).
+    element = func.json_array_elements_text(held.c.resource_ids).table_valued("value")
+    ids = (
+        select(func.array_agg(element.c.value))
+        .select_from(held)
+        .join(element, true())
+        .where(held.c.action == action.value)
     )
     target = {} if move.target is None else {"status": move.target.value, "status_time": now}
     return (
         update(_IMAGES)
         .where(
-            images.image_id.in_(ids.scalar_subquery()),
+            images.image_id == any_(sql_cast(ids.scalar_subquery(), ARRAY(Text))),
             images.status.in_(sorted(s.value for s in move.sources)),
             images.transition_status == move.source_transition.value,
         )
