@@ -51,6 +51,7 @@ from workers.disk import (
     store_disk,
 )
 from workers.heartbeat import Heartbeat, Superseded
+from workers.held_connection import IDLE_PING_S, HeldConnection
 from workers.image_store import ImageStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -184,10 +185,10 @@ def _claim_and_settle(services: Services, job_id: str) -> Claimed:
     host = services.settings.compute_host
     engine = services.database.engine
     if engine.dialect.name == "postgresql":
-        with _autocommit(engine).begin() as connection:
-            settled = claim_and_settle_batch(
-                connection, job_id, _worker_name(host, os.getpid()), host
-            )
+        worker = _worker_name(host, os.getpid())
+        settled = _held_connection(engine).run(
+            lambda connection: claim_and_settle_batch(connection, job_id, worker, host)
+        )
         if settled is not None:
             return _claimed_job(settled.run), _outcome_of(settled)
     with services.database.transaction() as session:
@@ -206,9 +207,9 @@ def _outcome_of(settled: SettledRun) -> _Outcome:
 
 
 @functools.cache
-def _autocommit(engine: Engine) -> Engine:
-    """The process's engine, each statement its own transaction (no BEGIN, no COMMIT)."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+def _held_connection(engine: Engine) -> HeldConnection:
+    """The pool process's own autocommit connection for one-statement settles."""
+    return HeldConnection(engine, IDLE_PING_S)
 
 
 def _claim(services: Services, job_id: str) -> Claimed:

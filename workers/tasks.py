@@ -9,14 +9,11 @@ from celery import Celery
 from imagesvc.bootstrap import Services, bootstrap
 from imagesvc.settings import Settings
 from workers.context import PerProcess
+from workers.held_connection import IDLE_PING_S
 from workers.image_sweep import sweep_images
 from workers.job_queue import RUN_JOB, SWEEP_IMAGES, SWEEP_JOBS
 from workers.job_runner import execute_job
 from workers.job_sweep import sweep_jobs
-
-# A worker checks a database connection before use only once it has been idle this
-# long: a job's transaction is tried again when a lost connection interrupts it.
-IDLE_PING_S = 1.0
 
 
 def worker_services(settings: Settings) -> Services:
