@@ -14,7 +14,8 @@ last of them being ``successful`` in the database. The jobs are committed first,
 the API commits them (``models.images.delete_images``, one image each; the images
 themselves are made by one ``generate_series`` insert), then sent one after the
 other by ``JobQueue.send``, the API's and the sweep's sender, while the workers
-already run them; the bench polls the jobs table every 10 ms. The API's
+already run them; every 10 ms the bench asks whether any job is still pending or working
+(one index entry answers). The API's
 own request handling is not in it: that is the writes benchmark's part. For bare
 Celery the same sender sends N no-op tasks, and the run ends when the broker holds
 none of them any more, neither queued nor unacknowledged (``acks_late``: a message is
@@ -264,7 +265,7 @@ def _run_imagesvc(bench: Bench, count: int, meter: CpuMeter) -> float:
     started = time.perf_counter()
     for job_id in job_ids:
         bench.services.job_queue.send(job_id)
-    _wait_until(lambda: _unsettled(bench) == 0, f"{count} delete jobs")
+    _wait_until(lambda: _all_settled(bench), f"{count} delete jobs")
     seconds = time.perf_counter() - started
     _require_successful(bench, job_ids)
     return count / seconds
@@ -294,13 +295,14 @@ def _delete_jobs(bench: Bench, count: int) -> list[str]:
         return [delete_images(session, bench.caller, [image]).job_id for image in image_ids]
 
 
-def _unsettled(bench: Bench) -> int:
-    """The jobs still pending or working (all the bench's: the database is its own), read
-    from the index on status, so that polling costs the database little."""
+def _all_settled(bench: Bench) -> bool:
+    """No job of the bench's (the database is its own) is still pending or working. One
+    index entry answers it: counting them all, a thousand at first, every 10 ms, cost
+    PostgreSQL more CPU than the jobs' own statements on a two-core machine."""
     working = (JobStatus.PENDING.value, JobStatus.WORKING.value)
-    stmt = select(func.count()).where(Job.status.in_(working))
+    stmt = select(Job.job_id).where(Job.status.in_(working)).limit(1)
     with bench.services.database.reading() as session:
-        return int(session.scalar(stmt) or 0)
+        return session.scalar(stmt) is None
 
 
 def _require_successful(bench: Bench, job_ids: list[str]) -> None:
