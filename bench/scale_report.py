@@ -8,15 +8,16 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql
 
 from models.db import Database
-from models.images import ImageFilters, image_listing
+from models.images import ImageFilters, bearer_search_parts, image_listing
 from models.jobs import JobFilters, job_listing
 from models.reads import AsyncpgCompiler
 from models.scoping import Caller
 from models.states import ImageStatus, ProcessorType, Provider, Visibility
+from models.tables import AccessToken
 
 if TYPE_CHECKING:
     from bench.scale import Results
@@ -60,9 +61,31 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
         out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
     search = image_listing(caller, ImageFilters(search_word="UBU"), public_counts=True)
     out |= _generic_and_custom(database, "search_word: total_count", search.total, search.values)
+    out |= _search_parts(database, account_id)
     jobs = job_listing(caller, JobFilters(), postgresql=True)
     out["jobs: total_count"] = _explain(database, jobs.total.params(jobs.values))
     out["jobs: page"] = _explain(database, jobs.page.params(jobs.values))
+    return out
+
+
+def _search_parts(database: Database, account_id: str) -> dict[str, str]:
+    """The first statement of a search as the API runs it on PostgreSQL: the token,
+    the zone's public generation and the caller's own images on every request; the
+    public images counted only when the generation changed (migration 0012)."""
+    with database.reading() as session:
+        digest = session.scalars(
+            select(AccessToken.token_hash).where(AccessToken.account_id == account_id)
+        ).first()
+    out = {}
+    for case, word in (("search_word", "UBU"), ("search_word_id", "0000A")):
+        own, counted, values = bearer_search_parts("ac1", ImageFilters(search_word=word))
+        values["digest"] = digest
+        out[f"{case}: token, generation and own images (every request)"] = _explain(
+            database, own.params(values)
+        )
+        out[f"{case}: the same and the public images (once per generation)"] = _explain(
+            database, counted.params(values)
+        )
     return out
 
 

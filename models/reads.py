@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -38,6 +39,7 @@ CUSTOM_PLANS_POOL_SIZE = 4
 # How the read path's sessions show in pg_stat_activity.
 APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
+MAX_PUBLIC_TOTALS = 1024
 # A connection the server closed (restart, admin shutdown) or could not open: the
 # statement is run once more on a fresh connection, then the request gets a 503.
 _CONNECTION_LOST = (
@@ -71,6 +73,49 @@ class Listed:
     total: int
 
 
+class PublicTotals:
+    """The public part of search totals this process has counted, each with the
+    generation of its zone's public images it was counted at (migration 0012).
+
+    A part is reused only with a statement that reads the same generation: every
+    change to a public image bumps it in the changing transaction, so the same
+    generation means the same public images, and the total stays exact. Bounded:
+    the part used least recently goes first.
+    """
+
+    def __init__(self, size: int = MAX_PUBLIC_TOTALS) -> None:
+        self._size = size
+        self._parts: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
+
+    def get(self, key: Hashable) -> tuple[int, int] | None:
+        """The ``(generation, count)`` remembered for ``key``, if any."""
+        part = self._parts.get(key)
+        if part is not None:
+            self._parts.move_to_end(key)
+        return part
+
+    def remember(self, key: Hashable, generation: int, count: int) -> None:
+        self._parts[key] = (generation, count)
+        self._parts.move_to_end(key)
+        if len(self._parts) > self._size:
+            self._parts.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class RememberedPublicTotal:
+    """A listing's first statement in two forms, for totals whose public part is
+    remembered (:class:`PublicTotals`) under ``key``.
+
+    Both read the token's row (accounts.BEARER), the zone's ``generation`` and
+    ``own``, the caller's own images that are not public; ``counted`` also counts
+    ``public``, every public image of the zone that passes the filters.
+    """
+
+    key: Hashable
+    own: Executable
+    counted: Executable
+
+
 class ReadConnection(ABC):
     """One connection of a :class:`Reads`: runs read-only statements with named values;
     rows read as ``row.column`` (and ``row._mapping``, as SQLAlchemy's rows do)."""
@@ -89,6 +134,8 @@ class Reads(ABC):
     """Where the API's read-only statements run."""
 
     dialect_name: str
+    # The public parts of totals counted on this database (searches on PostgreSQL).
+    public_totals: PublicTotals
 
     @abstractmethod
     async def open(self) -> None:
@@ -118,6 +165,7 @@ class ThreadReads(Reads):
     def __init__(self, database: Database) -> None:
         self.database = database
         self.dialect_name = database.engine.dialect.name
+        self.public_totals = PublicTotals()
 
     async def open(self) -> None:
         return None  # the Database's own pool, opened on first use
@@ -167,6 +215,7 @@ class AsyncpgReads(Reads):
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self._pools: dict[bool, asyncpg.Pool] = {}
         self._compiler = AsyncpgCompiler()
+        self.public_totals = PublicTotals()
 
     async def open(self) -> None:
         for custom_plans, size in ((False, POOL_SIZE), (True, CUSTOM_PLANS_POOL_SIZE)):
@@ -266,7 +315,7 @@ async def _decode_json(connection: asyncpg.Connection) -> None:
 async def listed_as_bearer(
     reads: Reads,
     digest: str,
-    first: Executable,
+    first: Executable | RememberedPublicTotal,
     page: Executable,
     values: Mapping[str, Any],
     *,
@@ -274,23 +323,51 @@ async def listed_as_bearer(
 ) -> Listed:
     """A listing for the account of the bearer token whose digest is ``digest``, on
     one connection: ``first`` reads the token's row (accounts.BEARER) and the
-    ``total``, then ``page`` the rows, with the account bound as ``owner``; not
-    when ``offset`` is past the total (an offset still has to pass over every
-    entry before it, 8,657 of them at 1,000,000 images for offset=10000).
+    ``total`` (or its parts, :class:`RememberedPublicTotal`), then ``page`` the
+    rows, with the account bound as ``owner``; not when ``offset`` is past the
+    total (an offset still has to pass over every entry before it, 8,657 of them
+    at 1,000,000 images for offset=10000).
 
     AuthenticationFailed if the token is unknown, expired or its account
     disabled: read now, never cached, so a revocation takes effect at once.
     """
+    bound = {**values, "digest": digest}
 
     async def read(connection: ReadConnection) -> Listed:
-        row = await connection.fetch_one(first, {**values, "digest": digest})
-        account_id, total = bearer_account(row, digest), int(row.total)
+        if isinstance(first, RememberedPublicTotal):
+            account_id, total = await _remembered_total(
+                reads.public_totals, connection, first, bound
+            )
+        else:
+            row = await connection.fetch_one(first, bound)
+            account_id, total = bearer_account(row, digest), int(row.total)
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
         rows = await connection.fetch(page, {**values, "owner": account_id})
         return Listed(account_id, rows, total)
 
     return await reads.run(read, custom_plans=custom_plans)
+
+
+async def _remembered_total(
+    known: PublicTotals,
+    connection: ReadConnection,
+    first: RememberedPublicTotal,
+    values: Mapping[str, Any],
+) -> tuple[str, int]:
+    """The bearer's account and the exact total: the caller's own part counted now,
+    the public part remembered if the generation read with it is the one it was
+    counted at, else counted now (and remembered) in a second statement."""
+    part = known.get(first.key)
+    if part is not None:
+        row = await connection.fetch_one(first.own, values)
+        account_id = bearer_account(row, values["digest"])
+        if row.generation == part[0]:
+            return account_id, int(row.own) + part[1]
+    row = await connection.fetch_one(first.counted, values)
+    account_id = bearer_account(row, values["digest"])
+    known.remember(first.key, int(row.generation), int(row.public))
+    return account_id, int(row.own) + int(row.public)
 
 
 def reads_for(database: Database) -> Reads:
