@@ -53,7 +53,7 @@ class TextFormatter(logging.Formatter):
             second = int(record.created)
             text = time.strftime(self.default_time_format, self.converter(second))
             self._stamp = (second, text)
-        return self.default_msec_format % (text, record.msecs)
+        return f"{text},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
