@@ -78,13 +78,19 @@ def _search_parts(database: Database, account_id: str) -> dict[str, str]:
         ).first()
     out = {}
     for case, word in (("search_word", "UBU"), ("search_word_id", "0000A")):
-        own, counted, values = bearer_search_parts("ac1", ImageFilters(search_word=word))
+        own, counted, page, values = bearer_search_parts("ac1", ImageFilters(search_word=word))
         values["digest"] = digest
         out[f"{case}: token, generation and own images (every request)"] = _explain(
             database, own.params(values)
         )
         out[f"{case}: the same and the public images (once per generation)"] = _explain(
             database, counted.params(values)
+        )
+        with database.reading() as session:
+            head = session.execute(counted, values).one().public_head or []
+        page_values = {**values, "owner": account_id, "public_head": head}
+        out[f"{case}: page on the remembered public keys"] = _explain(
+            database, page.params(page_values)
         )
     return out
 

@@ -328,18 +328,32 @@ async def list_images_as_bearer(
     searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
     first: Executable | RememberedPublicTotal = _bearer_total(wanted, postgresql)
     if searching and postgresql:
-        first = RememberedPublicTotal(_search_key(wanted, values), *_bearer_search_parts(wanted))
+        first = _remembered_search(wanted, values)
     return await listed_as_bearer(reads, digest, first, page, values, custom_plans=searching)
+
+
+# Searches whose page needs at most this many public keys remember them too.
+MAX_REMEMBERED_HEAD = 200
+
+
+def _remembered_search(wanted: frozenset[str], values: dict[str, Any]) -> RememberedPublicTotal:
+    """A search's first statements, and with a short enough page (``head``, offset +
+    limit) the page that takes the remembered public keys (``public_head``)."""
+    with_head = values["head"] <= MAX_REMEMBERED_HEAD
+    key = (_search_key(wanted, values), values["head"] if with_head else None)
+    own, counted = _bearer_search_parts(wanted, with_head)
+    return RememberedPublicTotal(key, own, counted, _head_page(wanted) if with_head else None)
 
 
 def bearer_search_parts(
     zone: str, filters: ImageFilters
-) -> tuple[Select[Any], Select[Any], dict[str, Any]]:
-    """The two forms of a search's first statement on PostgreSQL (per request, and
-    with the public part counted) and their values but the token's ``digest``:
-    what the bench explains (bench/scale_report.py)."""
+) -> tuple[Select[Any], Select[Any], Select[Any], dict[str, Any]]:
+    """A short search's statements on PostgreSQL (the first per request, the same
+    with the public part read, and the page on the remembered public keys) and
+    their values but the token's ``digest``: what the bench explains
+    (bench/scale_report.py)."""
     wanted, values = _listing_values(zone, filters)
-    return (*_bearer_search_parts(wanted), values)
+    return (*_bearer_search_parts(wanted, with_head=True), _head_page(wanted), values)
 
 
 def _search_key(wanted: frozenset[str], values: dict[str, Any]) -> Hashable:
@@ -468,16 +482,19 @@ def _bearer_total(wanted: frozenset[str], postgresql: bool) -> Select[Any]:
 
 
 @functools.cache
-def _bearer_search_parts(wanted: frozenset[str]) -> tuple[Select[Any], Select[Any]]:
+def _bearer_search_parts(
+    wanted: frozenset[str], with_head: bool
+) -> tuple[Select[Any], Select[Any]]:
     """A search's first statement (PostgreSQL), in the two forms of
     reads.RememberedPublicTotal: with the zone's public generation (migration
     0012) and the caller's own images that are not public, counted; the second
-    also counts every public image of the zone that matches.
+    also counts every public image of the zone that matches, and ``with_head``
+    lists the first ``head`` of them, newest first (``public_head``).
 
     An exact count of a common word looks at every public image it matches
-    (10,000 at 1,000,000 images); public images change rarely, so that part is
-    counted once per generation, and the caller's own part, from the owner's
-    index, on each request.
+    (10,000 at 1,000,000 images), and a rare word's page reads its trigram
+    matches' rows; public images change rarely, so that part is read once per
+    generation, and the caller's own part, from the owner's index, on each request.
     """
     zone = bindparam("zone", type_=String)
     conditions = _conditions(wanted, postgresql=True)
@@ -488,8 +505,36 @@ def _bearer_search_parts(wanted: frozenset[str]) -> tuple[Select[Any], Select[An
         func.coalesce(generation.scalar_subquery(), 0).label("generation"),
         select(func.count()).where(own, ~is_public()).scalar_subquery().label("own"),
     )
-    public = select(func.count()).where(public_images_in(zone), conditions)
-    return select(*parts), select(*parts, public.scalar_subquery().label("public"))
+    public = select(func.count()).where(public_images_in(zone), conditions).scalar_subquery()
+    counted = [*parts, public.label("public")]
+    if with_head:
+        counted.append(_public_head(zone, conditions).label("public_head"))
+    return select(*parts), select(*counted)
+
+
+def _public_head(zone: ColumnElement[str], conditions: ColumnElement[bool]) -> Any:
+    """The ids of the first ``head`` public images of the zone that match, newest first."""
+    head = (
+        select(Image.image_id)
+        .where(public_images_in(zone), conditions)
+        .order_by(Image.create_time.desc(), Image.image_id.desc())
+        .limit(bindparam("head", type_=BigInteger))
+        .subquery()
+    )
+    return select(func.array_agg(head.c.image_id)).scalar_subquery()
+
+
+@functools.cache
+def _head_page(wanted: frozenset[str]) -> Select[Any]:
+    """A search's page from the caller's own images that are not public and the
+    remembered public keys (``public_head``), read by primary key: what a search
+    page reads no longer depends on how the word matches the public images.
+    The keys are filtered again, so a row changed since stays out."""
+    zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
+    conditions = _conditions(wanted, postgresql=True)
+    own = visible_image_ranges(zone, owner)[0] & ~is_public() & conditions
+    remembered = one_of(Image.image_id, "public_head", postgresql=True)
+    return _page_of((own, remembered & public_images_in(zone) & conditions))
 
 
 def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:

@@ -73,6 +73,16 @@ class Listed:
     total: int
 
 
+@dataclass(frozen=True)
+class PublicPart:
+    """What a search read of the public images at one generation: how many match,
+    and the first ``head`` of their ids (None when the page reads them itself)."""
+
+    generation: int
+    count: int
+    head: list[str] | None
+
+
 class PublicTotals:
     """The public part of search totals this process has counted, each with the
     generation of its zone's public images it was counted at (migration 0012).
@@ -85,17 +95,17 @@ class PublicTotals:
 
     def __init__(self, size: int = MAX_PUBLIC_TOTALS) -> None:
         self._size = size
-        self._parts: OrderedDict[Hashable, tuple[int, int]] = OrderedDict()
+        self._parts: OrderedDict[Hashable, PublicPart] = OrderedDict()
 
-    def get(self, key: Hashable) -> tuple[int, int] | None:
-        """The ``(generation, count)`` remembered for ``key``, if any."""
+    def get(self, key: Hashable) -> PublicPart | None:
+        """The part remembered for ``key``, if any."""
         part = self._parts.get(key)
         if part is not None:
             self._parts.move_to_end(key)
         return part
 
-    def remember(self, key: Hashable, generation: int, count: int) -> None:
-        self._parts[key] = (generation, count)
+    def remember(self, key: Hashable, part: PublicPart) -> None:
+        self._parts[key] = part
         self._parts.move_to_end(key)
         if len(self._parts) > self._size:
             self._parts.popitem(last=False)
@@ -108,12 +118,15 @@ class RememberedPublicTotal:
 
     Both read the token's row (accounts.BEARER), the zone's ``generation`` and
     ``own``, the caller's own images that are not public; ``counted`` also counts
-    ``public``, every public image of the zone that passes the filters.
+    ``public``, every public image of the zone that passes the filters, and with
+    a ``page`` of its own lists the first of them (``public_head``), which that
+    page takes as a parameter.
     """
 
     key: Hashable
     own: Executable
     counted: Executable
+    page: Executable | None = None
 
 
 class ReadConnection(ABC):
@@ -334,40 +347,46 @@ async def listed_as_bearer(
     bound = {**values, "digest": digest}
 
     async def read(connection: ReadConnection) -> Listed:
+        listed_page, page_values = page, {**values}
         if isinstance(first, RememberedPublicTotal):
-            account_id, total = await _remembered_total(
+            account_id, own, part = await _remembered_part(
                 reads.public_totals, connection, first, bound
             )
+            total = own + part.count
+            if first.page is not None:
+                listed_page, page_values["public_head"] = first.page, part.head or []
         else:
             row = await connection.fetch_one(first, bound)
             account_id, total = bearer_account(row, digest), int(row.total)
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
-        rows = await connection.fetch(page, {**values, "owner": account_id})
+        rows = await connection.fetch(listed_page, {**page_values, "owner": account_id})
         return Listed(account_id, rows, total)
 
     return await reads.run(read, custom_plans=custom_plans)
 
 
-async def _remembered_total(
+async def _remembered_part(
     known: PublicTotals,
     connection: ReadConnection,
     first: RememberedPublicTotal,
     values: Mapping[str, Any],
-) -> tuple[str, int]:
-    """The bearer's account and the exact total: the caller's own part counted now,
-    the public part remembered if the generation read with it is the one it was
-    counted at, else counted now (and remembered) in a second statement."""
+) -> tuple[str, int, PublicPart]:
+    """The bearer's account, the caller's own part of the total counted now, and
+    the public part: remembered if the generation read with the own part is the
+    one it was read at, else read now (and remembered) in a second statement."""
     part = known.get(first.key)
     if part is not None:
         row = await connection.fetch_one(first.own, values)
         account_id = bearer_account(row, values["digest"])
-        if row.generation == part[0]:
-            return account_id, int(row.own) + part[1]
+        if row.generation == part.generation:
+            return account_id, int(row.own), part
     row = await connection.fetch_one(first.counted, values)
     account_id = bearer_account(row, values["digest"])
-    known.remember(first.key, int(row.generation), int(row.public))
-    return account_id, int(row.own) + int(row.public)
+    head = list(row.public_head or ()) if first.page is not None else None
+    part = PublicPart(int(row.generation), int(row.public), head)
+    known.remember(first.key, part)
+    return account_id, int(row.own), part
 
 
 def reads_for(database: Database) -> Reads:

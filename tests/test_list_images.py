@@ -366,6 +366,29 @@ async def test_a_search_total_follows_every_change_to_public_images_at_once(
         delete_images(database, first, second, own, theirs)
 
 
+async def test_search_pages_cover_every_match_once_at_any_offset(
+    tenant: Tenant, database: Database
+) -> None:
+    """Pages of a search near the start take their public keys from what PostgreSQL
+    remembers with the generation; pages further on read them from the index: both
+    must join up, each match once, in order."""
+    token = word()
+    own = insert_images(database, tenant.account_id, 205, name=f"many-{token}")
+    public = insert_images(database, "system", 3, name=f"many-{token}", public=True)
+    try:
+        pages = []
+        for offset in (0, 100, 200):
+            params = {"search_word": token, "limit": 100, "offset": offset}
+            reply = await listed(tenant, params)
+            assert reply.body["total_count"] == 208, reply
+            pages += ids_of(reply)
+        assert sorted(pages) == sorted(own + public), pages
+        whole = ids_of(await listed(tenant, {"search_word": token, "limit": 100}))
+        assert pages[:100] == whole
+    finally:
+        delete_images(database, *own, *public)
+
+
 def delete_images(database: Database, *image_ids: str) -> None:
     with database.transaction() as session:
         for image_id in image_ids:
