@@ -91,15 +91,30 @@ def _listed(params: Any, name: str) -> list[str]:
     return [part for value in params.getall(name, []) for part in value.split(",") if part]
 
 
-def _search_parts(zone_arg: str, own: str, public: str) -> tuple[str, str]:
+# As models.images.MAX_REMEMBERED_HEAD.
+MAX_REMEMBERED_HEAD = 200
+NEWEST = "ORDER BY create_time DESC, image_id DESC"
+
+
+def _search_parts(zone_arg: str, own: str, public: str, head: int) -> tuple[str, str]:
     """As models.images._bearer_search_parts: the generation and the caller's own
-    images that are not public; the same with the public images counted."""
+    images that are not public; the same with the public images counted and, for a
+    short page, the first ``head`` of their ids."""
     generation = (
         f"coalesce((SELECT generation FROM public_image_generations WHERE zone = {zone_arg}), 0)"
     )
     own_part = f"(SELECT count(*) FROM images WHERE {own} AND visibility <> 'public')"
     public_part = f"(SELECT count(*) FROM images WHERE {public})"
-    return f"SELECT {generation}, {own_part}", f"SELECT {generation}, {own_part}, {public_part}"
+    public_head = "NULL"
+    if head <= MAX_REMEMBERED_HEAD:
+        public_head = (
+            "(SELECT array_agg(image_id) FROM (SELECT image_id FROM images "
+            f"WHERE {public} {NEWEST} LIMIT {head}) h)"
+        )
+    return (
+        f"SELECT {generation}, {own_part}",
+        f"SELECT {generation}, {own_part}, {public_part}, {public_head}",
+    )
 
 
 def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, list[Any]]:
@@ -120,10 +135,13 @@ def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, lis
             "+ (SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
             f"WHERE zone = {zone_arg}{counted})"
         )
+    newest = NEWEST
     if params.get("search_word"):
         every_public = f"zone = {zone_arg} AND visibility = 'public'{wanted}"
-        count = "\n".join(_search_parts(zone_arg, own, every_public))
-    newest = "ORDER BY create_time DESC, image_id DESC"
+        count = "\n".join(_search_parts(zone_arg, own, every_public, offset + limit))
+        if offset + limit <= MAX_REMEMBERED_HEAD:  # the page on the remembered public keys
+            own = f"{own} AND visibility <> 'public'"
+            public = f"image_id = ANY(${len(query.args) + 1}) AND {every_public}"
     page = (
         f"SELECT {IMAGE_COLUMNS} FROM images JOIN (SELECT k.image_id FROM ("
         f"SELECT * FROM (SELECT image_id, create_time FROM images WHERE {own} {newest} "
@@ -167,10 +185,15 @@ async def list_images(request: web.Request) -> web.Response:
     pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
     async with pool.acquire() as connection:
         if request.query.get("search_word"):
-            total = await _search_total(request, connection, count, args[:-3])
+            total, head = await _search_total(request, connection, count, args[:-3])
+            if head is not None:
+                args = [*args, head]
         else:
             total = await connection.fetchval(count, *args[:-3])
-        offset, limit = args[-2:]  # the page's last two parameters
+        offset, limit = (
+            int(request.query.get("offset", 0)),
+            min(int(request.query.get("limit", 10)), 100),
+        )
         rows = await _page_within(connection, total, page, args, offset, limit)
     body = {"images": [_image_out(row) for row in rows], "total_count": total}
     return web.json_response(text=json.dumps(body))
@@ -178,20 +201,23 @@ async def list_images(request: web.Request) -> web.Response:
 
 async def _search_total(
     request: web.Request, connection: asyncpg.Connection, count: str, args: list[Any]
-) -> int:
-    """The own part now, the public part remembered while the generation holds."""
+) -> tuple[int, list[str] | None]:
+    """The own part now, the public part (its count, and the ids a short page
+    starts from) remembered while the generation holds."""
     own_only, counted = count.split("\n")
     parts = request.app[PUBLIC_PARTS]
     filters = sorted((k, v) for k, v in request.query.items() if k not in ("offset", "limit"))
-    key = (request.match_info["zone"], tuple(filters))
+    key = (request.match_info["zone"], tuple(filters), counted)
     known = parts.get(key)
     if known is not None:
         generation, own = await connection.fetchrow(own_only, *args)
         if generation == known[0]:
-            return int(own + known[1])
-    generation, own, public = await connection.fetchrow(counted, *args)
-    parts[key] = (generation, public)
-    return int(own + public)
+            return int(own + known[1]), known[2]
+    generation, own, public, head = await connection.fetchrow(counted, *args)
+    if "array_agg" in counted:
+        head = head or []
+    parts[key] = (generation, public, head)
+    return int(own + public), head
 
 
 def _job_out(row: asyncpg.Record) -> dict[str, Any]:
