@@ -320,7 +320,9 @@ async def list_images_as_bearer(
 ) -> Listed:
     """:func:`list_images` for the account of the bearer token whose digest is
     ``digest``, in two statements: the token's check and the total, then the
-    page. AuthenticationFailed if the token is unknown, expired or its account
+    page (a search on PostgreSQL: a third, once per generation of the zone's
+    public images, reads their part, :func:`_remembered_search`).
+    AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
