@@ -9,6 +9,8 @@ backslashes as ``\\xNN``/``\\uNNNN``) and cut to a bounded length.
 
 from __future__ import annotations
 
+import logging
+import re
 import unicodedata
 
 from aiohttp.abc import AbstractAccessLogger
@@ -17,10 +19,14 @@ from aiohttp.web import BaseRequest, StreamResponse
 from api.keys import REQUEST_ID
 
 MAX_LOGGED_CHARS = 256
+# Printable ASCII but the quote and the backslash: what almost every value is, kept as is.
+_PLAIN = re.compile(r"[ !#-\[\]-~]*")
 
 
 def printable(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
     """``text`` on one line and unambiguous: controls, quotes and backslashes escaped."""
+    if len(text) <= limit and _PLAIN.fullmatch(text):
+        return text
     escaped = "".join(_escape(char) for char in text[:limit])
     return escaped + ("..." if len(text) > limit else "")
 
@@ -41,17 +47,21 @@ class SafeAccessLogger(AbstractAccessLogger):
     """aiohttp's access logger, replaced: no query strings, no raw request bytes."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        """One INFO line, formatted here once; the record is handed to the handlers
+        directly, without ``Logger.info``'s search of the stack for the caller, which
+        no format of ours shows (imagesvc/logs.py)."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        version = request.version
+        line = (
+            f'{printable(request.remote or "-")} "{printable(request.method, 16)} '
+            f'{logged_path(request)} HTTP/{version.major}.{version.minor}" '
+            f"{response.status} {response.body_length} {time:.3f}s"
+        )
         # The request id (api/request_ids.py) joins this line to the job and worker lines;
         # it is the caller's only if valid, so it needs no escaping.
-        self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.3fs',
-            printable(request.remote or "-"),
-            printable(request.method, 16),
-            logged_path(request),
-            request.version.major,
-            request.version.minor,
-            response.status,
-            response.body_length,
-            time,
-            extra={"request_id": request.get(REQUEST_ID, "-")},
+        extra = {"request_id": request.get(REQUEST_ID, "-")}
+        record = self.logger.makeRecord(
+            self.logger.name, logging.INFO, "(access log)", 0, line, (), None, extra=extra
         )
+        self.logger.handle(record)

@@ -17,15 +17,9 @@ from api.headers import on_response_prepare
 from api.job_sending import drain_sends
 from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, READS, SETTINGS
 from api.limits import MAX_BODY_BYTES, limits_middleware
-from api.metrics import (
-    METRICS_PATH,
-    REQUEST_METRICS,
-    RequestMetrics,
-    request_metrics_middleware,
-    serve_metrics,
-)
+from api.metrics import METRICS_PATH, REQUEST_METRICS, RequestMetrics, serve_metrics
 from api.openapi import documented
-from api.request_ids import request_id_middleware
+from api.request_ids import request_middleware
 from api.responses import json
 from api.schemas import HealthOut
 from api.throttle import FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter
@@ -44,9 +38,11 @@ LINGER_S = 2.0
 
 def create_app(settings: Settings) -> web.Application:
     """The API, with its database and broker opened on startup and closed on cleanup."""
-    middlewares = [request_id_middleware, request_metrics_middleware, error_middleware]
+    # Outermost first: the request's id and metrics see the status the error middleware
+    # gave; the limits and the token are refused through it.
+    middlewares = [request_middleware, error_middleware, limits_middleware, auth.auth_middleware]
     app = web.Application(
-        middlewares=[*middlewares, limits_middleware, auth.auth_middleware],
+        middlewares=middlewares,
         client_max_size=MAX_BODY_BYTES,
         handler_args=_connection_limits(settings),
     )

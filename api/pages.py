@@ -14,38 +14,40 @@ from typing import Any
 
 import orjson
 
-from api.schemas import iso_time
 from models.states import JobPhase
 
-_IMAGE_TIMES = ("create_time", "status_time")
+# Times as the API writes them (api.schemas.iso_time): the rows' UTC datetimes with
+# ``Z`` and whole seconds, written by orjson itself rather than formatted in Python
+# (two per image, 200 for a page of 100: 10 % of the process's samples).
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_NAIVE_UTC
 
 
 def images_page(rows: Sequence[Any], total: int) -> bytes:
     """``ImagesPage.from_rows(rows, total).model_dump_json()``, encoded."""
-    return orjson.dumps({"images": [_image(row) for row in rows], "total_count": total})
+    page = {"images": [_image(row) for row in rows], "total_count": total}
+    return orjson.dumps(page, option=_OPTIONS)
 
 
 def _image(row: Any) -> dict[str, Any]:
     """The row as read: the page's statement selects ``ImageOut``'s fields in its order
     (models.images.LISTED_IMAGE_COLUMNS)."""
-    image = dict(row._mapping)
-    for name in _IMAGE_TIMES:
-        image[name] = iso_time(image[name])
-    return image
+    return dict(row._mapping)
 
 
 def jobs_page(rows: Sequence[Any], total: int) -> bytes:
     """``JobsPage(jobs=[JobOut.from_row(row) ...], total_count=total).model_dump_json()``."""
-    return orjson.dumps({"jobs": [job_out(row) for row in rows], "total_count": total})
+    page = {"jobs": [job_out(row) for row in rows], "total_count": total}
+    return orjson.dumps(page, option=_OPTIONS)
 
 
 def job_json(row: Any) -> bytes:
     """``JobOut.from_row(row).model_dump_json()``, encoded."""
-    return orjson.dumps(job_out(row))
+    return orjson.dumps(job_out(row), option=_OPTIONS)
 
 
 def job_out(row: Any) -> dict[str, Any]:
-    """A job row as ``JobOut`` writes it, field for field and in its order."""
+    """A job row as ``JobOut`` writes it, field for field and in its order (times
+    as datetimes: orjson writes them, with ``_OPTIONS``)."""
     error = None
     if row.error_code:
         error = {"code": row.error_code, "message": row.error_message or ""}
@@ -55,16 +57,12 @@ def job_out(row: Any) -> dict[str, Any]:
         "status": row.status,
         "progress": row.progress,
         "phase": JobPhase.of(row.status, row.phase, row.action).value,
-        "create_time": iso_time(row.create_time),
-        "begin_time": _iso_or_none(row.begin_time),
-        "finished_time": _iso_or_none(row.finished_time),
-        "status_time": iso_time(row.status_time),
+        "create_time": row.create_time,
+        "begin_time": row.begin_time,
+        "finished_time": row.finished_time,
+        "status_time": row.status_time,
         "zone": row.zone,
         "resource_ids": list(row.resource_ids),
         "owner": row.owner,
         "error": error,
     }
-
-
-def _iso_or_none(value: Any) -> str | None:
-    return None if value is None else iso_time(value)

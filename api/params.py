@@ -20,13 +20,38 @@ from models.errors import InvalidParameter
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
 
 FORM = "application/x-www-form-urlencoded"
+# Query strings remembered per model, with the parameters they validated to.
+MAX_REMEMBERED_QUERIES = 512
+
+_validated_queries: dict[tuple[type[BaseModel], str], BaseModel] = {}
 
 
 async def parse_params(request: web.Request, model: type[ParamsT]) -> ParamsT:
     """Merge query and body (the body wins) and validate them as ``model``."""
+    if not request.body_exists:
+        return _validated_query(request, model)
     merged = _query_params(request)
     merged.update(await _body_params(request))
     return validate_params(model, merged)
+
+
+def _validated_query(request: web.Request, model: type[ParamsT]) -> ParamsT:
+    """The parameters of a request without a body: its query string alone.
+
+    Listings are polled with the same few query strings, and validation is a
+    function of the string: a string that validated once gives the same
+    parameters (frozen models, shared) without validating again. Refusals are
+    not remembered; the memory is bounded.
+    """
+    key = (model, request.rel_url.raw_query_string)
+    known = _validated_queries.get(key)
+    if known is not None:
+        return known  # type: ignore[return-value]  # stored under its own model
+    params = validate_params(model, _query_params(request))
+    if len(_validated_queries) >= MAX_REMEMBERED_QUERIES:
+        _validated_queries.clear()
+    _validated_queries[key] = params
+    return params
 
 
 def validate_params(model: type[ParamsT], data: dict[str, Any]) -> ParamsT:

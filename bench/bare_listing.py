@@ -2,7 +2,8 @@
 
 No authentication, no validation models, no ORM: it parses the query string,
 runs the same count and page statements as ``models.images.list_images`` on
-PostgreSQL (public images counted from ``public_image_counts``) and
+PostgreSQL (public images counted from ``public_image_counts``; a search's
+public part remembered per generation of the zone's public images) and
 ``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
 writes the JSON. It is what the API would cost if it did nothing but talk to
 PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
@@ -25,6 +26,8 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 # A search runs with custom plans, as the API's does (models/reads.py, Reads.run).
 SEARCH_POOL = web.AppKey("search_pool", asyncpg.Pool)
 OWNER = web.AppKey("owner", str)
+# A search's public count per zone and filters, with the generation it was counted at.
+PUBLIC_PARTS = web.AppKey("public_parts", dict)
 
 IMAGE_COLUMNS = (
     "image_id, image_name, description, size, processor_type, platform, os_family, "
@@ -88,6 +91,32 @@ def _listed(params: Any, name: str) -> list[str]:
     return [part for value in params.getall(name, []) for part in value.split(",") if part]
 
 
+# As models.images.MAX_REMEMBERED_HEAD.
+MAX_REMEMBERED_HEAD = 200
+NEWEST = "ORDER BY create_time DESC, image_id DESC"
+
+
+def _search_parts(zone_arg: str, own: str, public: str, head: int) -> tuple[str, str]:
+    """As models.images._bearer_search_parts: the generation and the caller's own
+    images that are not public; the same with the public images counted and, for a
+    short page, the first ``head`` of their ids."""
+    generation = (
+        f"coalesce((SELECT generation FROM public_image_generations WHERE zone = {zone_arg}), 0)"
+    )
+    own_part = f"(SELECT count(*) FROM images WHERE {own} AND visibility <> 'public')"
+    public_part = f"(SELECT count(*) FROM images WHERE {public})"
+    public_head = "NULL"
+    if head <= MAX_REMEMBERED_HEAD:
+        public_head = (
+            "(SELECT array_agg(image_id) FROM (SELECT image_id FROM images "
+            f"WHERE {public} {NEWEST} LIMIT {head}) h)"
+        )
+    return (
+        f"SELECT {generation}, {own_part}",
+        f"SELECT {generation}, {own_part}, {public_part}, {public_head}",
+    )
+
+
 def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, list[Any]]:
     query = Query()
     wanted, counted = _image_filters(query, params)
@@ -106,7 +135,13 @@ def _image_statements(zone: str, owner: str, params: Any) -> tuple[str, str, lis
             "+ (SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
             f"WHERE zone = {zone_arg}{counted})"
         )
-    newest = "ORDER BY create_time DESC, image_id DESC"
+    newest = NEWEST
+    if params.get("search_word"):
+        every_public = f"zone = {zone_arg} AND visibility = 'public'{wanted}"
+        count = "\n".join(_search_parts(zone_arg, own, every_public, offset + limit))
+        if offset + limit <= MAX_REMEMBERED_HEAD:  # the page on the remembered public keys
+            own = f"{own} AND visibility <> 'public'"
+            public = f"image_id = ANY(${len(query.args) + 1}) AND {every_public}"
     page = (
         f"SELECT {IMAGE_COLUMNS} FROM images JOIN (SELECT k.image_id FROM ("
         f"SELECT * FROM (SELECT image_id, create_time FROM images WHERE {own} {newest} "
@@ -149,11 +184,40 @@ async def list_images(request: web.Request) -> web.Response:
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
     pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
     async with pool.acquire() as connection:
-        total = await connection.fetchval(count, *args[:-3])
-        offset, limit = args[-2:]  # the page's last two parameters
+        if request.query.get("search_word"):
+            total, head = await _search_total(request, connection, count, args[:-3])
+            if head is not None:
+                args = [*args, head]
+        else:
+            total = await connection.fetchval(count, *args[:-3])
+        offset, limit = (
+            int(request.query.get("offset", 0)),
+            min(int(request.query.get("limit", 10)), 100),
+        )
         rows = await _page_within(connection, total, page, args, offset, limit)
     body = {"images": [_image_out(row) for row in rows], "total_count": total}
     return web.json_response(text=json.dumps(body))
+
+
+async def _search_total(
+    request: web.Request, connection: asyncpg.Connection, count: str, args: list[Any]
+) -> tuple[int, list[str] | None]:
+    """The own part now, the public part (its count, and the ids a short page
+    starts from) remembered while the generation holds."""
+    own_only, counted = count.split("\n")
+    parts = request.app[PUBLIC_PARTS]
+    filters = sorted((k, v) for k, v in request.query.items() if k not in ("offset", "limit"))
+    key = (request.match_info["zone"], tuple(filters), counted)
+    known = parts.get(key)
+    if known is not None:
+        generation, own = await connection.fetchrow(own_only, *args)
+        if generation == known[0]:
+            return int(own + known[1]), known[2]
+    generation, own, public, head = await connection.fetchrow(counted, *args)
+    if "array_agg" in counted:
+        head = head or []
+    parts[key] = (generation, public, head)
+    return int(own + public), head
 
 
 def _job_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -203,6 +267,7 @@ def create_app(dsn: str, owner: str) -> web.Application:
 
     app = web.Application()
     app[OWNER] = owner
+    app[PUBLIC_PARTS] = {}
     app.cleanup_ctx.append(pool)
     app.router.add_get("/v2/zone/{zone}/images", list_images)
     app.router.add_get("/v2/zone/{zone}/jobs", list_jobs)

@@ -8,15 +8,16 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, text
+from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql
 
 from models.db import Database
-from models.images import ImageFilters, image_listing
+from models.images import ImageFilters, bearer_search_parts, image_listing
 from models.jobs import JobFilters, job_listing
 from models.reads import AsyncpgCompiler
 from models.scoping import Caller
 from models.states import ImageStatus, ProcessorType, Provider, Visibility
+from models.tables import AccessToken
 
 if TYPE_CHECKING:
     from bench.scale import Results
@@ -60,9 +61,37 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
         out[f"{case}: page"] = _explain(database, listing.page.params(listing.values))
     search = image_listing(caller, ImageFilters(search_word="UBU"), public_counts=True)
     out |= _generic_and_custom(database, "search_word: total_count", search.total, search.values)
+    out |= _search_parts(database, account_id)
     jobs = job_listing(caller, JobFilters(), postgresql=True)
     out["jobs: total_count"] = _explain(database, jobs.total.params(jobs.values))
     out["jobs: page"] = _explain(database, jobs.page.params(jobs.values))
+    return out
+
+
+def _search_parts(database: Database, account_id: str) -> dict[str, str]:
+    """The first statement of a search as the API runs it on PostgreSQL: the token,
+    the zone's public generation and the caller's own images on every request; the
+    public images counted only when the generation changed (migration 0012)."""
+    with database.reading() as session:
+        digest = session.scalars(
+            select(AccessToken.token_hash).where(AccessToken.account_id == account_id)
+        ).first()
+    out = {}
+    for case, word in (("search_word", "UBU"), ("search_word_id", "0000A")):
+        own, counted, page, values = bearer_search_parts("ac1", ImageFilters(search_word=word))
+        values["digest"] = digest
+        out[f"{case}: token, generation and own images (every request)"] = _explain(
+            database, own.params(values)
+        )
+        out[f"{case}: the same and the public images (once per generation)"] = _explain(
+            database, counted.params(values)
+        )
+        with database.reading() as session:
+            head = session.execute(counted, values).one().public_head or []
+        page_values = {**values, "owner": account_id, "public_head": head}
+        out[f"{case}: page on the remembered public keys"] = _explain(
+            database, page.params(page_values)
+        )
     return out
 
 
@@ -196,9 +225,14 @@ def _plans_page(results: Results) -> str:
         "`ix_images_public_zone_create_time` (index-only scans merged by a *Merge Append*, "
         "at most `offset + limit` entries of each), then `limit` rows by primary key; the "
         "total counts the caller's own images and adds the public ones from a few rows of "
-        "`public_image_counts` (kept by triggers, migration 0007); with `images` or "
-        "`search_word` it counts the public rows through their partial index or, for a rare "
-        "word, the `pg_trgm` GIN indexes; jobs read `ix_jobs_zone_owner_create_time`. "
+        "`public_image_counts` (kept by triggers, migration 0007); with `images` it counts "
+        "the public rows through their partial index. A `search_word` total's public part "
+        "(through the partial index or, for a rare word, the `pg_trgm` GIN indexes) is "
+        "counted once per generation of the zone's public images (bumped by triggers, "
+        "migration 0012): every request runs the *token, generation and own images* "
+        "statement, and the one that also counts the public images only when the "
+        "generation changed (`models/reads.py`, `PublicTotals`); jobs read "
+        "`ix_jobs_zone_owner_create_time`. "
         "Nothing reads the whole table: the cost follows the caller's rows (and the "
         "`offset`), not the size of the table. The API runs these as prepared "
         "statements; the two *search_word* plans at the end show why searches are "

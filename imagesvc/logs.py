@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -40,6 +41,19 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+        self._stamp = (-1, "")  # the last second formatted, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """The standard time stamp; its date and time formatted once a second, not per
+        line (the API writes an access line per request)."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, text = self._stamp
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._stamp = (second, text)
+        return f"{text},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)

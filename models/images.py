@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Executable,
     Integer,
     Row,
     Select,
@@ -41,12 +42,13 @@ from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, Stat
 from models.instances import InstanceInfo, require_host_name, require_stopped
 from models.jobs import new_job
 from models.quotas import Quota, quota_of, require_room_for_added
-from models.reads import Listed, Listing, Reads, listed_as_bearer
+from models.reads import Listed, Listing, Reads, RememberedPublicTotal, listed_as_bearer
 from models.scoping import (
     Caller,
     changeable_images,
     is_public,
     one_of,
+    public_images_in,
     visible_image_ranges,
     visible_images,
 )
@@ -60,7 +62,14 @@ from models.states import (
     TransitionStatus,
     Visibility,
 )
-from models.tables import LOCAL_HOST, Image, Job, PublicImageCount, utcnow
+from models.tables import (
+    LOCAL_HOST,
+    Image,
+    Job,
+    PublicImageCount,
+    PublicImageGeneration,
+    utcnow,
+)
 from models.transitions import can_move, move_images, moved_images, refusal
 
 GIB = 1024**3
@@ -311,14 +320,52 @@ async def list_images_as_bearer(
 ) -> Listed:
     """:func:`list_images` for the account of the bearer token whose digest is
     ``digest``, in two statements: the token's check and the total, then the
-    page. AuthenticationFailed if the token is unknown, expired or its account
+    page (a search on PostgreSQL: a third, once per generation of the zone's
+    public images, reads their part, :func:`_remembered_search`).
+    AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
     page = _listing_statements(wanted, postgresql)[1]
-    first = _bearer_total(wanted, postgresql)
     searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
+    first: Executable | RememberedPublicTotal = _bearer_total(wanted, postgresql)
+    if searching and postgresql:
+        first = _remembered_search(wanted, values)
     return await listed_as_bearer(reads, digest, first, page, values, custom_plans=searching)
+
+
+# Searches whose page needs at most this many public keys remember them too.
+MAX_REMEMBERED_HEAD = 200
+
+
+def _remembered_search(wanted: frozenset[str], values: dict[str, Any]) -> RememberedPublicTotal:
+    """A search's first statements, and with a short enough page (``head``, offset +
+    limit) the page that takes the remembered public keys (``public_head``)."""
+    with_head = values["head"] <= MAX_REMEMBERED_HEAD
+    key = (_search_key(wanted, values), values["head"] if with_head else None)
+    own, counted = _bearer_search_parts(wanted, with_head)
+    return RememberedPublicTotal(key, own, counted, _head_page(wanted) if with_head else None)
+
+
+def bearer_search_parts(
+    zone: str, filters: ImageFilters
+) -> tuple[Select[Any], Select[Any], Select[Any], dict[str, Any]]:
+    """A short search's statements on PostgreSQL (the first per request, the same
+    with the public part read, and the page on the remembered public keys) and
+    their values but the token's ``digest``: what the bench explains
+    (bench/scale_report.py)."""
+    wanted, values = _listing_values(zone, filters)
+    return (*_bearer_search_parts(wanted, with_head=True), _head_page(wanted), values)
+
+
+def _search_key(wanted: frozenset[str], values: dict[str, Any]) -> Hashable:
+    """What the public part of a search's total depends on: its zone and filters."""
+    filters = sorted(wanted & values.keys())
+    return values["zone"], wanted, tuple((name, _hashable(values[name])) for name in filters)
+
+
+def _hashable(value: Any) -> Hashable:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _has_public_counts(session: Session) -> bool:
@@ -436,6 +483,68 @@ def _bearer_total(wanted: frozenset[str], postgresql: bool) -> Select[Any]:
     return select(BEARER, _total(wanted, postgresql, zone, ranges).label("total"))
 
 
+@functools.cache
+def _bearer_search_parts(
+    wanted: frozenset[str], with_head: bool
+) -> tuple[Select[Any], Select[Any]]:
+    """A search's first statement (PostgreSQL), in the two forms of
+    reads.RememberedPublicTotal: with the zone's public generation (migration
+    0012) and the caller's own images that are not public, counted; the second
+    also counts every public image of the zone that matches, and ``with_head``
+    lists the first ``head`` of them, newest first (``public_head``).
+
+    An exact count of a common word looks at every public image it matches
+    (10,000 at 1,000,000 images), and a rare word's page reads its trigram
+    matches' rows; public images change rarely, so that part is read once per
+    generation, and the caller's own part, from the owner's index, on each request.
+    """
+    zone = bindparam("zone", type_=String)
+    conditions = _conditions(wanted, postgresql=True)
+    own = visible_image_ranges(zone, BEARER.c.account_id)[0] & conditions
+    generation = select(PublicImageGeneration.generation).where(PublicImageGeneration.zone == zone)
+    parts = (
+        *BEARER.c,
+        func.coalesce(generation.scalar_subquery(), 0).label("generation"),
+        select(func.count()).where(own, ~is_public()).scalar_subquery().label("own"),
+    )
+    public = select(func.count()).where(public_images_in(zone), conditions).scalar_subquery()
+    counted = [*parts, public.label("public")]
+    if with_head:
+        counted.append(_public_head(zone, conditions).label("public_head"))
+    return select(*parts), select(*counted)
+
+
+def _public_head(zone: ColumnElement[str], conditions: ColumnElement[bool]) -> Any:
+    """The ids of the first ``head`` public images of the zone that match, newest first."""
+    head = (
+        select(Image.image_id)
+        .where(public_images_in(zone), conditions)
+        .order_by(Image.create_time.desc(), Image.image_id.desc())
+        .limit(bindparam("head", type_=BigInteger))
+        .subquery()
+    )
+    return select(func.array_agg(head.c.image_id)).scalar_subquery()
+
+
+@functools.cache
+def _head_page(wanted: frozenset[str]) -> Select[Any]:
+    """A search's page from the caller's own images that are not public and the
+    remembered public keys (``public_head``), read by primary key: what a search
+    page reads no longer depends on how the word matches the public images.
+    The keys are filtered again, so a row changed since stays out."""
+    zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
+    conditions = _conditions(wanted, postgresql=True)
+    own = visible_image_ranges(zone, owner)[0] & ~is_public() & conditions
+    remembered = one_of(Image.image_id, "public_head", postgresql=True)
+    return _page_of((own, remembered & public_images_in(zone) & conditions))
+
+
+def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:
+    """The listing's filters, all of them applying."""
+    filters = _filters(postgresql)
+    return and_(true(), *(filters[name] for name in sorted(wanted)))
+
+
 def _ranges(
     wanted: frozenset[str],
     postgresql: bool,
@@ -443,8 +552,7 @@ def _ranges(
     owner: ColumnElement[str],
 ) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """The caller's own images and other owners' public ones, both filtered."""
-    filters = _filters(postgresql)
-    conditions = and_(true(), *(filters[name] for name in sorted(wanted)))
+    conditions = _conditions(wanted, postgresql)
     own, others_public = visible_image_ranges(zone, owner)
     return own & conditions, others_public & conditions
 

@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -38,6 +39,7 @@ CUSTOM_PLANS_POOL_SIZE = 4
 # How the read path's sessions show in pg_stat_activity.
 APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
+MAX_PUBLIC_TOTALS = 1024
 # A connection the server closed (restart, admin shutdown) or could not open: the
 # statement is run once more on a fresh connection, then the request gets a 503.
 _CONNECTION_LOST = (
@@ -71,6 +73,62 @@ class Listed:
     total: int
 
 
+@dataclass(frozen=True)
+class PublicPart:
+    """What a search read of the public images at one generation: how many match,
+    and the first ``head`` of their ids (None when the page reads them itself)."""
+
+    generation: int
+    count: int
+    head: list[str] | None
+
+
+class PublicTotals:
+    """The public part of search totals this process has counted, each with the
+    generation of its zone's public images it was counted at (migration 0012).
+
+    A part is reused only with a statement that reads the same generation: every
+    change to a public image bumps it in the changing transaction, so the same
+    generation means the same public images, and the total stays exact. Bounded:
+    the part used least recently goes first.
+    """
+
+    def __init__(self, size: int = MAX_PUBLIC_TOTALS) -> None:
+        self._size = size
+        self._parts: OrderedDict[Hashable, PublicPart] = OrderedDict()
+
+    def get(self, key: Hashable) -> PublicPart | None:
+        """The part remembered for ``key``, if any."""
+        part = self._parts.get(key)
+        if part is not None:
+            self._parts.move_to_end(key)
+        return part
+
+    def remember(self, key: Hashable, part: PublicPart) -> None:
+        self._parts[key] = part
+        self._parts.move_to_end(key)
+        if len(self._parts) > self._size:
+            self._parts.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class RememberedPublicTotal:
+    """A listing's first statement in two forms, for totals whose public part is
+    remembered (:class:`PublicTotals`) under ``key``.
+
+    Both read the token's row (accounts.BEARER), the zone's ``generation`` and
+    ``own``, the caller's own images that are not public; ``counted`` also counts
+    ``public``, every public image of the zone that passes the filters, and with
+    a ``page`` of its own lists the first of them (``public_head``), which that
+    page takes as a parameter.
+    """
+
+    key: Hashable
+    own: Executable
+    counted: Executable
+    page: Executable | None = None
+
+
 class ReadConnection(ABC):
     """One connection of a :class:`Reads`: runs read-only statements with named values;
     rows read as ``row.column`` (and ``row._mapping``, as SQLAlchemy's rows do)."""
@@ -89,6 +147,8 @@ class Reads(ABC):
     """Where the API's read-only statements run."""
 
     dialect_name: str
+    # The public parts of totals counted on this database (searches on PostgreSQL).
+    public_totals: PublicTotals
 
     @abstractmethod
     async def open(self) -> None:
@@ -118,6 +178,7 @@ class ThreadReads(Reads):
     def __init__(self, database: Database) -> None:
         self.database = database
         self.dialect_name = database.engine.dialect.name
+        self.public_totals = PublicTotals()
 
     async def open(self) -> None:
         return None  # the Database's own pool, opened on first use
@@ -167,6 +228,7 @@ class AsyncpgReads(Reads):
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self._pools: dict[bool, asyncpg.Pool] = {}
         self._compiler = AsyncpgCompiler()
+        self.public_totals = PublicTotals()
 
     async def open(self) -> None:
         for custom_plans, size in ((False, POOL_SIZE), (True, CUSTOM_PLANS_POOL_SIZE)):
@@ -266,7 +328,7 @@ async def _decode_json(connection: asyncpg.Connection) -> None:
 async def listed_as_bearer(
     reads: Reads,
     digest: str,
-    first: Executable,
+    first: Executable | RememberedPublicTotal,
     page: Executable,
     values: Mapping[str, Any],
     *,
@@ -274,23 +336,57 @@ async def listed_as_bearer(
 ) -> Listed:
     """A listing for the account of the bearer token whose digest is ``digest``, on
     one connection: ``first`` reads the token's row (accounts.BEARER) and the
-    ``total``, then ``page`` the rows, with the account bound as ``owner``; not
-    when ``offset`` is past the total (an offset still has to pass over every
-    entry before it, 8,657 of them at 1,000,000 images for offset=10000).
+    ``total`` (or its parts, :class:`RememberedPublicTotal`), then ``page`` the
+    rows, with the account bound as ``owner``; not when ``offset`` is past the
+    total (an offset still has to pass over every entry before it, 8,657 of them
+    at 1,000,000 images for offset=10000).
 
     AuthenticationFailed if the token is unknown, expired or its account
     disabled: read now, never cached, so a revocation takes effect at once.
     """
+    bound = {**values, "digest": digest}
 
     async def read(connection: ReadConnection) -> Listed:
-        row = await connection.fetch_one(first, {**values, "digest": digest})
-        account_id, total = bearer_account(row, digest), int(row.total)
+        listed_page, page_values = page, {**values}
+        if isinstance(first, RememberedPublicTotal):
+            account_id, own, part = await _remembered_part(
+                reads.public_totals, connection, first, bound
+            )
+            total = own + part.count
+            if first.page is not None:
+                listed_page, page_values["public_head"] = first.page, part.head or []
+        else:
+            row = await connection.fetch_one(first, bound)
+            account_id, total = bearer_account(row, digest), int(row.total)
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
-        rows = await connection.fetch(page, {**values, "owner": account_id})
+        rows = await connection.fetch(listed_page, {**page_values, "owner": account_id})
         return Listed(account_id, rows, total)
 
     return await reads.run(read, custom_plans=custom_plans)
+
+
+async def _remembered_part(
+    known: PublicTotals,
+    connection: ReadConnection,
+    first: RememberedPublicTotal,
+    values: Mapping[str, Any],
+) -> tuple[str, int, PublicPart]:
+    """The bearer's account, the caller's own part of the total counted now, and
+    the public part: remembered if the generation read with the own part is the
+    one it was read at, else read now (and remembered) in a second statement."""
+    part = known.get(first.key)
+    if part is not None:
+        row = await connection.fetch_one(first.own, values)
+        account_id = bearer_account(row, values["digest"])
+        if row.generation == part.generation:
+            return account_id, int(row.own), part
+    row = await connection.fetch_one(first.counted, values)
+    account_id = bearer_account(row, values["digest"])
+    head = list(row.public_head or ()) if first.page is not None else None
+    part = PublicPart(int(row.generation), int(row.public), head)
+    known.remember(first.key, part)
+    return account_id, int(row.own), part
 
 
 def reads_for(database: Database) -> Reads:

@@ -73,6 +73,13 @@ def visible_image_ranges(
     )
 
 
+def public_images_in(zone: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """Every public image of ``zone``, whoever owns it: with the caller's own images
+    that are not public, the visibility rule again, split where a part of a total
+    is worth remembering (models/images.py, searches)."""
+    return (Image.zone == zone) & is_public()
+
+
 def is_public() -> ColumnElement[bool]:
     """An image anyone in its zone may see (``'public'`` literal: see above)."""
     public: ColumnElement[str] = literal_column(f"'{Visibility.PUBLIC.value}'")

@@ -205,6 +205,20 @@ class PublicImageCount(Base):
     images: Mapped[int] = mapped_column(BigInteger)
 
 
+class PublicImageGeneration(Base):
+    """A number that changes whenever a zone's public images do.
+
+    PostgreSQL only: triggers on ``images`` bump it in the changing transaction
+    (migration 0012), so a public count remembered with a generation is exact
+    while a statement reads that generation (models/images.py, searches).
+    """
+
+    __tablename__ = "public_image_generations"
+
+    zone: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

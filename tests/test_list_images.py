@@ -117,21 +117,28 @@ async def ceased_image(tenant: Tenant, tmp_path: Path) -> str:
 
 
 def insert_images(
-    database: Database, owner: str, count: int, create_time: datetime | None = None
+    database: Database,
+    owner: str,
+    count: int,
+    create_time: datetime | None = None,
+    *,
+    name: str = "row",
+    public: bool = False,
 ) -> list[str]:
-    """Image rows written straight into the table: for paging and ordering edge cases."""
+    """Image rows written straight into the table: for paging and ordering edge cases,
+    and public images other than the system images a worker imports."""
     times = {"create_time": create_time, "status_time": create_time} if create_time else {}
     rows = [
         Image(
             image_id=ids.image_id(),
             zone="ac1",
             owner=owner,
-            image_name=f"row-{index}",
+            image_name=f"{name}-{index}",
             processor_type="64bit",
             platform="linux",
             os_family="linux",
-            visibility="private",
-            provider="self",
+            visibility="public" if public else "private",
+            provider="system" if public else "self",
             status="available",
             **times,
         )
@@ -324,6 +331,77 @@ async def test_search_word_matches_id_or_name_case_insensitively(
     assert ids_of(literal_percent) == [percent], literal_percent
     nothing = await listed(tenant, {"search_word": f"no-such-{token}"})
     assert nothing.body == {"images": [], "total_count": 0}
+
+
+async def test_a_search_total_follows_every_change_to_public_images_at_once(
+    tenant: Tenant, database: Database, new_tenant: TenantFactory
+) -> None:
+    """PostgreSQL remembers the public part of a search's total per generation of the
+    zone's public images (migration 0012): each change below must show in the very
+    next listing, as on SQLite, which counts every time."""
+    token = word()
+    first, second = insert_images(database, "system", 2, name=f"pub-{token}", public=True)
+    (own,) = insert_images(database, tenant.account_id, 1, name=f"own-{token}")
+
+    async def search() -> tuple[set[str], int]:
+        reply = await listed(tenant, {"search_word": token.upper(), "limit": 100})
+        return set(ids_of(reply)), reply.body["total_count"]
+
+    stranger = await new_tenant()
+    (theirs,) = insert_images(database, stranger.account_id, 1, name=f"theirs-{token}")
+    try:
+        assert await search() == ({first, second, own}, 3)
+        assert await search() == ({first, second, own}, 3)  # the same, remembered or not
+        set_image(database, first, status="ceased")
+        assert await search() == ({second, own}, 2)
+        set_image(database, second, image_name="renamed")
+        assert await search() == ({own}, 1)
+        set_image(database, own, visibility="public")
+        assert await search() == ({own}, 1)
+        (third,) = insert_images(database, "system", 1, name=f"new-{token}", public=True)
+        assert await search() == ({own, third}, 2)
+        delete_images(database, third)
+        assert await search() == ({own}, 1)
+    finally:  # the other tests of this deployment see only its system images as public
+        delete_images(database, first, second, own, theirs)
+
+
+async def test_search_pages_cover_every_match_once_at_any_offset(
+    tenant: Tenant, database: Database
+) -> None:
+    """Pages of a search near the start take their public keys from what PostgreSQL
+    remembers with the generation; pages further on read them from the index: both
+    must join up, each match once, in order."""
+    token = word()
+    own = insert_images(database, tenant.account_id, 205, name=f"many-{token}")
+    public = insert_images(database, "system", 3, name=f"many-{token}", public=True)
+    try:
+        pages = []
+        for offset in (0, 100, 200):
+            params = {"search_word": token, "limit": 100, "offset": offset}
+            reply = await listed(tenant, params)
+            assert reply.body["total_count"] == 208, reply
+            pages += ids_of(reply)
+        assert sorted(pages) == sorted(own + public), pages
+        whole = ids_of(await listed(tenant, {"search_word": token, "limit": 100}))
+        assert pages[:100] == whole
+    finally:
+        delete_images(database, *own, *public)
+
+
+def delete_images(database: Database, *image_ids: str) -> None:
+    with database.transaction() as session:
+        for image_id in image_ids:
+            session.execute(text("DELETE FROM images WHERE image_id = :id"), {"id": image_id})
+
+
+def set_image(database: Database, image_id: str, **values: str) -> None:
+    """Change an image's row in place, as an operator's or a worker's update would."""
+    with database.transaction() as session:
+        image = session.get(Image, image_id)
+        assert image is not None
+        for name, value in values.items():
+            setattr(image, name, value)
 
 
 async def test_newest_first_and_total_count_is_the_whole_filtered_set(
