@@ -1,5 +1,6 @@
-"""Who is calling, in which zone, and running domain code for them: units of work in a
-thread, and the listings' reads on the event loop."""
+"""Who is calling, in which zone, and running domain code for them: writing units of
+work on the app's write path (models.db.Writes: on the event loop on PostgreSQL, in a
+thread on SQLite), reading units in a thread, and the listings' reads on the event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS
+from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS, WRITES
 from models.accounts import authenticate, token_digest
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
@@ -62,13 +63,13 @@ async def in_transaction(
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Run ``work(session, ...)`` in a writing unit of work, in a thread; run once
-    more if its connection was lost before the commit (models.db.Database.run_transaction)."""
+    """Run ``work(session, ...)`` in a writing unit of work on the app's write path; run
+    once more if its connection was lost before the commit (models.db.Writes)."""
 
     def unit(session: Session) -> R:
         return work(session, *args, **kwargs)
 
-    return await asyncio.to_thread(request.app[DATABASE].run_transaction, unit)
+    return await request.app[WRITES].run_transaction(unit)
 
 
 async def in_reading(
@@ -90,7 +91,7 @@ def as_bearer(
     request: web.Request, work: Callable[Concatenate[Session, Caller, P], R]
 ) -> Callable[Concatenate[Session, P], R]:
     """``work(session, caller, ...)`` for a write handler marked ``auth.checks_own_token``:
-    the unit checks the bearer token in its own first statement (one thread hop and
+    the unit checks the bearer token in its own first statement (one unit of work and
     one connection per request), and the request is then the token's account's.
     A refused token rolls the unit back before it has changed anything."""
     zone = zone_of(request)

@@ -49,7 +49,7 @@ async def capture_instance(request: web.Request) -> web.Response:
 
     def capture_owned(session: Session, caller: Caller) -> images.Capture:
         # The token is checked and the instance looked up in the capture's own unit
-        # of work: one thread hop and one connection per request.
+        # of work: one connection per request.
         wanted = images.CaptureRequest(
             instance_id=params.instance,
             instance=inventory.find_owned(caller, params.instance, session),

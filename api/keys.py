@@ -7,7 +7,7 @@ from celery import Celery
 
 from api.throttle import LoginGuard
 from imagesvc.settings import Settings
-from models.db import Database
+from models.db import Database, Writes
 from models.instances import InstanceInventory
 from models.reads import Reads
 from workers.job_queue import JobQueue
@@ -15,6 +15,7 @@ from workers.job_queue import JobQueue
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 READS = web.AppKey("reads", Reads)
+WRITES = web.AppKey("writes", Writes)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 JOB_QUEUE = web.AppKey("job_queue", JobQueue)
