@@ -82,6 +82,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = services.database
     await services.reads.open()
     app[READS] = services.reads
+    await services.writes.open()
     app[WRITES] = services.writes
     app[INVENTORY] = services.inventory
     app[CELERY] = services.celery

@@ -7,9 +7,10 @@ from celery import Celery
 
 from api.throttle import LoginGuard
 from imagesvc.settings import Settings
-from models.db import Database, Writes
+from models.db import Database
 from models.instances import InstanceInventory
 from models.reads import Reads
+from models.writes import Writes
 from workers.job_queue import JobQueue
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -18,9 +18,10 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 
 from imagesvc.settings import Settings
-from models.db import AsyncpgWrites, Database, Writes, writes_for
+from models.db import Database
 from models.instances import InstanceInventory, SqlInventory
 from models.reads import Reads, reads_for
+from models.writes import Writes, writes_for
 from workers.celery_app import create_celery
 from workers.image_store import ImageStore, open_store
 from workers.job_queue import JobQueue
@@ -58,8 +59,6 @@ def bootstrap(settings: Settings, *, ping_idle_after: float | None = None) -> Se
     writes = writes_for(database, settings.write_pool_size)
     if ping_idle_after is not None:
         ping_only_idle(database.engine, ping_idle_after)
-        if isinstance(writes, AsyncpgWrites):
-            ping_only_idle(writes.engine.sync_engine, ping_idle_after)
     celery = create_celery(settings)
     return Services(
         settings=settings,

@@ -1,33 +1,26 @@
 """Engines and units of work.
 
-Domain code is synchronous SQLAlchemy; workers call it directly. The API runs
-its writing units through :class:`Writes`: on PostgreSQL the same functions on
-an asyncpg pool, on its event loop (:class:`AsyncpgWrites`); on SQLite in a
-thread (:class:`ThreadWrites`). SQLite gets WAL, a busy timeout and ``BEGIN
-IMMEDIATE`` for writing units so that concurrent writers queue instead of failing.
+Domain code is synchronous SQLAlchemy; workers call it directly, the API runs
+its writing units through models/writes.py (on PostgreSQL, on the event loop).
+SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for writing units so
+that concurrent writers queue instead of failing.
 """
 
 from __future__ import annotations
 
-import asyncio
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 _WRITE_OPTION = "imagesvc_write"
 SQLITE_BUSY_TIMEOUT_S = 30
-CONNECT_TIMEOUT_S = 5
-# How the API's writing units show in pg_stat_activity.
-WRITES_APPLICATION_NAME = "imagesvc-writes"
 
 R = TypeVar("R")
 
@@ -89,92 +82,9 @@ def _run_unit(
                 committing = True
             return result
         except DBAPIError as error:
-            if not _run_again(error, committing, attempt):
+            if committing or attempt == 2 or not error.connection_invalidated:
                 raise
     raise AssertionError("unreachable")
-
-
-def _run_again(error: DBAPIError, committing: bool, attempt: int) -> bool:
-    """Whether a unit that failed with ``error`` is run once more: only a first run
-    whose connection was lost before its commit (see :func:`_run_unit`)."""
-    return attempt == 1 and not committing and error.connection_invalidated
-
-
-class Writes(ABC):
-    """Where the API runs its writing units of work: a domain function given a
-    :class:`Session`, committed on success, rolled back on error, and run once
-    more if its connection was lost before the commit (see :func:`_run_unit`)."""
-
-    @abstractmethod
-    async def run_transaction(self, work: Callable[[Session], R]) -> R:
-        """``work(session)`` in a writing unit of work; its result."""
-
-    @abstractmethod
-    async def close(self) -> None:
-        """Let go of the connections (the API's cleanup)."""
-
-
-class ThreadWrites(Writes):
-    """The synchronous :class:`Database`, in a thread: SQLite's path."""
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    async def run_transaction(self, work: Callable[[Session], R]) -> R:
-        return await asyncio.to_thread(self.database.run_transaction, work)
-
-    async def close(self) -> None:
-        return None  # closed with the Database
-
-
-class AsyncpgWrites(Writes):
-    """PostgreSQL's path: the same synchronous domain functions, run by
-    ``AsyncSession.run_sync`` on an asyncpg pool on the API's event loop.
-
-    ``run_sync`` runs ``work`` in a greenlet whose every statement awaits
-    asyncpg: no thread hop, and as many units at once as the pool has
-    connections (``pool_size``), where a thread pool ran at most its threads'
-    worth. The pool does not ping a connection before each use (the caller
-    may ping idle ones: ``engine.sync_engine``); a unit whose connection was
-    lost before its commit runs once more, as :meth:`Database.run_transaction`.
-    """
-
-    def __init__(self, url: str, pool_size: int) -> None:
-        asyncpg_url = make_url(url).set(drivername="postgresql+asyncpg")
-        self.engine = create_async_engine(
-            asyncpg_url,
-            pool_size=pool_size,
-            max_overflow=0,
-            connect_args={
-                "timeout": CONNECT_TIMEOUT_S,
-                "server_settings": {"application_name": WRITES_APPLICATION_NAME},
-            },
-        )
-        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-
-    async def run_transaction(self, work: Callable[[Session], R]) -> R:
-        for attempt in (1, 2):
-            committing = False
-            try:
-                async with self._sessions() as session, session.begin():
-                    result = await session.run_sync(work)
-                    committing = True
-                return result
-            except DBAPIError as error:
-                if not _run_again(error, committing, attempt):
-                    raise
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-
-def writes_for(database: Database, pool_size: int) -> Writes:
-    """The API's write path for ``database``'s backend; ``pool_size`` connections on
-    PostgreSQL, where that many units of work can run at once."""
-    if database.engine.dialect.name == "postgresql":
-        return AsyncpgWrites(database.url, pool_size)
-    return ThreadWrites(database)
 
 
 def _reading_engine(engine: Engine) -> Engine:

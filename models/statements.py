@@ -1,0 +1,91 @@
+"""The statements a writing unit of work runs, whatever runs them.
+
+The write functions (models/images.py, quotas.py, client_requests.py,
+transitions.py, jobs.new_job, instances.SqlInventory) take a ``Session`` or a
+:class:`Statements` and run SQLAlchemy Core statements built once, with named
+values, through :func:`statements_of`. A ``Session`` (SQLite, workers,
+operator commands, tests) runs them through SQLAlchemy; the API's write path
+on PostgreSQL runs the very same statements on asyncpg, each compiled once
+(models/writes.py). One copy of the domain logic, two ways to send its SQL.
+
+Statements must bind every value that changes from call to call (a caller,
+an id): a statement built per call would be compiled per call.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
+
+from sqlalchemy import CursorResult, Executable, Insert, Table, bindparam, insert
+from sqlalchemy.orm import Session
+
+
+class Statements(ABC):
+    """Runs Core statements with named values; rows read as ``row.column``."""
+
+    @abstractmethod
+    def rows(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        """Every row ``statement`` returns."""
+
+    @abstractmethod
+    def count(self, statement: Executable, values: Mapping[str, Any]) -> int:
+        """Run ``statement`` (an insert, update or delete); the number of rows it changed.
+
+        IntegrityError (SQLAlchemy's) if it breaks a constraint."""
+
+    def first(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        """The first row ``statement`` returns, or None."""
+        rows = self.rows(statement, values)
+        return rows[0] if rows else None
+
+
+class SessionStatements(Statements):
+    """Statements run through a SQLAlchemy ``Session``, in its transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def rows(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        return list(self.session.execute(statement, dict(values)))
+
+    def count(self, statement: Executable, values: Mapping[str, Any]) -> int:
+        result: CursorResult[Any] = self.session.execute(statement, dict(values))  # type: ignore[assignment]
+        return int(result.rowcount)
+
+
+# What a write function is given: a Session, or the API's statements on asyncpg.
+Db: TypeAlias = Session | Statements
+
+
+def statements_of(db: Db) -> Statements:
+    """The statements of a unit of work, whichever kind the caller gave."""
+    return SessionStatements(db) if isinstance(db, Session) else db
+
+
+@functools.cache
+def inserting(table: Table) -> Insert:
+    """The INSERT of a row of ``table``: every column, bound as ``new_<column>``
+    (the values of :func:`insert_values`)."""
+    columns = {column.key: bindparam(f"new_{column.key}", type_=column.type) for column in table.c}
+    return insert(table).values(columns)
+
+
+def insert_values(table: Table, row: Any) -> dict[str, Any]:
+    """The values of :func:`inserting` for ``row`` (a new ORM object): its attributes,
+    and each column's default for those left unset, which are set on ``row`` too,
+    so that it reads as the inserted row."""
+    values = {}
+    for column in table.columns:
+        value = getattr(row, column.key, None)
+        default = column.default
+        if value is None and default is not None and getattr(default, "is_scalar", False):
+            value = default.arg  # type: ignore[attr-defined]
+            setattr(row, column.key, value)
+        elif value is None and default is not None and getattr(default, "is_callable", False):
+            value = default.arg(None)  # type: ignore[attr-defined]
+            setattr(row, column.key, value)
+        values[f"new_{column.key}"] = value
+    return values
