@@ -41,8 +41,14 @@ from models.accounts import BEARER
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
-from models.jobs import new_job
-from models.quotas import Quota, quota_of, require_room_for_added
+from models.jobs import job_row, new_job
+from models.quotas import (
+    Quota,
+    quota_of,
+    require_room_beside,
+    require_room_for_added,
+    usage_beside,
+)
 from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import (
     Caller,
@@ -69,6 +75,9 @@ GIB = 1024**3
 DEFAULT_HIDDEN = (ImageStatus.CEASED,)
 
 _IMAGES = typing.cast(Table, Image.__table__)
+_JOBS = typing.cast(Table, Job.__table__)
+# A capture's image and job, and the owner's usage beside them (PostgreSQL).
+_CAPTURE_AND_USAGE = usage_beside(inserting(_IMAGES), inserting(_JOBS))
 _IMAGE = select(*_IMAGES.c).where(_IMAGES.c.image_id == bindparam("image_id", type_=String))
 
 
@@ -118,14 +127,34 @@ def capture_instance(
         source_instance_id=instance.instance_id,
         size=size,
     )
+    resources = [image.image_id, instance.instance_id]
+    job = job_row(caller, action, resources, job_id=job_id, host=instance.host)
     try:
-        statements.count(inserting(_IMAGES), insert_values(_IMAGES, image))
+        _record_capture(statements, caller, quota, image, job)
     except IntegrityError as exc:  # the partial unique index: a capture is under way
         raise _already_capturing(instance.instance_id) from exc
-    require_room_for_added(statements, caller.account_id, quota, size)
-    resources = [image.image_id, instance.instance_id]
-    job = new_job(statements, caller, action, resources, job_id=job_id, host=instance.host)
     return Capture(job, image)
+
+
+def _record_capture(
+    statements: Statements, caller: Caller, quota: Quota, image: Image, job: Job
+) -> None:
+    """Insert the image and its job, within the caller's quota (locked before).
+
+    PostgreSQL: both inserts and the usage in one statement. SQLite has no
+    data-modifying ``WITH``: three statements. Either way the unit is refused
+    (and so rolled back) past the quota, and the image's insert fails first on a
+    capture already under way.
+    """
+    image_values = insert_values(_IMAGES, image)
+    job_values = insert_values(_JOBS, job)
+    if statements.dialect_name == "postgresql":
+        values = {**image_values, **job_values, "account_id": caller.account_id}
+        require_room_beside(quota, statements.rows(_CAPTURE_AND_USAGE, values)[0], image.size)
+        return
+    statements.count(inserting(_IMAGES), image_values)
+    require_room_for_added(statements, caller.account_id, quota, image.size)
+    statements.count(inserting(_JOBS), job_values)
 
 
 def _replay_or_remember(

@@ -58,9 +58,24 @@ def new_job(
 
     One Core ``INSERT`` (models/statements.py), on a Session or on the API's write
     path; the Job returned is not in any session: it reads as the row inserted."""
+    job = job_row(caller, action, resource_ids, status, job_id, host)
+    statements_of(db).count(inserting(_JOBS), insert_values(_JOBS, job))
+    return job
+
+
+def job_row(
+    caller: Caller,
+    action: JobAction,
+    resource_ids: list[str],
+    status: JobStatus = JobStatus.PENDING,
+    job_id: str | None = None,
+    host: str = ANY_HOST,
+) -> Job:
+    """The row :func:`new_job` inserts (for a caller that inserts it in a statement
+    of its own: ``inserting(Job.__table__)``, ``insert_values``)."""
     now = utcnow()
     done = now if status.is_terminal else None
-    job = Job(
+    return Job(
         job_id=job_id or ids.job_id(),
         zone=caller.zone,
         owner=caller.account_id,
@@ -76,8 +91,6 @@ def new_job(
         request_id=caller.request_id,
         host=host,
     )
-    statements_of(db).count(inserting(_JOBS), insert_values(_JOBS, job))
-    return job
 
 
 def move_job(

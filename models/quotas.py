@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import String, bindparam, func, select, update
+from sqlalchemy import Insert, Select, String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import QuotaExceeded, ResourceNotFound
@@ -67,6 +68,26 @@ def require_room_for_added(db: Db, account_id: str, quota: Quota, added_gb: int)
     """
     used = usage_of(db, account_id)
     _refuse_over(quota, Usage(used.images - 1, used.gb - added_gb), added_gb)
+
+
+def usage_beside(*inserts: Insert) -> Select[int, int]:
+    """PostgreSQL: one statement that runs ``inserts`` (data-modifying ``WITH``) and reads
+    the usage of the account bound as ``account_id``: a round trip for each insert saved.
+
+    The usage is read from the statement's snapshot, which does not hold the rows
+    it inserts: it is the usage beside them, as :func:`require_room_beside` takes it.
+    Run after :func:`quota_of` with ``lock``, like :func:`require_room_for_added`.
+    """
+    statement = _USAGE
+    for n, inserted in enumerate(inserts):
+        statement = statement.add_cte(inserted.cte(f"inserted_{n}"))
+    return statement
+
+
+def require_room_beside(quota: Quota, row: Any, adding_gb: int) -> None:
+    """Refuse (429) an image of ``adding_gb`` beyond the usage read by :func:`usage_beside`."""
+    images, gb = row
+    _refuse_over(quota, Usage(int(images), int(gb)), adding_gb)
 
 
 def _refuse_over(quota: Quota, used: Usage, adding_gb: int) -> None:

@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session
 class Statements(ABC):
     """Runs Core statements with named values; rows read as ``row.column``."""
 
+    dialect_name: str
+
     @abstractmethod
     def rows(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
         """Every row ``statement`` returns."""
@@ -47,6 +49,7 @@ class SessionStatements(Statements):
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.dialect_name = session.get_bind().dialect.name
 
     def rows(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
         return list(self.session.execute(statement, dict(values)))
@@ -67,10 +70,16 @@ def statements_of(db: Db) -> Statements:
 
 @functools.cache
 def inserting(table: Table) -> Insert:
-    """The INSERT of a row of ``table``: every column, bound as ``new_<column>``
-    (the values of :func:`insert_values`)."""
-    columns = {column.key: bindparam(f"new_{column.key}", type_=column.type) for column in table.c}
+    """The INSERT of a row of ``table``: every column, bound as ``<table>_<column>``
+    (the values of :func:`insert_values`; two tables' rows can go in one statement)."""
+    columns = {
+        column.key: bindparam(_bound(table, column.key), type_=column.type) for column in table.c
+    }
     return insert(table).values(columns)
+
+
+def _bound(table: Table, column: str) -> str:
+    return f"{table.name}_{column}"
 
 
 def insert_values(table: Table, row: Any) -> dict[str, Any]:
@@ -87,5 +96,5 @@ def insert_values(table: Table, row: Any) -> dict[str, Any]:
         elif value is None and default is not None and getattr(default, "is_callable", False):
             value = default.arg(None)  # type: ignore[attr-defined]
             setattr(row, column.key, value)
-        values[f"new_{column.key}"] = value
+        values[_bound(table, column.key)] = value
     return values

@@ -161,6 +161,8 @@ class _LostBeforeCommit(Exception):
 class AsyncpgStatements(Statements):
     """Statements awaited on one asyncpg connection from the unit's greenlet."""
 
+    dialect_name = "postgresql"
+
     def __init__(self, connection: asyncpg.Connection, compiler: WriteCompiler) -> None:
         self.connection = connection
         self.compiler = compiler
