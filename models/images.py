@@ -194,7 +194,12 @@ def delete_images(
     earlier = _replay_or_remember(statements, caller, request_id, action, job_id)
     if earlier is not None:
         return earlier
-    wanted = _begin_delete(statements, caller, image_ids)
+    wanted = list(dict.fromkeys(image_ids))
+    job = job_row(caller, action, wanted, job_id=job_id)
+    if statements.dialect_name == "postgresql":  # the moves and the job in one statement
+        _begin_delete(statements, caller, wanted, (_JOBS, insert_values(_JOBS, job)))
+        return job
+    _begin_delete(statements, caller, wanted)
     return new_job(statements, caller, action, wanted, job_id=job_id)
 
 
@@ -223,7 +228,12 @@ def _is_ceased(image: Any, cutoff: datetime) -> bool:
     return bool(expired or image.status == ImageStatus.CEASED)
 
 
-def _begin_delete(statements: Statements, caller: Caller, image_ids: Sequence[str]) -> list[str]:
+def _begin_delete(
+    statements: Statements,
+    caller: Caller,
+    wanted: list[str],
+    then: tuple[Table, dict[str, Any]] | None = None,
+) -> None:
     """Begin deleting all the caller's images, or refuse naming the offenders.
 
     One compare-and-set update moves every image the caller may change and
@@ -231,13 +241,13 @@ def _begin_delete(statements: Statements, caller: Caller, image_ids: Sequence[st
     undone (deleting leaves ``status`` alone, so the undo is exact: a refusal
     leaves the images as they were, even in a unit that goes on to commit)
     and the others read, to say why: not found, not theirs, or in a state
-    that forbids it.
+    that forbids it. ``then`` (PostgreSQL): the job's row, inserted by the same
+    statement if every image moved (transitions.moved_changeable_images).
     """
     action = ImageAction.BEGIN_DELETE
-    wanted = list(dict.fromkeys(image_ids))
-    moved = moved_changeable_images(statements, caller, wanted, action)
+    moved = moved_changeable_images(statements, caller, wanted, action, then)
     if len(moved) == len(wanted):
-        return wanted
+        return
     move_images(statements, list(moved), ImageAction.CANCEL_DELETE)
     rows = _lock_own(statements, caller, wanted, action.value)
     _require_movable(rows, action)

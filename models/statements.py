@@ -19,7 +19,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
-from sqlalchemy import CursorResult, Executable, Insert, Table, bindparam, insert
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    Insert,
+    Table,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy.orm import Session
 
 
@@ -76,6 +85,14 @@ def inserting(table: Table) -> Insert:
         column.key: bindparam(_bound(table, column.key), type_=column.type) for column in table.c
     }
     return insert(table).values(columns)
+
+
+def inserting_where(table: Table, condition: ColumnElement[bool]) -> Insert:
+    """The INSERT of :func:`inserting` (the same values), of its row only where
+    ``condition`` holds: ``INSERT ... SELECT ... WHERE``."""
+    columns = list(table.columns)
+    row = select(*(bindparam(_bound(table, c.key), type_=c.type) for c in columns))
+    return insert(table).from_select([c.key for c in columns], row.where(condition))
 
 
 def _bound(table: Table, column: str) -> str:

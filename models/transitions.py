@@ -6,11 +6,23 @@ import functools
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, String, Table, Update, bindparam, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    Select,
+    String,
+    Table,
+    Update,
+    bindparam,
+    func,
+    select,
+    update,
+)
 
 from models.errors import StateConflict
 from models.scoping import Caller, changeable_image_range
-from models.statements import Db, statements_of
+from models.statements import Db, inserting_where, statements_of
 from models.states import IMAGE_MOVES, ImageAction, allowed_sources
 from models.tables import Image, utcnow
 
@@ -45,15 +57,30 @@ def move_images(
 
 
 def moved_changeable_images(
-    db: Db, caller: Caller, image_ids: Sequence[str], action: ImageAction
+    db: Db,
+    caller: Caller,
+    image_ids: Sequence[str],
+    action: ImageAction,
+    then: tuple[Table, dict[str, Any]] | None = None,
 ) -> set[str]:
     """Like :func:`move_images` for the images ``caller`` may change
-    (scoping.changeable_images), in one statement built once; the ids of the images moved."""
+    (scoping.changeable_images), in one statement built once; the ids of the images moved.
+
+    ``then``, PostgreSQL only: a table and the values of a row (statements.insert_values)
+    inserted in the same statement (data-modifying ``WITH``) if every image moved.
+    """
     values = _new_values(action, {})
-    stmt = _changeable_move_statement(action, tuple(sorted(values)))
+    columns = tuple(sorted(values))
+    if then is None:
+        stmt: Executable = _changeable_move_statement(action, columns)
+    else:
+        stmt = _changeable_move_then_insert(action, columns, then[0])
+        values_of_row = {**then[1], "moves_wanted": len(set(image_ids))}
     params = {**_params(image_ids, values), "caller_zone": caller.zone}
-    rows = statements_of(db).rows(stmt, {**params, "caller_owner": caller.account_id})
-    return {row.image_id for row in rows}
+    params["caller_owner"] = caller.account_id
+    if then is not None:
+        params.update(values_of_row)
+    return {row.image_id for row in statements_of(db).rows(stmt, params)}
 
 
 def _new_values(action: ImageAction, values: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +121,19 @@ _cached_move_statement = functools.cache(_move_statement)
 @functools.cache
 def _changeable_move_statement(action: ImageAction, columns: tuple[str, ...]) -> Update:
     return _move_statement(action, columns, _CHANGEABLE).returning(_IMAGES.c.image_id)
+
+
+@functools.cache
+def _changeable_move_then_insert(
+    action: ImageAction, columns: tuple[str, ...], table: Table
+) -> Select[Any]:
+    """The move of :func:`_changeable_move_statement`, and the insert of a row of
+    ``table`` only if it moved ``moves_wanted`` images; the ids moved."""
+    moved = _changeable_move_statement(action, columns).cte("moved")
+    moved_count = select(func.count()).select_from(moved).scalar_subquery()
+    every_one = moved_count == bindparam("moves_wanted", type_=Integer)
+    recorded = inserting_where(table, every_one).cte("recorded")
+    return select(moved.c.image_id).add_cte(recorded)
 
 
 def can_move(image: Image, action: ImageAction) -> bool:

@@ -17,8 +17,8 @@ from models.db import Database
 from models.errors import StateConflict
 from models.jobs import new_job
 from models.scoping import Caller
-from models.states import JobAction
 from models.statements import Statements
+from models.states import JobAction
 from models.tables import Job
 from models.writes import Writes, writes_for
 from tests.support.records import Records
