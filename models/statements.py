@@ -106,12 +106,13 @@ def insert_values(table: Table, row: Any) -> dict[str, Any]:
     values = {}
     for column in table.columns:
         value = getattr(row, column.key, None)
-        default = column.default
-        if value is None and default is not None and getattr(default, "is_scalar", False):
-            value = default.arg  # type: ignore[attr-defined]
-            setattr(row, column.key, value)
-        elif value is None and default is not None and getattr(default, "is_callable", False):
-            value = default.arg(None)  # type: ignore[attr-defined]
+        if value is None and column.default is not None:
+            value = _default_of(column.default)
             setattr(row, column.key, value)
         values[_bound(table, column.key)] = value
     return values
+
+
+def _default_of(default: Any) -> Any:
+    """A column's Python-side default (a value, or a function such as ``utcnow``)."""
+    return default.arg(None) if default.is_callable else default.arg
