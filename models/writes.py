@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -180,19 +181,14 @@ class AsyncpgStatements(Statements):
         return int(status.rpartition(" ")[2] or 0)  # "UPDATE 3", "INSERT 0 1"
 
 
-class _integrity_errors:
+@contextmanager
+def _integrity_errors(sql: str, args: Sequence[Any]) -> Iterator[None]:
     """asyncpg's constraint violations as SQLAlchemy's IntegrityError, which the
     domain catches whichever path ran the statement."""
-
-    def __init__(self, sql: str, args: Sequence[Any]) -> None:
-        self.sql, self.args = sql, args
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, error: BaseException | None, _tb: Any) -> None:
-        if isinstance(error, asyncpg.IntegrityConstraintViolationError):
-            raise IntegrityError(self.sql, list(self.args), error) from error
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise IntegrityError(sql, list(args), error) from error
 
 
 class WriteCompiler:
