@@ -15,7 +15,16 @@ from api.caller import IDLE_PING_S
 from api.errors import error_middleware
 from api.headers import on_response_prepare
 from api.job_sending import drain_sends
-from api.keys import CELERY, DATABASE, INVENTORY, JOB_QUEUE, LOGIN_GUARD, READS, SETTINGS
+from api.keys import (
+    CELERY,
+    DATABASE,
+    INVENTORY,
+    JOB_QUEUE,
+    LOGIN_GUARD,
+    READS,
+    SETTINGS,
+    WRITES,
+)
 from api.limits import MAX_BODY_BYTES, limits_middleware
 from api.metrics import METRICS_PATH, REQUEST_METRICS, RequestMetrics, serve_metrics
 from api.openapi import documented
@@ -69,11 +78,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[DATABASE] = services.database
     await services.reads.open()
     app[READS] = services.reads
+    await services.writes.open()
+    app[WRITES] = services.writes
     app[INVENTORY] = services.inventory
     app[CELERY] = services.celery
     app[JOB_QUEUE] = services.job_queue
     yield
     await services.reads.close()
+    await services.writes.close()
     await asyncio.to_thread(services.close)
 
 

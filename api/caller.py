@@ -1,5 +1,6 @@
-"""Who is calling, in which zone, and running domain code for them: units of work in a
-thread, and the listings' reads on the event loop."""
+"""Who is calling, in which zone, and running domain code for them: writes on the app's
+write path (models/writes.py: on the event loop on PostgreSQL, in a thread on SQLite),
+units of work on a Session in a thread, and the listings' reads on the event loop."""
 
 from __future__ import annotations
 
@@ -8,14 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS
-from models.accounts import authenticate, token_digest
+from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS, WRITES
+from models.accounts import BEARER, bearer_account, token_digest
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
 from models.reads import Listed, Reads
 from models.scoping import Caller
+from models.statements import Statements
+
+# The bearer token's row (accounts.BEARER), built once: a write's first statement.
+_BEARER_ROW = select(BEARER)
 
 # The API checks a pooled database connection before use only once it has been idle
 # this long (imagesvc.bootstrap.ping_only_idle): under load, never. Its units of work
@@ -86,34 +92,52 @@ async def in_reading(
     return await asyncio.to_thread(request.app[DATABASE].run_reading, unit)
 
 
-def as_bearer(
-    request: web.Request, work: Callable[Concatenate[Session, Caller, P], R]
-) -> Callable[Concatenate[Session, P], R]:
-    """``work(session, caller, ...)`` for a write handler marked ``auth.checks_own_token``:
-    the unit checks the bearer token in its own first statement (one thread hop and
-    one connection per request), and the request is then the token's account's.
-    A refused token rolls the unit back before it has changed anything."""
-    zone = zone_of(request)
-    token = request[BEARER_TOKEN]
-
-    def checked(session: Session, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        account_id = authenticate(session, token)
-        request[ACCOUNT_ID] = account_id
-        caller = Caller(account_id=account_id, zone=zone, request_id=request.get(REQUEST_ID))
-        return work(session, caller, *args, **kwargs)
-
-    return checked
-
-
-async def in_idempotent_transaction(
+async def in_write(
     request: web.Request,
-    work: Callable[Concatenate[Session, P], R],
+    work: Callable[Concatenate[Statements, P], R],
     *args: P.args,
     **kwargs: P.kwargs,
 ) -> R:
-    """Like :func:`in_transaction`; a request that lost a race for its ``request_id``
+    """Run ``work(statements, ...)`` in a writing unit of work on the app's write path
+    (models.writes.Writes); once more if its connection was lost before the commit."""
+
+    def unit(statements: Statements) -> R:
+        return work(statements, *args, **kwargs)
+
+    return await request.app[WRITES].run(unit)
+
+
+async def in_idempotent_write(
+    request: web.Request,
+    work: Callable[Concatenate[Statements, P], R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Like :func:`in_write`; a request that lost a race for its ``request_id``
     runs once more, and then finds and returns the winner's job."""
     try:
-        return await in_transaction(request, work, *args, **kwargs)
+        return await in_write(request, work, *args, **kwargs)
     except DuplicateRequest:
-        return await in_transaction(request, work, *args, **kwargs)
+        return await in_write(request, work, *args, **kwargs)
+
+
+def as_bearer(
+    request: web.Request, work: Callable[Concatenate[Statements, Caller, P], R]
+) -> Callable[Concatenate[Statements, P], R]:
+    """``work(statements, caller, ...)`` for a write handler marked
+    ``auth.checks_own_token``: the unit checks the bearer token in its own first
+    statement (one unit of work and one connection per request), and the request
+    is then the token's account's. Read now, never cached: a revoked token or a
+    disabled account is refused at once. A refused token rolls the unit back
+    before it has changed anything."""
+    zone = zone_of(request)
+    digest = token_digest(request[BEARER_TOKEN])
+
+    def checked(statements: Statements, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        row = statements.first(_BEARER_ROW, {"digest": digest})
+        account_id = bearer_account(row, digest)
+        request[ACCOUNT_ID] = account_id
+        caller = Caller(account_id=account_id, zone=zone, request_id=request.get(REQUEST_ID))
+        return work(statements, caller, *args, **kwargs)
+
+    return checked

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy.orm import Session
 
 from api import pages
 from api.auth import checks_own_token
-from api.caller import (
-    as_bearer,
-    in_idempotent_transaction,
-    in_transaction,
-    read_as_bearer,
-    zone_of,
-)
+from api.caller import as_bearer, in_idempotent_write, in_write, read_as_bearer, zone_of
 from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
@@ -32,6 +25,7 @@ from api.schemas import (
 )
 from models import images
 from models.scoping import Caller
+from models.statements import Statements
 
 routes = web.RouteTableDef()
 
@@ -47,18 +41,18 @@ async def capture_instance(request: web.Request) -> web.Response:
     request_id = request_id_of(request, params.request_id)
     default_quota = request.app[SETTINGS].default_quota
 
-    def capture_owned(session: Session, caller: Caller) -> images.Capture:
+    def capture_owned(statements: Statements, caller: Caller) -> images.Capture:
         # The token is checked and the instance looked up in the capture's own unit
-        # of work: one thread hop and one connection per request.
+        # of work: one connection per request.
         wanted = images.CaptureRequest(
             instance_id=params.instance,
-            instance=inventory.find_owned(caller, params.instance, session),
+            instance=inventory.find_owned(caller, params.instance, statements),
             image_name=params.image_name,
             request_id=request_id,
         )
-        return images.capture_instance(session, caller, wanted, default_quota)
+        return images.capture_instance(statements, caller, wanted, default_quota)
 
-    capture = await in_idempotent_transaction(request, as_bearer(request, capture_owned))
+    capture = await in_idempotent_write(request, as_bearer(request, capture_owned))
     send_after_commit(request, capture.job)
     out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
     return json(out, status=202)
@@ -73,7 +67,7 @@ async def delete_images(request: web.Request) -> web.Response:
     params = validate_params(DeleteParams, {"images": request.match_info["ids"]})
     body = await parse_params(request, RequestIdParams)  # the seed sends an empty body
     request_id = request_id_of(request, body.request_id)
-    job = await in_idempotent_transaction(
+    job = await in_idempotent_write(
         request, as_bearer(request, images.delete_images), params.images, request_id
     )
     send_after_commit(request, job)
@@ -89,7 +83,7 @@ async def recover_images(request: web.Request) -> web.Response:
     params = await parse_params(request, RecoverParams)
     retention = request.app[SETTINGS].deleted_retention
     recover = as_bearer(request, images.recover_images)
-    job = await in_transaction(request, recover, params.images, retention)
+    job = await in_write(request, recover, params.images, retention)
     send_after_commit(request, job)
     return json(JobOut.from_row(job), status=202)
 
@@ -102,7 +96,7 @@ async def modify_image(request: web.Request) -> web.Response:
     zone_of(request)
     params = await parse_params(request, ModifyParams)
     modify = as_bearer(request, images.modify_image)
-    job = await in_transaction(request, modify, params.image, params.image_name, params.description)
+    job = await in_write(request, modify, params.image, params.image_name, params.description)
     return json(JobOut.from_row(job))
 
 

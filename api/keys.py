@@ -10,11 +10,13 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory
 from models.reads import Reads
+from models.writes import Writes
 from workers.job_queue import JobQueue
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 READS = web.AppKey("reads", Reads)
+WRITES = web.AppKey("writes", Writes)
 INVENTORY = web.AppKey("inventory", InstanceInventory)
 CELERY = web.AppKey("celery", Celery)
 JOB_QUEUE = web.AppKey("job_queue", JobQueue)

@@ -92,11 +92,13 @@ class Client:
 
 @dataclass(frozen=True)
 class Run:
-    """One load run: requests accepted (202) per second, and latency percentiles (ms)."""
+    """One load run: requests accepted (202) per second, latency percentiles (ms), and the
+    server process's CPU time (user + system) per accepted request (ms)."""
 
     rps: float
     p50: float
     p99: float
+    cpu_ms: float
 
 
 @dataclass
@@ -116,6 +118,7 @@ class Bench:
     database: Database
     clients: list[Client]
     servers: dict[str, str]
+    pids: dict[str, int]
     redis_url: str
     queue: str
 
@@ -168,11 +171,13 @@ def _deploy(stack: ExitStack, args: argparse.Namespace, clients: int) -> Bench:
     callers = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "callers.json"
     callers.write_text(json.dumps({c.token: c.account_id for c in accounts}))
     stack.callback(_drop_queues, args.redis_url, settings.queue)
-    servers = {
+    started = {
         "bare": stack.enter_context(_bare_server(url, callers)),
-        "api": stack.enter_context(_api_server(settings))[0],
+        "api": stack.enter_context(_api_server(settings)),
     }
-    return Bench(database, accounts, servers, args.redis_url, settings.queue)
+    servers = {side: base for side, (base, _pid) in started.items()}
+    pids = {side: pid for side, (_base, pid) in started.items()}
+    return Bench(database, accounts, servers, pids, args.redis_url, settings.queue)
 
 
 def _new_client(database: Database, n: int) -> Client:
@@ -187,13 +192,13 @@ def _new_client(database: Database, n: int) -> Client:
 
 
 @contextmanager
-def _bare_server(url: str, callers: Path) -> Iterator[str]:
+def _bare_server(url: str, callers: Path) -> Iterator[tuple[str, int]]:
     port = _free_port()
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     command = [sys.executable, "-m", "bench.bare_writes", "--dsn", dsn]
     command += ["--callers", str(callers), "--port", str(port)]
-    with _process(command, dict(os.environ), port) as (base, _pid):
-        yield base
+    with _process(command, dict(os.environ), port) as server:
+        yield server
 
 
 def _alternated(
@@ -224,10 +229,21 @@ def _measure(bench: Bench, operation: str, clients: int, seconds: float, *, side
         json.dump(plan, file)
         file.flush()
         command = [sys.executable, "-m", "bench.writes", "--load", file.name]
+        cpu_before = _cpu_seconds(bench.pids[side])
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        cpu = _cpu_seconds(bench.pids[side]) - cpu_before
     outcome = json.loads(output)
-    _require_recorded(bench, outcome["accepted"], f"{operation} on {side}")
-    return Run(outcome["accepted"] / outcome["seconds"], outcome["p50"], outcome["p99"])
+    accepted = outcome["accepted"]
+    _require_recorded(bench, accepted, f"{operation} on {side}")
+    cpu_ms = cpu * 1e3 / max(accepted, 1)
+    return Run(accepted / outcome["seconds"], outcome["p50"], outcome["p99"], cpu_ms)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far: it says what a request
+    costs the server on a machine too loaded for its throughput to mean much."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _seed(bench: Bench, operation: str, clients: int, per_client: int) -> list[list[str]]:
@@ -270,6 +286,7 @@ def _median(runs: list[Run]) -> Run:
         statistics.median(run.rps for run in runs),
         statistics.median(run.p50 for run in runs),
         statistics.median(run.p99 for run in runs),
+        statistics.median(run.cpu_ms for run in runs),
     )
 
 
@@ -281,8 +298,8 @@ def _print_runs(operation: str, clients: int, runs: dict[str, Run]) -> None:
     api, bare = runs["api"], runs["bare"]
     print(
         f"{operation:>8} c={clients:<3}: api {api.rps:7.1f}/s p50 {api.p50:6.2f} ms "
-        f"p99 {api.p99:7.2f} ms | bare {bare.rps:7.1f}/s p50 {bare.p50:6.2f} ms "
-        f"| ratio {api.rps / bare.rps:.2f}",
+        f"p99 {api.p99:7.2f} ms cpu {api.cpu_ms:5.2f} ms/req | bare {bare.rps:7.1f}/s "
+        f"p50 {bare.p50:6.2f} ms cpu {bare.cpu_ms:5.2f} ms/req | ratio {api.rps / bare.rps:.2f}",
         flush=True,
     )
 

@@ -21,6 +21,7 @@ from imagesvc.settings import Settings
 from models.db import Database
 from models.instances import InstanceInventory, SqlInventory
 from models.reads import Reads, reads_for
+from models.writes import Writes, writes_for
 from workers.celery_app import create_celery
 from workers.image_store import ImageStore, open_store
 from workers.job_queue import JobQueue
@@ -30,11 +31,13 @@ from workers.job_queue import JobQueue
 class Services:
     """What an entry point works with: the database, the inventory, the job queue, the image
     store (an S3 store connects, and loads boto3, only when first used: the API never); and
-    ``reads``, the API's read path on the event loop (opened by the API only)."""
+    ``reads`` and ``writes``, the API's read and write paths on the event loop (used and
+    closed by the API only)."""
 
     settings: Settings
     database: Database
     reads: Reads
+    writes: Writes
     inventory: InstanceInventory
     celery: Celery
     job_queue: JobQueue
@@ -53,6 +56,7 @@ def bootstrap(settings: Settings, *, ping_idle_after: float | None = None) -> Se
     is, and the caller retries what a lost connection interrupts (as a worker does).
     """
     database = Database(settings.resolved_database_url)
+    writes = writes_for(database, settings.write_pool_size)
     if ping_idle_after is not None:
         ping_only_idle(database.engine, ping_idle_after)
     celery = create_celery(settings)
@@ -60,6 +64,7 @@ def bootstrap(settings: Settings, *, ping_idle_after: float | None = None) -> Se
         settings=settings,
         database=database,
         reads=reads_for(database),
+        writes=writes,
         inventory=SqlInventory(database),
         celery=celery,
         job_queue=JobQueue(celery, settings.queue),

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     hash_per_address: int = Field(
         default=4, ge=1, description="Secret checks waiting at most for one client address"
     )
+    write_pool_size: int = Field(
+        default=16,
+        ge=1,
+        description="PostgreSQL connections an API process writes on: its writes at once",
+    )
 
     @field_validator("zones", "metrics_allow", mode="before")
     @classmethod

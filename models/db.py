@@ -1,8 +1,9 @@
 """Engines and units of work.
 
-Domain code is synchronous SQLAlchemy; the API runs it in a thread, workers
-call it directly. SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for
-writing units so that concurrent writers queue instead of failing.
+Domain code is synchronous SQLAlchemy; workers call it directly, the API runs
+its writing units through models/writes.py (on PostgreSQL, on the event loop).
+SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` for writing units so
+that concurrent writers queue instead of failing.
 """
 
 from __future__ import annotations

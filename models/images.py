@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Select,
     SQLColumnExpression,
     String,
+    Table,
     and_,
     bindparam,
     cast,
@@ -40,18 +42,24 @@ from models.accounts import BEARER
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
-from models.jobs import new_job
-from models.quotas import Quota, quota_of, require_room_for_added
+from models.jobs import job_row, new_job
+from models.quotas import (
+    Quota,
+    quota_of,
+    require_room_beside,
+    require_room_for_added,
+    usage_beside,
+)
 from models.reads import Listed, Listing, Reads, RememberedPublicTotal, listed_as_bearer
 from models.scoping import (
     Caller,
-    changeable_images,
     is_public,
     one_of,
     public_images_in,
     visible_image_ranges,
     visible_images,
 )
+from models.statements import Db, Statements, insert_values, inserting, statements_of
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -70,10 +78,16 @@ from models.tables import (
     PublicImageGeneration,
     utcnow,
 )
-from models.transitions import can_move, move_images, moved_images, refusal
+from models.transitions import can_move, move_images, moved_changeable_images, refusal
 
 GIB = 1024**3
 DEFAULT_HIDDEN = (ImageStatus.CEASED,)
+
+_IMAGES = typing.cast(Table, Image.__table__)
+_JOBS = typing.cast(Table, Job.__table__)
+# A capture's image and job, and the owner's usage beside them (PostgreSQL).
+_CAPTURE_AND_USAGE = usage_beside(inserting(_IMAGES), inserting(_JOBS))
+_IMAGE = select(*_IMAGES.c).where(_IMAGES.c.image_id == bindparam("image_id", type_=String))
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class CaptureRequest:
 
 
 def capture_instance(
-    session: Session, caller: Caller, wanted: CaptureRequest, default_quota: Quota
+    db: Db, caller: Caller, wanted: CaptureRequest, default_quota: Quota
 ) -> Capture:
     """Record a pending image of a stopped instance and its job.
 
@@ -102,17 +116,18 @@ def capture_instance(
     A ``request_id`` already used in the last 24 h gets the earlier capture,
     whatever has become of the instance since.
     """
+    statements = statements_of(db)
     action = JobAction.CAPTURE_INSTANCE
     job_id = ids.job_id()
-    earlier = _replay_or_remember(session, caller, wanted.request_id, action, job_id)
+    earlier = _replay_or_remember(statements, caller, wanted.request_id, action, job_id)
     if earlier is not None:
-        return Capture(earlier, _image_of(session, earlier))
+        return Capture(earlier, _image_of(statements, earlier))
     instance = wanted.instance
     if instance is None:
         raise ResourceNotFound(f"instance {wanted.instance_id} not found")
     require_stopped(instance)
     size = size_in_gb(instance.disk_size)
-    quota = quota_of(session, caller.account_id, default_quota, lock=True)
+    quota = quota_of(statements, caller.account_id, default_quota, lock=True)
     image = _new_image(
         caller.zone,
         caller.account_id,
@@ -121,35 +136,54 @@ def capture_instance(
         source_instance_id=instance.instance_id,
         size=size,
     )
-    session.add(image)
+    resources = [image.image_id, instance.instance_id]
+    job = job_row(caller, action, resources, job_id=job_id, host=instance.host)
     try:
-        session.flush()
+        _record_capture(statements, caller, quota, image, job)
     except IntegrityError as exc:  # the partial unique index: a capture is under way
         raise _already_capturing(instance.instance_id) from exc
-    require_room_for_added(session, caller.account_id, quota, size)
-    resources = [image.image_id, instance.instance_id]
-    job = new_job(session, caller, action, resources, job_id=job_id, host=instance.host)
     return Capture(job, image)
 
 
+def _record_capture(
+    statements: Statements, caller: Caller, quota: Quota, image: Image, job: Job
+) -> None:
+    """Insert the image and its job, within the caller's quota (locked before).
+
+    PostgreSQL: both inserts and the usage in one statement. SQLite has no
+    data-modifying ``WITH``: three statements. Either way the unit is refused
+    (and so rolled back) past the quota, and the image's insert fails first on a
+    capture already under way.
+    """
+    image_values = insert_values(_IMAGES, image)
+    job_values = insert_values(_JOBS, job)
+    if statements.dialect_name == "postgresql":
+        values = {**image_values, **job_values, "account_id": caller.account_id}
+        require_room_beside(quota, statements.rows(_CAPTURE_AND_USAGE, values)[0], image.size)
+        return
+    statements.count(inserting(_IMAGES), image_values)
+    require_room_for_added(statements, caller.account_id, quota, image.size)
+    statements.count(inserting(_JOBS), job_values)
+
+
 def _replay_or_remember(
-    session: Session, caller: Caller, request_id: str | None, action: JobAction, job_id: str
+    statements: Statements, caller: Caller, request_id: str | None, action: JobAction, job_id: str
 ) -> Job | None:
     """The earlier job of a repeated ``request_id``; else the key is taken for ``job_id``."""
     if not request_id:
         return None
-    earlier = replay(session, caller, request_id, action)
+    earlier = replay(statements, caller, request_id, action)
     if earlier is None:
-        remember(session, caller, request_id, action, job_id)
+        remember(statements, caller, request_id, action, job_id)
     return earlier
 
 
-def _image_of(session: Session, capture_job: Job) -> Image:
+def _image_of(statements: Statements, capture_job: Job) -> Image:
     image_id = capture_job.resource_ids[0]
-    image = session.get(Image, image_id)
-    if image is None:
+    row = statements.first(_IMAGE, {"image_id": image_id})
+    if row is None:
         raise ResourceNotFound(f"image {image_id} of that request has been purged")
-    return image
+    return Image(**row._mapping)
 
 
 def _already_capturing(instance_id: str) -> StateConflict:
@@ -157,28 +191,33 @@ def _already_capturing(instance_id: str) -> StateConflict:
 
 
 def delete_images(
-    session: Session, caller: Caller, image_ids: Sequence[str], request_id: str | None = None
+    db: Db, caller: Caller, image_ids: Sequence[str], request_id: str | None = None
 ) -> Job:
     """Start deleting the caller's images: all of them, or none.
 
     With a ``request_id`` already used in the last 24 h, the earlier job.
     """
+    statements = statements_of(db)
     action = JobAction.DELETE_IMAGES
     job_id = ids.job_id()
-    earlier = _replay_or_remember(session, caller, request_id, action, job_id)
+    earlier = _replay_or_remember(statements, caller, request_id, action, job_id)
     if earlier is not None:
         return earlier
-    wanted = _begin_delete(session, caller, image_ids)
-    return new_job(session, caller, action, wanted, job_id=job_id)
+    wanted = list(dict.fromkeys(image_ids))
+    job = job_row(caller, action, wanted, job_id=job_id)
+    if statements.dialect_name == "postgresql":  # the moves and the job in one statement
+        _begin_delete(statements, caller, wanted, (_JOBS, insert_values(_JOBS, job)))
+        return job
+    _begin_delete(statements, caller, wanted)
+    return new_job(statements, caller, action, wanted, job_id=job_id)
 
 
-def recover_images(
-    session: Session, caller: Caller, image_ids: Sequence[str], retention: float
-) -> Job:
+def recover_images(db: Db, caller: Caller, image_ids: Sequence[str], retention: float) -> Job:
     """Start bringing the caller's deleted images back, if still within ``retention`` seconds."""
+    statements = statements_of(db)
     cutoff = utcnow() - timedelta(seconds=retention)
     wanted = list(dict.fromkeys(image_ids))
-    rows = _lock_own(session, caller, wanted, "recover")
+    rows = _lock_own(statements, caller, wanted, "recover")
     gone = [row for row in rows.values() if _is_ceased(row, cutoff)]
     if gone:
         names = ", ".join(row.image_id for row in gone)
@@ -188,17 +227,22 @@ def recover_images(
         )
     _require_movable(rows, ImageAction.BEGIN_RECOVER)
     within_window = Image.status_time > cutoff
-    if move_images(session, wanted, ImageAction.BEGIN_RECOVER, within_window) != len(wanted):
+    if move_images(statements, wanted, ImageAction.BEGIN_RECOVER, within_window) != len(wanted):
         raise StateConflict("images changed while being recovered; retry")
-    return new_job(session, caller, JobAction.RECOVER_IMAGES, wanted)
+    return new_job(statements, caller, JobAction.RECOVER_IMAGES, wanted)
 
 
-def _is_ceased(image: Image, cutoff: datetime) -> bool:
+def _is_ceased(image: Any, cutoff: datetime) -> bool:
     expired = image.status == ImageStatus.DELETED and image.status_time <= cutoff
-    return expired or image.status == ImageStatus.CEASED
+    return bool(expired or image.status == ImageStatus.CEASED)
 
 
-def _begin_delete(session: Session, caller: Caller, image_ids: Sequence[str]) -> list[str]:
+def _begin_delete(
+    statements: Statements,
+    caller: Caller,
+    wanted: list[str],
+    then: tuple[Table, dict[str, Any]] | None = None,
+) -> None:
     """Begin deleting all the caller's images, or refuse naming the offenders.
 
     One compare-and-set update moves every image the caller may change and
@@ -206,36 +250,38 @@ def _begin_delete(session: Session, caller: Caller, image_ids: Sequence[str]) ->
     undone (deleting leaves ``status`` alone, so the undo is exact: a refusal
     leaves the images as they were, even in a unit that goes on to commit)
     and the others read, to say why: not found, not theirs, or in a state
-    that forbids it.
+    that forbids it. ``then`` (PostgreSQL): the job's row, inserted by the same
+    statement if every image moved (transitions.moved_changeable_images).
     """
     action = ImageAction.BEGIN_DELETE
-    wanted = list(dict.fromkeys(image_ids))
-    moved = moved_images(session, wanted, action, *changeable_images(caller))
+    moved = moved_changeable_images(statements, caller, wanted, action, then)
     if len(moved) == len(wanted):
-        return wanted
-    move_images(session, list(moved), ImageAction.CANCEL_DELETE)
-    rows = _lock_own(session, caller, wanted, action.value)
+        return
+    move_images(statements, list(moved), ImageAction.CANCEL_DELETE)
+    rows = _lock_own(statements, caller, wanted, action.value)
     _require_movable(rows, action)
     raise StateConflict(f"images changed during {action.value}; retry")
 
 
 def _lock_own(
-    session: Session, caller: Caller, image_ids: list[str], verb: str
-) -> dict[str, Image]:
-    rows = _lock_visible(session, caller, image_ids)
+    statements: Statements, caller: Caller, image_ids: list[str], verb: str
+) -> dict[str, Any]:
+    """The caller's own images ``image_ids``, locked: rows by id; refuses those not
+    found, or not theirs."""
+    rows = _lock_visible(statements, caller, image_ids)
     _require_found(image_ids, rows)
     _require_own(caller, rows, verb)
     return rows
 
 
-def _require_movable(rows: dict[str, Image], action: ImageAction) -> None:
+def _require_movable(rows: dict[str, Any], action: ImageAction) -> None:
     blocked = [row for row in rows.values() if not can_move(row, action)]
     if blocked:
         raise refusal(action, blocked)
 
 
 def modify_image(
-    session: Session,
+    db: Db,
     caller: Caller,
     image_id: str,
     image_name: str | None,
@@ -244,14 +290,15 @@ def modify_image(
     """Change an image's name and/or description; the job is already successful."""
     if image_name is None and description is None:
         raise InvalidParameter("give image_name or description (or both) to modify")
-    rows = _lock_own(session, caller, [image_id], "modify")
+    statements = statements_of(db)
+    rows = _lock_own(statements, caller, [image_id], "modify")
     _require_movable(rows, ImageAction.MODIFY)
     changes = {"image_name": image_name, "description": description}
     values = {key: value for key, value in changes.items() if value is not None}
-    if move_images(session, [image_id], ImageAction.MODIFY, **values) != 1:
+    if move_images(statements, [image_id], ImageAction.MODIFY, **values) != 1:
         raise StateConflict(f"image {image_id} changed while being modified; retry")
     return new_job(
-        session,
+        statements,
         caller,
         JobAction.MODIFY_IMAGE_ATTRIBUTES,
         [image_id],
@@ -259,18 +306,20 @@ def modify_image(
     )
 
 
-def _lock_visible(session: Session, caller: Caller, image_ids: list[str]) -> dict[str, Image]:
-    stmt = visible_images(caller).where(Image.image_id.in_(image_ids)).with_for_update()
-    return {row.image_id: row for row in session.scalars(stmt)}
+def _lock_visible(statements: Statements, caller: Caller, image_ids: list[str]) -> dict[str, Any]:
+    # Built per call: only refusals, recoveries and modifications read rows first.
+    stmt = visible_images(caller).with_only_columns(*_IMAGES.c)
+    locked = stmt.where(Image.image_id.in_(image_ids)).with_for_update()
+    return {row.image_id: row for row in statements.rows(locked, {})}
 
 
-def _require_found(wanted: list[str], rows: dict[str, Image]) -> None:
+def _require_found(wanted: list[str], rows: dict[str, Any]) -> None:
     missing = [image_id for image_id in wanted if image_id not in rows]
     if missing:
         raise ResourceNotFound(f"image {', '.join(missing)} not found")
 
 
-def _require_own(caller: Caller, rows: dict[str, Image], verb: str) -> None:
+def _require_own(caller: Caller, rows: dict[str, Any], verb: str) -> None:
     """Users change only images they own and captured; visible is not enough."""
     foreign = [
         row

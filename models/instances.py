@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import String, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from models import ids
 from models.db import Database
 from models.errors import InvalidParameter, ResourceNotFound, StateConflict
-from models.scoping import Caller, owned_instances
+from models.scoping import Caller
+from models.statements import Db, statements_of
 from models.states import InstanceStatus, Platform, ProcessorType
 from models.tables import LOCAL_HOST, Account, Instance
 
 # A compute host's name; it becomes part of a queue name, so it is kept plain.
 HOST_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 HOST_NAME = re.compile(HOST_PATTERN)
+
+_INSTANCES = cast(Table, Instance.__table__)
+# The caller's instance (scoping.owned_instances), bound: built once.
+_OWNED = select(*_INSTANCES.c).where(
+    _INSTANCES.c.zone == bindparam("zone", type_=String),
+    _INSTANCES.c.owner == bindparam("owner", type_=String),
+    _INSTANCES.c.instance_id == bindparam("instance_id", type_=String),
+)
 
 
 @dataclass(frozen=True)
@@ -60,13 +69,13 @@ class InstanceInventory(Protocol):
     """What the image service needs to know about instances."""
 
     def find_owned(
-        self, caller: Caller, instance_id: str, session: Session | None = None
+        self, caller: Caller, instance_id: str, db: Db | None = None
     ) -> InstanceInfo | None:
         """The caller's instance, or None if it does not exist or is not theirs.
 
-        ``session``, the caller's unit of work: an inventory kept in this
-        service's database reads through it (no second connection); any other
-        inventory ignores it.
+        ``db``, the caller's unit of work: an inventory kept in this service's
+        database reads through it (no second connection); any other inventory
+        ignores it.
         """
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
@@ -80,13 +89,13 @@ class SqlInventory:
         self._database = database
 
     def find_owned(
-        self, caller: Caller, instance_id: str, session: Session | None = None
+        self, caller: Caller, instance_id: str, db: Db | None = None
     ) -> InstanceInfo | None:
-        stmt = owned_instances(caller).where(Instance.instance_id == instance_id)
-        if session is not None:
-            return _info_or_none(session.scalars(stmt).one_or_none())
+        values = {"zone": caller.zone, "owner": caller.account_id, "instance_id": instance_id}
+        if db is not None:
+            return _info_or_none(statements_of(db).first(_OWNED, values))
         with self._database.reading() as reading:
-            return _info_or_none(reading.scalars(stmt).one_or_none())
+            return _info_or_none(statements_of(reading).first(_OWNED, values))
 
     def find(self, zone: str, instance_id: str) -> InstanceInfo | None:
         stmt = select(Instance).where(Instance.zone == zone, Instance.instance_id == instance_id)
@@ -94,11 +103,11 @@ class SqlInventory:
             return _info_or_none(session.scalars(stmt).one_or_none())
 
 
-def _info_or_none(row: Instance | None) -> InstanceInfo | None:
-    return instance_info(row) if row else None
+def _info_or_none(row: Any) -> InstanceInfo | None:
+    return instance_info(row) if row is not None else None
 
 
-def instance_info(row: Instance) -> InstanceInfo:
+def instance_info(row: Instance | Any) -> InstanceInfo:
     """What the inventory tells of an instance row."""
     return InstanceInfo(
         instance_id=row.instance_id,

@@ -42,6 +42,7 @@ from models.accounts import BEARER, bearer_account
 from models.errors import ResourceNotFound
 from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import Caller, one_of, owned_job_range, owned_jobs
+from models.statements import Db, insert_values, inserting, statements_of
 from models.states import IMAGE_MOVES, JOB_MOVES, ImageAction, JobAction, JobStatus
 from models.tables import Image, Job, utcnow
 
@@ -53,7 +54,7 @@ _IMAGES = cast(Table, Image.__table__)
 
 
 def new_job(
-    session: Session,
+    db: Db,
     caller: Caller,
     action: JobAction,
     resource_ids: list[str],
@@ -61,10 +62,28 @@ def new_job(
     job_id: str | None = None,
     host: str = ANY_HOST,
 ) -> Job:
-    """Record a job; ``host`` names the compute host whose workers must run it."""
+    """Record a job; ``host`` names the compute host whose workers must run it.
+
+    One Core ``INSERT`` (models/statements.py), on a Session or on the API's write
+    path; the Job returned is not in any session: it reads as the row inserted."""
+    job = job_row(caller, action, resource_ids, status, job_id, host)
+    statements_of(db).count(inserting(_JOBS), insert_values(_JOBS, job))
+    return job
+
+
+def job_row(
+    caller: Caller,
+    action: JobAction,
+    resource_ids: list[str],
+    status: JobStatus = JobStatus.PENDING,
+    job_id: str | None = None,
+    host: str = ANY_HOST,
+) -> Job:
+    """The row :func:`new_job` inserts (for a caller that inserts it in a statement
+    of its own: ``inserting(Job.__table__)``, ``insert_values``)."""
     now = utcnow()
     done = now if status.is_terminal else None
-    job = Job(
+    return Job(
         job_id=job_id or ids.job_id(),
         zone=caller.zone,
         owner=caller.account_id,
@@ -80,9 +99,6 @@ def new_job(
         request_id=caller.request_id,
         host=host,
     )
-    session.add(job)
-    session.flush()
-    return job
 
 
 def move_job(

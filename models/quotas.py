@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Insert, Select, String, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import QuotaExceeded, ResourceNotFound
+from models.statements import Db, statements_of
 from models.states import ImageStatus
 from models.tables import Account, Image
+
+_ACCOUNT = bindparam("account_id", type_=String)
+_QUOTA = select(Account.quota_images, Account.quota_gb).where(Account.account_id == _ACCOUNT)
+# Held until commit: concurrent captures by one account are counted one after the other.
+_LOCKED_QUOTA = _QUOTA.with_for_update()
+_USAGE = select(func.count(), func.coalesce(func.sum(Image.size), 0)).where(
+    Image.owner == _ACCOUNT, Image.status != ImageStatus.CEASED.value
+)
 
 
 @dataclass(frozen=True)
@@ -24,11 +34,11 @@ class Usage:
     gb: int
 
 
-def quota_of(session: Session, account_id: str, default: Quota, *, lock: bool = False) -> Quota:
+def quota_of(db: Db, account_id: str, default: Quota, *, lock: bool = False) -> Quota:
     """The account's quota. With ``lock``, holds the account row until commit so that
     concurrent captures by one account are counted one after the other."""
-    stmt = select(Account.quota_images, Account.quota_gb).where(Account.account_id == account_id)
-    row = session.execute(stmt.with_for_update() if lock else stmt).one_or_none()
+    stmt = _LOCKED_QUOTA if lock else _QUOTA
+    row = statements_of(db).first(stmt, {"account_id": account_id})
     if row is None:
         raise ResourceNotFound(f"account {account_id} not found")
     images, gb = row
@@ -38,29 +48,46 @@ def quota_of(session: Session, account_id: str, default: Quota, *, lock: bool = 
     )
 
 
-def usage_of(session: Session, account_id: str) -> Usage:
-    stmt = select(func.count(), func.coalesce(func.sum(Image.size), 0)).where(
-        Image.owner == account_id, Image.status != ImageStatus.CEASED.value
-    )
-    images, gb = session.execute(stmt).one()
+def usage_of(db: Db, account_id: str) -> Usage:
+    images, gb = statements_of(db).rows(_USAGE, {"account_id": account_id})[0]
     return Usage(images=int(images), gb=int(gb))
 
 
-def require_room(session: Session, account_id: str, default: Quota, adding_gb: int) -> None:
+def require_room(db: Db, account_id: str, default: Quota, adding_gb: int) -> None:
     """Refuse (429) a new image of ``adding_gb`` that would exceed the account's quota."""
-    quota = quota_of(session, account_id, default, lock=True)
-    _refuse_over(quota, usage_of(session, account_id), adding_gb)
+    quota = quota_of(db, account_id, default, lock=True)
+    _refuse_over(quota, usage_of(db, account_id), adding_gb)
 
 
-def require_room_for_added(session: Session, account_id: str, quota: Quota, added_gb: int) -> None:
+def require_room_for_added(db: Db, account_id: str, quota: Quota, added_gb: int) -> None:
     """Refuse (429) the image of ``added_gb`` just recorded, if it exceeds ``quota``.
 
     ``quota`` comes from :func:`quota_of` with ``lock``, taken before the image
     was recorded: the usage read here, in a later statement, counts every image
     of a capture that held the lock before, and this one.
     """
-    used = usage_of(session, account_id)
+    used = usage_of(db, account_id)
     _refuse_over(quota, Usage(used.images - 1, used.gb - added_gb), added_gb)
+
+
+def usage_beside(*inserts: Insert) -> Select[int, int]:
+    """PostgreSQL: one statement that runs ``inserts`` (data-modifying ``WITH``) and reads
+    the usage of the account bound as ``account_id``: a round trip for each insert saved.
+
+    The usage is read from the statement's snapshot, which does not hold the rows
+    it inserts: it is the usage beside them, as :func:`require_room_beside` takes it.
+    Run after :func:`quota_of` with ``lock``, like :func:`require_room_for_added`.
+    """
+    statement = _USAGE
+    for n, inserted in enumerate(inserts):
+        statement = statement.add_cte(inserted.cte(f"inserted_{n}"))
+    return statement
+
+
+def require_room_beside(quota: Quota, row: Any, adding_gb: int) -> None:
+    """Refuse (429) an image of ``adding_gb`` beyond the usage read by :func:`usage_beside`."""
+    images, gb = row
+    _refuse_over(quota, Usage(int(images), int(gb)), adding_gb)
 
 
 def _refuse_over(quota: Quota, used: Usage, adding_gb: int) -> None:

@@ -394,3 +394,19 @@ def reads_for(database: Database) -> Reads:
     if database.engine.dialect.name == "postgresql":
         return AsyncpgReads(database.url)
     return ThreadReads(database)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` says the connection is gone (a restart, an admin shutdown),
+    so that what it interrupted may be run once more on a new one."""
+    return isinstance(error, _CONNECTION_LOST)
+
+
+async def decode_json(connection: asyncpg.Connection) -> None:
+    """JSON columns read and written as Python values (the write path's connections too)."""
+    await _decode_json(connection)
+
+
+async def nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """No reset query when a connection goes back to a pool whose users leave nothing
+    to reset (no SET, no LISTEN, no advisory lock; a transaction always ended)."""

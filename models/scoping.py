@@ -48,9 +48,17 @@ def changeable_images(caller: Caller) -> tuple[ColumnElement[bool], ...]:
     The conditions of :func:`visible_images` joined with ownership, for a
     compare-and-set update that needs no read first.
     """
+    return changeable_image_range(caller.zone, caller.account_id)
+
+
+def changeable_image_range(
+    zone: str | ColumnElement[str], account_id: str | ColumnElement[str]
+) -> tuple[ColumnElement[bool], ...]:
+    """The rule of :func:`changeable_images` for ``account_id`` in ``zone``, values or
+    bound parameters (a statement built once)."""
     return (
-        Image.zone == caller.zone,
-        Image.owner == caller.account_id,
+        Image.zone == zone,
+        Image.owner == account_id,
         Image.provider == Provider.SELF.value,
     )
 

@@ -1,0 +1,227 @@
+"""Where the API runs its writing units of work.
+
+A unit is a synchronous write function given :class:`~models.statements.Statements`
+(models/images.py: ``capture_instance``, ``delete_images``...). On PostgreSQL
+(:class:`AsyncpgWrites`) it runs in a greenlet on the API's event loop, and
+each of its statements is compiled once to asyncpg's SQL and awaited on a
+pooled asyncpg connection: no thread hop, no ORM, no SQLAlchemy execution
+per statement, and as many units at once as the pool has connections. On
+SQLite (:class:`ThreadWrites`) it runs through the synchronous
+:class:`~models.db.Database` in a thread. Either way the unit commits when
+it returns, rolls back when it raises, and runs once more if its connection
+was lost before its commit: nothing of the first run was committed. A
+connection lost during the commit is not retried (whether it landed is
+unknown): 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar, cast
+
+import asyncpg
+from sqlalchemy import Executable
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import await_only, greenlet_spawn
+
+from models.db import Database
+from models.errors import ServiceUnavailable
+from models.reads import (
+    CONNECT_TIMEOUT_S,
+    MAX_COMPILED,
+    Record,
+    connection_lost,
+    decode_json,
+    nothing_to_reset,
+)
+from models.statements import SessionStatements, Statements
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+# How the API's writing units show in pg_stat_activity.
+APPLICATION_NAME = "imagesvc-writes"
+
+
+class Writes(ABC):
+    """Where the API's writing units of work run."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Get ready on the running event loop (the API's startup)."""
+
+    @abstractmethod
+    async def run(self, work: Callable[[Statements], R]) -> R:
+        """``work(statements)`` in one transaction: committed if it returns, rolled back
+        if it raises; once more if its connection was lost before the commit."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Let go of the connections (the API's cleanup)."""
+
+
+class ThreadWrites(Writes):
+    """The synchronous :class:`Database`, in a thread: SQLite's path."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def open(self) -> None:
+        return None  # the Database's own pool, opened on first use
+
+    async def run(self, work: Callable[[Statements], R]) -> R:
+        def unit(session: Any) -> R:
+            return work(SessionStatements(session))
+
+        return await asyncio.to_thread(self.database.run_transaction, unit)
+
+    async def close(self) -> None:
+        return None  # closed with the Database
+
+
+class AsyncpgWrites(Writes):
+    """asyncpg on the event loop, statements compiled once: PostgreSQL's path.
+
+    ``pool_size`` connections (``IMAGESVC_WRITE_POOL_SIZE``): that many units at
+    once. A connection is not checked before use; a unit that finds it lost runs
+    once more on a new one (every pooled connection is then replaced)."""
+
+    def __init__(self, url: str, pool_size: int) -> None:
+        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._compiler = WriteCompiler()
+
+    async def open(self) -> None:
+        # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=0,
+            max_size=self.pool_size,
+            timeout=CONNECT_TIMEOUT_S,
+            server_settings={"application_name": APPLICATION_NAME},
+            init=decode_json,
+            record_class=Record,
+            # A unit's transaction always ends (commit or rollback) before its connection
+            # goes back; asyncpg's reset would be a round trip per unit that resets nothing.
+            reset=nothing_to_reset,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def run(self, work: Callable[[Statements], R]) -> R:
+        try:
+            return await self._run(work)
+        except _LostBeforeCommit as lost:
+            log.info("database connection lost (%s); once more on a new one", lost.cause)
+            await self._require_pool().expire_connections()
+        try:
+            return await self._run(work)
+        except _LostBeforeCommit as lost:
+            log.warning("database unavailable: %s", lost.cause)
+            raise ServiceUnavailable("the database is unavailable") from None
+
+    async def _run(self, work: Callable[[Statements], R]) -> R:
+        committing = False
+        try:
+            async with self._require_pool().acquire() as connection:
+                async with connection.transaction():
+                    statements = AsyncpgStatements(connection, self._compiler)
+                    result = await greenlet_spawn(work, statements)
+                    committing = True
+                return result
+        except Exception as error:
+            if not connection_lost(error):
+                raise
+            if committing:
+                log.warning("database connection lost during a commit: %s", error)
+                raise ServiceUnavailable("the database is unavailable") from None
+            raise _LostBeforeCommit(type(error).__name__) from error
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("AsyncpgWrites.open() was not awaited")
+        return self._pool
+
+
+class _LostBeforeCommit(Exception):
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class AsyncpgStatements(Statements):
+    """Statements awaited on one asyncpg connection from the unit's greenlet."""
+
+    dialect_name = "postgresql"
+
+    def __init__(self, connection: asyncpg.Connection, compiler: WriteCompiler) -> None:
+        self.connection = connection
+        self.compiler = compiler
+
+    def rows(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+        sql, args = self.compiler.bind(statement, values)
+        with _integrity_errors(sql, args):
+            rows: Sequence[Any] = await_only(self.connection.fetch(sql, *args))
+        return rows
+
+    def count(self, statement: Executable, values: Mapping[str, Any]) -> int:
+        sql, args = self.compiler.bind(statement, values)
+        with _integrity_errors(sql, args):
+            status: str = await_only(self.connection.execute(sql, *args))
+        return int(status.rpartition(" ")[2] or 0)  # "UPDATE 3", "INSERT 0 1"
+
+
+@contextmanager
+def _integrity_errors(sql: str, args: Sequence[Any]) -> Iterator[None]:
+    """asyncpg's constraint violations as SQLAlchemy's IntegrityError, which the
+    domain catches whichever path ran the statement."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise IntegrityError(sql, list(args), error) from error
+
+
+class WriteCompiler:
+    """asyncpg's SQL for each statement, compiled once. Expanding parameters (``IN``
+    a list of ids) are rendered per call from the compiled form, as SQLAlchemy does."""
+
+    def __init__(self) -> None:
+        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+
+    def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL of ``statement`` and its positional arguments from ``values``."""
+        compiled = self._compile(statement)
+        bound = compiled.construct_params(dict(values))
+        if compiled.post_compile_params:
+            expanded = compiled.construct_expanded_state(bound)
+            return expanded.statement, list(expanded.positional_parameters)
+        return compiled.string, [bound[name] for name in compiled.positiontup or ()]
+
+    def _compile(self, statement: Executable) -> SQLCompiler:
+        known = self._compiled.get(id(statement))
+        if known is not None and known[0] is statement:
+            return known[1]
+        compiled = cast(SQLCompiler, statement.compile(dialect=self._dialect))  # type: ignore[attr-defined]
+        if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
+            self._compiled.clear()
+        self._compiled[id(statement)] = (statement, compiled)
+        return compiled
+
+
+def writes_for(database: Database, pool_size: int) -> Writes:
+    """The API's write path for ``database``'s backend; on PostgreSQL ``pool_size``
+    connections, as many units at once."""
+    if database.engine.dialect.name == "postgresql":
+        return AsyncpgWrites(database.url, pool_size)
+    return ThreadWrites(database)

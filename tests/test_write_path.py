@@ -1,0 +1,99 @@
+"""The API's write path (models/writes.py): a unit of work commits when it returns,
+leaves nothing when it raises, turns a broken constraint into the IntegrityError the
+domain catches, and runs once more when its connection was lost before its commit.
+
+On PostgreSQL the path is asyncpg on the event loop; on SQLite, a Session in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select, text
+
+from models.client_requests import DuplicateRequest, remember
+from models.db import Database
+from models.errors import StateConflict
+from models.jobs import new_job
+from models.scoping import Caller
+from models.statements import Statements
+from models.states import JobAction
+from models.tables import Job
+from models.writes import Writes, writes_for
+from tests.support.records import Records
+
+
+@pytest.fixture
+async def writes(own_database: Database) -> AsyncIterator[Writes]:
+    path = writes_for(own_database, pool_size=4)
+    await path.open()
+    yield path
+    await path.close()
+
+
+def _jobs_of(database: Database, caller: Caller) -> int:
+    with database.reading() as session:
+        return int(session.scalar(select(func.count()).where(Job.owner == caller.account_id)) or 0)
+
+
+async def test_a_unit_commits_when_it_returns_and_leaves_nothing_when_it_raises(
+    writes: Writes, records: Records, own_database: Database
+) -> None:
+    caller = records.account()
+
+    def record(statements: Statements) -> str:
+        return new_job(statements, caller, JobAction.DELETE_IMAGES, ["img-x"]).job_id
+
+    def record_then_refuse(statements: Statements) -> None:
+        new_job(statements, caller, JobAction.DELETE_IMAGES, ["img-y"])
+        raise StateConflict("refused after recording")
+
+    job_id = await writes.run(record)
+    with pytest.raises(StateConflict):
+        await writes.run(record_then_refuse)
+    assert _jobs_of(own_database, caller) == 1
+    with own_database.reading() as session:
+        assert session.get(Job, job_id) is not None
+
+
+async def test_a_broken_constraint_is_the_integrity_error_the_domain_catches(
+    writes: Writes, records: Records
+) -> None:
+    caller = records.account()
+
+    def take_key(statements: Statements) -> None:
+        remember(statements, caller, "req-1", JobAction.DELETE_IMAGES, "j-1")
+
+    await writes.run(take_key)
+    with pytest.raises(DuplicateRequest):
+        await writes.run(take_key)
+
+
+async def test_a_unit_whose_connection_was_lost_runs_once_more_on_a_new_one(
+    writes: Writes, records: Records, own_database: Database
+) -> None:
+    """As after a PostgreSQL restart: the path checks no connection before use, and
+    a unit whose connection dies under it runs again; nothing of the first run stays."""
+    if own_database.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    caller = records.account()
+    runs: list[int] = []
+
+    def record_losing_the_first_connection(statements: Statements) -> None:
+        runs.append(1)
+        new_job(statements, caller, JobAction.DELETE_IMAGES, ["img-z"])
+        if len(runs) == 1:
+            pid = statements.first(text("SELECT pg_backend_pid() AS pid"), {}).pid
+            _terminate(own_database, pid)
+        new_job(statements, caller, JobAction.DELETE_IMAGES, ["img-z2"])
+
+    await writes.run(record_losing_the_first_connection)
+    assert runs == [1, 1]
+    assert _jobs_of(own_database, caller) == 2
+
+
+def _terminate(database: Database, pid: int) -> None:
+    with database.engine.connect() as connection:
+        statement = text("SELECT pg_terminate_backend(:pid)")
+        assert connection.execute(statement, {"pid": pid}).scalar_one()
