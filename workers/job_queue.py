@@ -41,9 +41,13 @@ class JobQueue:
         """Send each ``(job_id, host)`` as :meth:`send` does, all on one producer (one
         broker connection); the number sent. A job not sent is logged and left pending."""
         try:
-            with self._app.producer_or_acquire() as producer:
+            with self._app.producer_or_acquire() as producer, producer.batch():
+                # One Redis pipeline for the lot: published one by one, each message
+                # built a Redis client of its own and waited for its own LPUSH (kombu),
+                # a third of the API's CPU per accepted write. Transports without
+                # batches (the embedded broker) publish each message at once.
                 return sum(self._send(job_id, host, producer) for job_id, host in jobs)
-        except Exception:  # the pool could not give a producer: the broker is away
+        except Exception:  # no producer, or the batch's pipeline failed: the broker is away
             log.warning("could not send %d jobs; the sweep will retry", len(jobs), exc_info=True)
             return 0
 
