@@ -200,6 +200,10 @@ OWN_KEYS = (
     f"SELECT create_time, image_id FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
     f"{NEWEST} LIMIT $3"
 )
+OWN_HEAD = (
+    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
+    f"{NEWEST} LIMIT $3"
+)
 OWN_ROWS = (
     f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
     "AND image_id = ANY($3)"
@@ -260,14 +264,21 @@ async def _own_and_public(
     offset: int,
     limit: int,
 ) -> list[bytes]:
-    keys = await connection.fetch(OWN_KEYS, zone, owner, min(offset + limit, own)) if own else []
-    window = catalogue.window([(key[0], key[1]) for key in keys], offset, limit)
-    own_ids = [entry for entry in window if isinstance(entry, str)]
-    rows = {}
-    if own_ids:
-        rows = {
-            row["image_id"]: row for row in await connection.fetch(OWN_ROWS, zone, owner, own_ids)
-        }
+    if offset == 0:  # a first page: its own rows in full, in one statement
+        read = await connection.fetch(OWN_HEAD, zone, owner, min(limit, own)) if own else []
+        rows = {row["image_id"]: row for row in read}
+        own_keys = [(row["create_time"], row["image_id"]) for row in read]
+        window = catalogue.window(own_keys, 0, limit)
+    else:
+        keys = (
+            await connection.fetch(OWN_KEYS, zone, owner, min(offset + limit, own)) if own else []
+        )
+        window = catalogue.window([(key[0], key[1]) for key in keys], offset, limit)
+        own_ids = [entry for entry in window if isinstance(entry, str)]
+        rows = {}
+        if own_ids:
+            read = await connection.fetch(OWN_ROWS, zone, owner, own_ids)
+            rows = {row["image_id"]: row for row in read}
     return [
         catalogue.rendered[entry] if isinstance(entry, int) else _image_json(rows[entry])
         for entry in window

@@ -99,9 +99,12 @@ def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
         f"offset=5000: the caller's own keys (head = min(5100, own) = {head})": _explain(
             database, statements.own_keys.params({**values, "head": head})
         ),
+        "default: the caller's first own rows, in full (head = min(10, own))": _explain(
+            database, statements.own_head.params({**values, "head": min(10, own)})
+        ),
         "offset=5000: own rows in the page, by primary key (here: 10)": _explain(
             database,
-            statements.own_rows.params({**values, "own_ids": [key[0] for key in keys[:10]]}),
+            statements.own_rows.params({**values, "own_ids": [key.image_id for key in keys[:10]]}),
         ),
     }
 

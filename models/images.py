@@ -570,6 +570,7 @@ def catalogued_listing() -> CataloguedListing:
     index), they leave a page only the caller's own part to read, by keys from
     the owner's index (``own_keys``) and by primary key (``own_rows``): the cost
     of ``offset`` then follows the caller's images, not the public ones it skips.
+    A first page reads its own rows in full at once (``own_head``).
     """
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
     shown = _conditions(UNFILTERED, postgresql=True)
@@ -594,7 +595,13 @@ def catalogued_listing() -> CataloguedListing:
         .limit(bindparam("head", type_=BigInteger))
     )
     own_rows = select(*columns).where(own, one_of(Image.image_id, "own_ids", postgresql=True))
-    return CataloguedListing(first, catalogue, own_keys, own_rows)
+    own_head = (
+        select(*columns)
+        .where(own)
+        .order_by(*newest_first)
+        .limit(bindparam("head", type_=BigInteger))
+    )
+    return CataloguedListing(first, catalogue, own_keys, own_rows, own_head)
 
 
 def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:

@@ -154,13 +154,15 @@ class CataloguedListing:
     ``public`` (the zone's public ones, from public_image_counts); ``catalogue``
     every public, not hidden image of the zone in listing order; ``own_keys`` the
     first ``head`` listing keys of the caller's own part; ``own_rows`` the rows of
-    the ids bound as ``own_ids``, if they are still the caller's own part.
+    the ids bound as ``own_ids``, if they are still the caller's own part;
+    ``own_head`` the first ``head`` rows of the caller's own part, in full.
     """
 
     first: Select[Any]
     catalogue: Select[Any]
     own_keys: Select[Any]
     own_rows: Select[Any]
+    own_head: Select[Any]
 
 
 @dataclass(frozen=True)
@@ -544,25 +546,65 @@ async def _page_on(
     own: int,
     render: Render,
 ) -> list[bytes]:
-    """The page's entries: the caller's own keys (at most ``own``) merged with the
-    catalogue's, then the own rows that fall in the page read by primary key (and
-    still the caller's: one changed since stays out), rendered now."""
-    own_keys: list[ListingKey] = []
-    if own:
-        head = min(values["head"], own)
-        keys = await connection.fetch(statements.own_keys, {**values, "head": head})
-        own_keys = [(key.create_time, key.image_id) for key in keys]
-    window = catalogue.window(own_keys, values["offset"], values["limit"])
-    own_ids = [entry for entry in window if isinstance(entry, str)]
-    rows = {}
-    if own_ids:
-        read = await connection.fetch(statements.own_rows, {**values, "own_ids": own_ids})
-        rows = {row.image_id: row for row in read}
+    """The page's entries: the caller's own part (at most ``own`` images) merged with
+    the catalogue's, own rows rendered now."""
+    if values["offset"] == 0:
+        own_keys, rows = await _first_own_rows(connection, statements, values, own)
+        window = catalogue.window(own_keys, 0, values["limit"])
+    else:
+        own_keys = await _own_keys(connection, statements, values, own)
+        window = catalogue.window(own_keys, values["offset"], values["limit"])
+        rows = await _own_rows(connection, statements, values, window)
     return [
         catalogue.rendered[entry] if isinstance(entry, int) else render(rows[entry])
         for entry in window
         if isinstance(entry, int) or entry in rows
     ]
+
+
+async def _first_own_rows(
+    connection: ReadConnection,
+    statements: CataloguedListing,
+    values: Mapping[str, Any],
+    own: int,
+) -> tuple[list[ListingKey], dict[str, Any]]:
+    """A first page's own rows, in full, in one statement: at most ``limit`` of
+    them, as many as the page statement would read (the default listing keeps
+    its two statements)."""
+    if not own:
+        return [], {}
+    head = min(values["limit"], own)
+    read = await connection.fetch(statements.own_head, {**values, "head": head})
+    return [(row.create_time, row.image_id) for row in read], {row.image_id: row for row in read}
+
+
+async def _own_keys(
+    connection: ReadConnection,
+    statements: CataloguedListing,
+    values: Mapping[str, Any],
+    own: int,
+) -> list[ListingKey]:
+    """The listing keys of the caller's first ``head`` own images (index only)."""
+    if not own:
+        return []
+    head = min(values["head"], own)
+    keys = await connection.fetch(statements.own_keys, {**values, "head": head})
+    return [(key.create_time, key.image_id) for key in keys]
+
+
+async def _own_rows(
+    connection: ReadConnection,
+    statements: CataloguedListing,
+    values: Mapping[str, Any],
+    window: Sequence[str | int],
+) -> dict[str, Any]:
+    """The own rows that fall in the page, by primary key, if still the caller's
+    (one changed since stays out)."""
+    own_ids = [entry for entry in window if isinstance(entry, str)]
+    if not own_ids:
+        return {}
+    read = await connection.fetch(statements.own_rows, {**values, "own_ids": own_ids})
+    return {row.image_id: row for row in read}
 
 
 async def _remembered_part(
