@@ -179,14 +179,19 @@ class PublicCatalogue:
         """The entries at ``offset`` to ``offset + limit`` of the listing that merges
         ``own`` (the caller's own part, newest first, at least its first ``offset +
         limit``) with this catalogue: an own image's id, or a public entry's index."""
-        places = [index + self._newer_than(key) for index, key in enumerate(own)]
-        own_next = bisect.bisect_left(places, offset)  # own entries before the offset
-        public_next = offset - own_next
+
+        def place(index: int) -> int:  # of own[index] in the listing
+            return index + self._newer_than(own[index]) if index < len(own) else -1
+
+        # Own entries before the offset, by bisection: places grow with the index.
+        own_next = bisect.bisect_left(range(len(own)), offset, key=place)
+        public_next, own_place = offset - own_next, place(own_next)
         entries: list[str | int] = []
         while len(entries) < limit:
-            if own_next < len(own) and places[own_next] == public_next + own_next:
+            if own_place == public_next + own_next:
                 entries.append(own[own_next][1])
                 own_next += 1
+                own_place = place(own_next)
             elif public_next < len(self.rendered):
                 entries.append(public_next)
                 public_next += 1
@@ -575,7 +580,10 @@ async def _first_own_rows(
         return [], {}
     head = min(values["limit"], own)
     read = await connection.fetch(statements.own_head, {**values, "head": head})
-    return [(row.create_time, row.image_id) for row in read], {row.image_id: row for row in read}
+    # By name, not attribute: Record's __getattr__ is a Python call per field.
+    return [(row["create_time"], row["image_id"]) for row in read], {
+        row["image_id"]: row for row in read
+    }
 
 
 async def _own_keys(
@@ -589,7 +597,7 @@ async def _own_keys(
         return []
     head = min(values["head"], own)
     keys = await connection.fetch(statements.own_keys, {**values, "head": head})
-    return [(key.create_time, key.image_id) for key in keys]
+    return [(key[0], key[1]) for key in keys]  # (create_time, image_id), as selected
 
 
 async def _own_rows(
@@ -604,7 +612,7 @@ async def _own_rows(
     if not own_ids:
         return {}
     read = await connection.fetch(statements.own_rows, {**values, "own_ids": own_ids})
-    return {row.image_id: row for row in read}
+    return {row["image_id"]: row for row in read}
 
 
 async def _remembered_part(
