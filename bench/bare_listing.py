@@ -264,11 +264,13 @@ async def _own_and_public(
     offset: int,
     limit: int,
 ) -> list[bytes]:
-    if offset == 0:  # a first page: its own rows in full, in one statement
-        read = await connection.fetch(OWN_HEAD, zone, owner, min(limit, own)) if own else []
+    if min(offset + limit, own) <= limit:  # its own rows in full, in one statement
+        read = (
+            await connection.fetch(OWN_HEAD, zone, owner, min(offset + limit, own)) if own else []
+        )
         rows = {row["image_id"]: row for row in read}
         own_keys = [(row["create_time"], row["image_id"]) for row in read]
-        window = catalogue.window(own_keys, 0, limit)
+        window = catalogue.window(own_keys, offset, limit)
     else:
         keys = (
             await connection.fetch(OWN_KEYS, zone, owner, min(offset + limit, own)) if own else []

@@ -553,12 +553,13 @@ async def _page_on(
 ) -> list[bytes]:
     """The page's entries: the caller's own part (at most ``own`` images) merged with
     the catalogue's, own rows rendered now."""
-    if values["offset"] == 0:
+    offset, limit = values["offset"], values["limit"]
+    if min(values["head"], own) <= limit:
         own_keys, rows = await _first_own_rows(connection, statements, values, own)
-        window = catalogue.window(own_keys, 0, values["limit"])
+        window = catalogue.window(own_keys, offset, limit)
     else:
         own_keys = await _own_keys(connection, statements, values, own)
-        window = catalogue.window(own_keys, values["offset"], values["limit"])
+        window = catalogue.window(own_keys, offset, limit)
         rows = await _own_rows(connection, statements, values, window)
     return [
         catalogue.rendered[entry] if isinstance(entry, int) else render(rows[entry])
@@ -573,12 +574,13 @@ async def _first_own_rows(
     values: Mapping[str, Any],
     own: int,
 ) -> tuple[list[ListingKey], dict[str, Any]]:
-    """A first page's own rows, in full, in one statement: at most ``limit`` of
-    them, as many as the page statement would read (the default listing keeps
-    its two statements)."""
+    """The caller's first ``head`` own rows (at most ``own``), in full, in one
+    statement: when they are no more than ``limit`` (a first page, a caller with
+    few images), no more rows than the page statement reads, and a listing keeps
+    two statements."""
     if not own:
         return [], {}
-    head = min(values["limit"], own)
+    head = min(values["head"], own)
     read = await connection.fetch(statements.own_head, {**values, "head": head})
     # By name, not attribute: Record's __getattr__ is a Python call per field.
     return [(row["create_time"], row["image_id"]) for row in read], {
