@@ -78,16 +78,19 @@ def _digest(database: Database, account_id: str) -> str | None:
 
 
 def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
-    """An unfiltered listing as the API runs it on PostgreSQL (offset=5000, limit=100):
-    the token, generation and both counts on every request; the zone's public
-    catalogue once per generation; the caller's own keys, and the own rows that
-    fall in the page by primary key (models.images.catalogued_listing)."""
+    """An unfiltered listing as the API runs it on PostgreSQL: the token, generation
+    and both counts on every request; the zone's public catalogue once per
+    generation; the caller's first ``offset + limit`` own rows in full when they
+    are no more than ``limit`` (default, and offset=5000 for the bench's caller),
+    else their keys and the own rows in the page by primary key
+    (models.images.catalogued_listing, models.reads._page_on)."""
     statements = catalogued_listing()
     values = {"zone": "ac1", "digest": _digest(database, account_id), "owner": account_id}
     with database.reading() as session:
         own = session.execute(statements.first, values).one().own
         head = min(5100, own)
         keys = session.execute(statements.own_keys, {**values, "head": head}).all()
+    own_ids = [key.image_id for key in keys[:10]]
     name = "default and offset"
     return {
         f"{name}: token, generation, own and public counts (every request)": _explain(
@@ -96,15 +99,17 @@ def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
         f"{name}: the zone's public catalogue (once per generation)": _explain(
             database, statements.catalogue.params(values)
         ),
-        f"offset=5000: the caller's own keys (head = min(5100, own) = {head})": _explain(
-            database, statements.own_keys.params({**values, "head": head})
-        ),
-        "default: the caller's first own rows, in full (head = min(10, own))": _explain(
+        "default: the caller's own rows, in full (head = min(10, own))": _explain(
             database, statements.own_head.params({**values, "head": min(10, own)})
         ),
-        "offset=5000: own rows in the page, by primary key (here: 10)": _explain(
-            database,
-            statements.own_rows.params({**values, "own_ids": [key.image_id for key in keys[:10]]}),
+        f"offset=5000: the caller's own rows, in full (head = min(5100, own) = {head})": _explain(
+            database, statements.own_head.params({**values, "head": head})
+        ),
+        f"more own images than limit: their keys (here head = {head})": _explain(
+            database, statements.own_keys.params({**values, "head": head})
+        ),
+        "more own images than limit: own rows in the page, by primary key (here 10)": _explain(
+            database, statements.own_rows.params({**values, "own_ids": own_ids})
         ),
     }
 
