@@ -570,7 +570,7 @@ def catalogued_listing() -> CataloguedListing:
     index), they leave a page only the caller's own part to read, by keys from
     the owner's index (``own_keys``) and by primary key (``own_rows``): the cost
     of ``offset`` then follows the caller's images, not the public ones it skips.
-    A first page reads its own rows in full at once (``own_head``).
+    When those are no more than ``limit``, it reads them in full at once (``own_head``).
     """
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
     shown = _conditions(UNFILTERED, postgresql=True)
