@@ -14,7 +14,7 @@ from models import images
 from models.accounts import token_digest
 from models.db import Database
 from models.images import ImageFilters
-from models.reads import Reads, reads_for
+from models.reads import PublicCatalogues, Reads, reads_for
 from models.states import ImageStatus, Provider
 from tests.support.tenants import Tenant, TenantFactory
 from tests.test_list_images import delete_images, ids_of, insert_images, listed, set_image
@@ -132,3 +132,16 @@ async def test_every_change_to_a_public_image_shows_in_the_next_page(
         delete_images(database, public)
     names, total_now = await page()
     assert public not in names and total_now == total
+
+
+async def test_a_zone_over_the_cap_keeps_the_page_statement(
+    reads: Reads, tenant: Tenant, mixed: int, database: Database
+) -> None:
+    reads.public_catalogues = PublicCatalogues(cap=1)  # the zone has more public images
+    for offset in (0, 5):
+        expected = await page_bytes(reads, tenant, offset, 10, remembered=False)
+        filters = ImageFilters(offset=offset, limit=10)
+        digest = token_digest(tenant.token)
+        got = await images.list_images_as_bearer(reads, digest, ZONE, filters, pages.image_json)
+        assert got.rendered is None and pages.listed_images_page(got) == expected
+    assert reads.public_catalogues.get(ZONE) is None
