@@ -108,8 +108,10 @@ async def list_images(request: web.Request) -> web.Response:
     zone_of(request)
     params = await parse_params(request, ListImagesParams)
     filters = images.ImageFilters(**params.model_dump())
-    listed = await read_as_bearer(request, images.list_images_as_bearer, filters)
-    return json_bytes(pages.images_page(listed.rows, listed.total))
+    listed = await read_as_bearer(
+        request, images.list_images_as_bearer, filters, render=pages.image_json
+    )
+    return json_bytes(pages.listed_images_page(listed))
 
 
 def request_id_of(request: web.Request, from_params: str | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from models.reads import Listed
 from models.states import JobPhase
 
 # Times as the API writes them (api.schemas.iso_time): the rows' UTC datetimes with
@@ -26,6 +27,24 @@ def images_page(rows: Sequence[Any], total: int) -> bytes:
     """``ImagesPage.from_rows(rows, total).model_dump_json()``, encoded."""
     page = {"images": [_image(row) for row in rows], "total_count": total}
     return orjson.dumps(page, option=_OPTIONS)
+
+
+def image_json(row: Any) -> bytes:
+    """One image of a page, encoded as :func:`images_page` writes it."""
+    return orjson.dumps(_image(row), option=_OPTIONS)
+
+
+def rendered_images_page(images: Sequence[bytes], total: int) -> bytes:
+    """:func:`images_page` of the rows whose :func:`image_json` are ``images``, in
+    order: orjson writes a page compactly, so the page is its entries joined."""
+    return b'{"images":[' + b",".join(images) + b'],"total_count":' + b"%d}" % total
+
+
+def listed_images_page(listed: Listed) -> bytes:
+    """The page of a listing: its rows, or its entries already rendered."""
+    if listed.rendered is not None:
+        return rendered_images_page(listed.rendered, listed.total)
+    return images_page(listed.rows, listed.total)
 
 
 def _image(row: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 No authentication, no validation models, no ORM: it parses the query string,
 runs the same count and page statements as ``models.images.list_images`` on
 PostgreSQL (public images counted from ``public_image_counts``; a search's
-public part remembered per generation of the zone's public images) and
+public part remembered per generation of the zone's public images; an
+unfiltered listing's public entries taken from the zone's catalogue, read and
+rendered once per generation, as ``models.reads.PublicCatalogues``) and
 ``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
 writes the JSON. It is what the API would cost if it did nothing but talk to
 PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
@@ -20,6 +22,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from models.reads import MAX_CATALOGUED_PUBLIC, PublicCatalogue
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -28,6 +31,8 @@ SEARCH_POOL = web.AppKey("search_pool", asyncpg.Pool)
 OWNER = web.AppKey("owner", str)
 # A search's public count per zone and filters, with the generation it was counted at.
 PUBLIC_PARTS = web.AppKey("public_parts", dict)
+# An unfiltered listing's public entries per zone, with their generation.
+CATALOGUES = web.AppKey("catalogues", dict)
 
 IMAGE_COLUMNS = (
     "image_id, image_name, description, size, processor_type, platform, os_family, "
@@ -179,7 +184,117 @@ def _image_out(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
+SHOWN = "visibility <> 'public' AND status <> 'ceased'"
+# As models.images.catalogued_listing.
+CATALOGUED_FIRST = (
+    "SELECT coalesce((SELECT generation FROM public_image_generations WHERE zone = $1), 0), "
+    f"(SELECT count(*) FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN}), "
+    "(SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
+    "WHERE zone = $1 AND status <> 'ceased')"
+)
+CATALOGUE = (
+    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND visibility = 'public' "
+    f"AND status <> 'ceased' {NEWEST}"
+)
+OWN_KEYS = (
+    f"SELECT create_time, image_id FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
+    f"{NEWEST} LIMIT $3"
+)
+OWN_HEAD = (
+    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
+    f"{NEWEST} LIMIT $3"
+)
+OWN_ROWS = (
+    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
+    "AND image_id = ANY($3)"
+)
+
+
+def _unfiltered(query: Any) -> bool:
+    return all(name in ("offset", "limit") for name in query)
+
+
+async def list_unfiltered_images(request: web.Request, zone: str) -> web.Response:
+    """The public entries from the zone's catalogue (read and rendered once per
+    generation), the caller's own keys and own rows in the page: the API's statements."""
+    owner = request.app[OWNER]
+    offset = int(request.query.get("offset", 0))
+    limit = min(int(request.query.get("limit", 10)), 100)
+    async with request.app[POOL].acquire() as connection:
+        generation, own, public = await connection.fetchrow(CATALOGUED_FIRST, zone, owner)
+        total = own + public
+        entries: list[bytes] = []
+        if offset < total and limit:
+            catalogue = await _catalogue(request, connection, zone, generation, public)
+            if catalogue is None:
+                _, page, args = _image_statements(zone, owner, request.query)
+                rows = await connection.fetch(page, *args)
+                entries = [_image_json(row) for row in rows]
+            else:
+                entries = await _own_and_public(
+                    connection, catalogue, zone, owner, own, offset, limit
+                )
+    body = b'{"images":[' + b",".join(entries) + b'],"total_count":' + b"%d}" % total
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _catalogue(
+    request: web.Request, connection: asyncpg.Connection, zone: str, generation: int, public: int
+) -> PublicCatalogue | None:
+    known = request.app[CATALOGUES].get(zone)
+    if known is not None and known.generation == generation:
+        return known if len(known.rendered) == public else None
+    if public > MAX_CATALOGUED_PUBLIC:
+        return None
+    rows = await connection.fetch(CATALOGUE, zone)
+    if len(rows) != public:
+        return None
+    keys = [(row["create_time"], row["image_id"]) for row in reversed(rows)]
+    catalogue = PublicCatalogue(generation, [_image_json(row) for row in rows], keys)
+    request.app[CATALOGUES][zone] = catalogue
+    return catalogue
+
+
+async def _own_and_public(
+    connection: asyncpg.Connection,
+    catalogue: PublicCatalogue,
+    zone: str,
+    owner: str,
+    own: int,
+    offset: int,
+    limit: int,
+) -> list[bytes]:
+    if min(offset + limit, own) <= limit:  # its own rows in full, in one statement
+        read = (
+            await connection.fetch(OWN_HEAD, zone, owner, min(offset + limit, own)) if own else []
+        )
+        rows = {row["image_id"]: row for row in read}
+        own_keys = [(row["create_time"], row["image_id"]) for row in read]
+        window = catalogue.window(own_keys, offset, limit)
+    else:
+        keys = (
+            await connection.fetch(OWN_KEYS, zone, owner, min(offset + limit, own)) if own else []
+        )
+        window = catalogue.window([(key[0], key[1]) for key in keys], offset, limit)
+        own_ids = [entry for entry in window if isinstance(entry, str)]
+        rows = {}
+        if own_ids:
+            read = await connection.fetch(OWN_ROWS, zone, owner, own_ids)
+            rows = {row["image_id"]: row for row in read}
+    return [
+        catalogue.rendered[entry] if isinstance(entry, int) else _image_json(rows[entry])
+        for entry in window
+        if isinstance(entry, int) or entry in rows
+    ]
+
+
+def _image_json(row: asyncpg.Record) -> bytes:
+    return json.dumps(_image_out(row)).encode()
+
+
 async def list_images(request: web.Request) -> web.Response:
+    if _unfiltered(request.query):
+        return await list_unfiltered_images(request, request.match_info["zone"])
     owner = request.app[OWNER]
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
     pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
@@ -268,6 +383,7 @@ def create_app(dsn: str, owner: str) -> web.Application:
     app = web.Application()
     app[OWNER] = owner
     app[PUBLIC_PARTS] = {}
+    app[CATALOGUES] = {}
     app.cleanup_ctx.append(pool)
     app.router.add_get("/v2/zone/{zone}/images", list_images)
     app.router.add_get("/v2/zone/{zone}/jobs", list_jobs)

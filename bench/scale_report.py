@@ -12,7 +12,7 @@ from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql
 
 from models.db import Database
-from models.images import ImageFilters, bearer_search_parts, image_listing
+from models.images import ImageFilters, bearer_search_parts, catalogued_listing, image_listing
 from models.jobs import JobFilters, job_listing
 from models.reads import AsyncpgCompiler
 from models.scoping import Caller
@@ -62,20 +62,63 @@ def plans(database: Database, account_id: str) -> dict[str, str]:
     search = image_listing(caller, ImageFilters(search_word="UBU"), public_counts=True)
     out |= _generic_and_custom(database, "search_word: total_count", search.total, search.values)
     out |= _search_parts(database, account_id)
+    out |= _catalogue_parts(database, account_id)
     jobs = job_listing(caller, JobFilters(), postgresql=True)
     out["jobs: total_count"] = _explain(database, jobs.total.params(jobs.values))
     out["jobs: page"] = _explain(database, jobs.page.params(jobs.values))
     return out
 
 
+def _digest(database: Database, account_id: str) -> str | None:
+    """The digest of a token of ``account_id``: what the first statements bind."""
+    with database.reading() as session:
+        return session.scalars(
+            select(AccessToken.token_hash).where(AccessToken.account_id == account_id)
+        ).first()
+
+
+def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
+    """An unfiltered listing as the API runs it on PostgreSQL: the token, generation
+    and both counts on every request; the zone's public catalogue once per
+    generation; the caller's first ``offset + limit`` own rows in full when they
+    are no more than ``limit`` (default, and offset=5000 for the bench's caller),
+    else their keys and the own rows in the page by primary key
+    (models.images.catalogued_listing, models.reads._page_on)."""
+    statements = catalogued_listing()
+    values = {"zone": "ac1", "digest": _digest(database, account_id), "owner": account_id}
+    with database.reading() as session:
+        own = session.execute(statements.first, values).one().own
+        head = min(5100, own)
+        keys = session.execute(statements.own_keys, {**values, "head": head}).all()
+    own_ids = [key.image_id for key in keys[:10]]
+    name = "default and offset"
+    return {
+        f"{name}: token, generation, own and public counts (every request)": _explain(
+            database, statements.first.params(values)
+        ),
+        f"{name}: the zone's public catalogue (once per generation)": _explain(
+            database, statements.catalogue.params(values)
+        ),
+        "default: the caller's own rows, in full (head = min(10, own))": _explain(
+            database, statements.own_head.params({**values, "head": min(10, own)})
+        ),
+        f"offset=5000: the caller's own rows, in full (head = min(5100, own) = {head})": _explain(
+            database, statements.own_head.params({**values, "head": head})
+        ),
+        f"more own images than limit: their keys (here head = {head})": _explain(
+            database, statements.own_keys.params({**values, "head": head})
+        ),
+        "more own images than limit: own rows in the page, by primary key (here 10)": _explain(
+            database, statements.own_rows.params({**values, "own_ids": own_ids})
+        ),
+    }
+
+
 def _search_parts(database: Database, account_id: str) -> dict[str, str]:
     """The first statement of a search as the API runs it on PostgreSQL: the token,
     the zone's public generation and the caller's own images on every request; the
     public images counted only when the generation changed (migration 0012)."""
-    with database.reading() as session:
-        digest = session.scalars(
-            select(AccessToken.token_hash).where(AccessToken.account_id == account_id)
-        ).first()
+    digest = _digest(database, account_id)
     out = {}
     for case, word in (("search_word", "UBU"), ("search_word_id", "0000A")):
         own, counted, page, values = bearer_search_parts("ac1", ImageFilters(search_word=word))
@@ -231,7 +274,12 @@ def _plans_page(results: Results) -> str:
         "counted once per generation of the zone's public images (bumped by triggers, "
         "migration 0012): every request runs the *token, generation and own images* "
         "statement, and the one that also counts the public images only when the "
-        "generation changed (`models/reads.py`, `PublicTotals`); jobs read "
+        "generation changed (`models/reads.py`, `PublicTotals`). An unfiltered listing "
+        "takes its public entries from the zone's public catalogue, read once per "
+        "generation (`PublicCatalogues`), and reads only the caller's own keys and, by "
+        "primary key, the own rows in its page (*default and offset*, *offset=5000*); "
+        "the *page* plans of `default` and `offset=5000` are its path when there is no "
+        "catalogue to be had. Jobs read "
         "`ix_jobs_zone_owner_create_time`. "
         "Nothing reads the whole table: the cost follows the caller's rows (and the "
         "`offset`), not the size of the table. The API runs these as prepared "

@@ -50,7 +50,16 @@ from models.quotas import (
     require_room_for_added,
     usage_beside,
 )
-from models.reads import Listed, Listing, Reads, RememberedPublicTotal, listed_as_bearer
+from models.reads import (
+    CataloguedListing,
+    Listed,
+    Listing,
+    Reads,
+    RememberedPublicTotal,
+    Render,
+    listed_as_bearer,
+    listed_from_catalogue,
+)
 from models.scoping import (
     Caller,
     is_public,
@@ -365,17 +374,26 @@ def list_images(
 
 
 async def list_images_as_bearer(
-    reads: Reads, digest: str, zone: str, filters: ImageFilters
+    reads: Reads, digest: str, zone: str, filters: ImageFilters, render: Render | None = None
 ) -> Listed:
     """:func:`list_images` for the account of the bearer token whose digest is
     ``digest``, in two statements: the token's check and the total, then the
     page (a search on PostgreSQL: a third, once per generation of the zone's
     public images, reads their part, :func:`_remembered_search`).
+
+    With ``render`` (the page writer's, for one row), an unfiltered listing on
+    PostgreSQL takes its public entries from the zone's public catalogue,
+    rendered with it (``Listed.rendered``), and reads only the caller's own
+    part (reads.PublicCatalogues, :func:`catalogued_listing`).
     AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
     page = _listing_statements(wanted, postgresql)[1]
+    if postgresql and render is not None and wanted == UNFILTERED:
+        return await listed_from_catalogue(
+            reads, digest, catalogued_listing(), page, values, render
+        )
     searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
     first: Executable | RememberedPublicTotal = _bearer_total(wanted, postgresql)
     if searching and postgresql:
@@ -588,6 +606,53 @@ def _head_page(wanted: frozenset[str]) -> Select[Any]:
     return _page_of((own, remembered & public_images_in(zone) & conditions))
 
 
+# What a listing without filters applies: the default statuses hidden.
+UNFILTERED = frozenset({"hidden"})
+
+
+@functools.cache
+def catalogued_listing() -> CataloguedListing:
+    """An unfiltered listing's statements on the zone's public catalogue (PostgreSQL).
+
+    The public images of a zone are the same for every caller and change rarely:
+    read once per generation in listing order (``catalogue``, from the public
+    index), they leave a page only the caller's own part to read, by keys from
+    the owner's index (``own_keys``) and by primary key (``own_rows``): the cost
+    of ``offset`` then follows the caller's images, not the public ones it skips.
+    When those are no more than ``limit``, it reads them in full at once (``own_head``).
+    """
+    zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
+    shown = _conditions(UNFILTERED, postgresql=True)
+    generation = select(PublicImageGeneration.generation).where(PublicImageGeneration.zone == zone)
+    own_part = visible_image_ranges(zone, BEARER.c.account_id)[0] & ~is_public() & shown
+    public = _counted_public(zone, UNFILTERED)
+    first = select(
+        *BEARER.c,
+        func.coalesce(generation.scalar_subquery(), 0).label("generation"),
+        select(func.count()).where(own_part).scalar_subquery().label("own"),
+        public.label("public"),
+    )
+    newest_first = (Image.create_time.desc(), Image.image_id.desc())
+    columns = [Image.__table__.c[name] for name in LISTED_IMAGE_COLUMNS]
+    catalogue = select(*columns).where(public_images_in(zone), shown).order_by(*newest_first)
+    own = visible_image_ranges(zone, owner)[0] & ~is_public() & shown
+    listing_key: tuple[Any, ...] = (Image.create_time, Image.image_id)
+    own_keys = (
+        select(*listing_key)
+        .where(own)
+        .order_by(*newest_first)
+        .limit(bindparam("head", type_=BigInteger))
+    )
+    own_rows = select(*columns).where(own, one_of(Image.image_id, "own_ids", postgresql=True))
+    own_head = (
+        select(*columns)
+        .where(own)
+        .order_by(*newest_first)
+        .limit(bindparam("head", type_=BigInteger))
+    )
+    return CataloguedListing(first, catalogue, own_keys, own_rows, own_head)
+
+
 def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:
     """The listing's filters, all of them applying."""
     filters = _filters(postgresql)
@@ -624,11 +689,15 @@ def _counted_total(
     """The caller's own images that are not public, counted, plus every public
     image of the zone that passes the filters, from public_image_counts."""
     own_private = select(func.count()).where(own, ~is_public()).scalar_subquery()
+    return own_private + _counted_public(zone, wanted)
+
+
+def _counted_public(zone: ColumnElement[str], wanted: frozenset[str]) -> ColumnElement[Any]:
+    """Every public image of the zone that passes the filters, from public_image_counts."""
     filters = _counted_filters()
     counted = [PublicImageCount.zone == zone, *(filters[name] for name in sorted(wanted))]
     public = func.coalesce(func.sum(PublicImageCount.images), 0)
-    public_total = select(cast(public, BigInteger)).where(*counted).scalar_subquery()
-    return own_private + public_total
+    return select(cast(public, BigInteger)).where(*counted).scalar_subquery()
 
 
 def _total_of(ranges: Sequence[ColumnElement[bool]]) -> ColumnElement[Any]:

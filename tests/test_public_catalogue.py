@@ -1,0 +1,147 @@
+"""Unfiltered listings on PostgreSQL take their public entries from the zone's public
+catalogue (models.reads.PublicCatalogues): the same bytes as the page statement's,
+at any offset, and every change to a public image seen by the very next request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from api import pages
+from models import images
+from models.accounts import token_digest
+from models.db import Database
+from models.images import ImageFilters
+from models.reads import PublicCatalogues, Reads, reads_for
+from models.states import ImageStatus, Provider
+from tests.support.tenants import Tenant, TenantFactory
+from tests.test_list_images import delete_images, ids_of, insert_images, listed, set_image
+
+# It publishes images: every tenant of the deployment would see them.
+pytestmark = pytest.mark.own_deployment
+
+ZONE = "ac1"
+
+
+@pytest.fixture
+async def reads(database: Database) -> AsyncIterator[Reads]:
+    """A read path of its own: a catalogue no request of the app has built."""
+    reads = reads_for(database)
+    await reads.open()
+    yield reads
+    await reads.close()
+
+
+def postgresql(database: Database) -> bool:
+    return database.engine.dialect.name == "postgresql"
+
+
+@pytest.fixture
+async def mixed(
+    database: Database, tenant: Tenant, new_tenant: TenantFactory
+) -> AsyncIterator[int]:
+    """Own and public images interleaved, with ties in create_time inside and across
+    both parts, an own public image, hidden ones and a stranger's; how many the
+    tenant sees."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    stranger = await new_tenant()
+    made = [
+        *insert_images(database, "system", 6, now, name="pub-tied", public=True),
+        *insert_images(database, tenant.account_id, 4, now, name="own-tied"),
+        *insert_images(database, tenant.account_id, 1, now, name="own-public", public=True),
+        *insert_images(database, stranger.account_id, 2, now, name="theirs"),
+    ]
+    for step in range(1, 8):
+        at = now - timedelta(seconds=step)
+        made += insert_images(database, "system", step % 3, at, name="pub", public=True)
+        made += insert_images(database, tenant.account_id, step % 2, at, name="own")
+    hidden = insert_images(database, "system", 1, now, public=True)
+    hidden += insert_images(database, tenant.account_id, 1, now)
+    for image_id in hidden:
+        set_image(database, image_id, status="ceased")
+    yield 6 + 4 + 1 + sum(step % 3 + step % 2 for step in range(1, 8))
+    delete_images(database, *made, *hidden)
+
+
+async def page_bytes(
+    reads: Reads, tenant: Tenant, offset: int, limit: int, *, remembered: bool
+) -> bytes:
+    render = pages.image_json if remembered else None
+    filters = ImageFilters(offset=offset, limit=limit)
+    digest = token_digest(tenant.token)
+    listed_ = await images.list_images_as_bearer(reads, digest, ZONE, filters, render)
+    on_catalogue = remembered and reads.dialect_name == "postgresql" and offset < listed_.total
+    assert (listed_.rendered is not None) == on_catalogue, (offset, limit)
+    return pages.listed_images_page(listed_)
+
+
+async def test_pages_on_the_catalogue_are_byte_for_byte_the_page_statements(
+    reads: Reads, tenant: Tenant, mixed: int, database: Database
+) -> None:
+    for limit in (1, 3, 10, 100):
+        for offset in range(0, mixed + 2, max(1, limit // 2)):
+            expected = await page_bytes(reads, tenant, offset, limit, remembered=False)
+            got = await page_bytes(reads, tenant, offset, limit, remembered=True)
+            assert got == expected, (offset, limit)
+    if postgresql(database):
+        assert reads.public_catalogues.get(ZONE) is not None
+    whole = await listed(tenant, {"limit": 100})
+    assert whole.body["total_count"] == mixed and len(ids_of(whole)) == mixed
+
+
+async def test_filtered_listings_do_not_use_the_catalogue(
+    reads: Reads, tenant: Tenant, mixed: int
+) -> None:
+    for filters in (
+        ImageFilters(provider=Provider.SYSTEM, limit=100),
+        ImageFilters(search_word="pub", limit=100),
+        ImageFilters(status=[ImageStatus.CEASED], limit=100),
+    ):
+        digest = token_digest(tenant.token)
+        got = await images.list_images_as_bearer(reads, digest, ZONE, filters, pages.image_json)
+        assert got.rendered is None and got.rows, filters
+    assert reads.public_catalogues.get(ZONE) is None
+
+
+async def test_every_change_to_a_public_image_shows_in_the_next_page(
+    tenant: Tenant, database: Database, mixed: int
+) -> None:
+    async def page() -> tuple[dict[str, str], int]:
+        reply = await listed(tenant, {"limit": 100})
+        names = {image["image_id"]: image["image_name"] for image in reply.body["images"]}
+        return names, reply.body["total_count"]
+
+    before, total = await page()
+    assert (await page()) == (before, total)  # the same, remembered or not
+    (public,) = insert_images(database, "system", 1, name="later", public=True)
+    try:
+        names, total_now = await page()
+        assert names.get(public) == "later-0" and total_now == total + 1
+        set_image(database, public, image_name="renamed")
+        assert (await page())[0].get(public) == "renamed"
+        set_image(database, public, status="ceased")
+        assert public not in (await page())[0]
+        set_image(database, public, status="available", visibility="private")
+        names, total_now = await page()
+        assert public not in names and total_now == total
+        set_image(database, public, visibility="public")
+        assert public in (await page())[0]
+    finally:
+        delete_images(database, public)
+    names, total_now = await page()
+    assert public not in names and total_now == total
+
+
+async def test_a_zone_over_the_cap_keeps_the_page_statement(
+    reads: Reads, tenant: Tenant, mixed: int, database: Database
+) -> None:
+    reads.public_catalogues = PublicCatalogues(cap=1)  # the zone has more public images
+    for offset in (0, 5):
+        expected = await page_bytes(reads, tenant, offset, 10, remembered=False)
+        filters = ImageFilters(offset=offset, limit=10)
+        digest = token_digest(tenant.token)
+        got = await images.list_images_as_bearer(reads, digest, ZONE, filters, pages.image_json)
+        assert got.rendered is None and pages.listed_images_page(got) == expected
+    assert reads.public_catalogues.get(ZONE) is None
