@@ -429,17 +429,27 @@ class _AsyncpgConnection(ReadConnection):
 
 
 class AsyncpgCompiler:
-    """asyncpg's SQL for each statement, compiled once: listings build their
-    statements once per set of filters, so a request's compile is a lookup."""
+    """asyncpg's SQL for each statement, compiled once: listings and write units build
+    their statements once (per set of filters), so a request's compile is a lookup.
 
-    def __init__(self) -> None:
+    The listings bind lists as arrays (``= ANY``), so that one plan serves every
+    length: their compiler refuses expanding parameters. The write path's
+    (``expanding=True``) renders a list of ids (``IN``) per call from the compiled
+    form, as SQLAlchemy does.
+    """
+
+    def __init__(self, *, expanding: bool = False) -> None:
         self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
+        self._expanding = expanding
         self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
 
     def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """The SQL of ``statement`` and its positional arguments from ``values``."""
         compiled = self._compile(statement)
         bound = compiled.construct_params(dict(values))
+        if compiled.post_compile_params:
+            expanded = compiled.construct_expanded_state(bound)
+            return expanded.statement, list(expanded.positional_parameters)
         return compiled.string, [bound[name] for name in compiled.positiontup or ()]
 
     def _compile(self, statement: Executable) -> SQLCompiler:
@@ -447,7 +457,7 @@ class AsyncpgCompiler:
         if known is not None and known[0] is statement:
             return known[1]
         compiled = cast(SQLCompiler, statement.compile(dialect=self._dialect))  # type: ignore[attr-defined]
-        if "POSTCOMPILE" in compiled.string:
+        if compiled.post_compile_params and not self._expanding:
             raise ValueError("expanding parameters: bind lists as arrays (= ANY) on PostgreSQL")
         if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
             self._compiled.clear()

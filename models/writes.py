@@ -21,21 +21,19 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import Executable
-from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from models.db import Database
 from models.errors import ServiceUnavailable
 from models.reads import (
     CONNECT_TIMEOUT_S,
-    MAX_COMPILED,
+    AsyncpgCompiler,
     Record,
     connection_lost,
     decode_json,
@@ -97,7 +95,7 @@ class AsyncpgWrites(Writes):
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self._compiler = WriteCompiler()
+        self._compiler = AsyncpgCompiler(expanding=True)
 
     async def open(self) -> None:
         # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
@@ -164,7 +162,7 @@ class AsyncpgStatements(Statements):
 
     dialect_name = "postgresql"
 
-    def __init__(self, connection: asyncpg.Connection, compiler: WriteCompiler) -> None:
+    def __init__(self, connection: asyncpg.Connection, compiler: AsyncpgCompiler) -> None:
         self.connection = connection
         self.compiler = compiler
 
@@ -189,34 +187,6 @@ def _integrity_errors(sql: str, args: Sequence[Any]) -> Iterator[None]:
         yield
     except asyncpg.IntegrityConstraintViolationError as error:
         raise IntegrityError(sql, list(args), error) from error
-
-
-class WriteCompiler:
-    """asyncpg's SQL for each statement, compiled once. Expanding parameters (``IN``
-    a list of ids) are rendered per call from the compiled form, as SQLAlchemy does."""
-
-    def __init__(self) -> None:
-        self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
-        self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
-
-    def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        """The SQL of ``statement`` and its positional arguments from ``values``."""
-        compiled = self._compile(statement)
-        bound = compiled.construct_params(dict(values))
-        if compiled.post_compile_params:
-            expanded = compiled.construct_expanded_state(bound)
-            return expanded.statement, list(expanded.positional_parameters)
-        return compiled.string, [bound[name] for name in compiled.positiontup or ()]
-
-    def _compile(self, statement: Executable) -> SQLCompiler:
-        known = self._compiled.get(id(statement))
-        if known is not None and known[0] is statement:
-            return known[1]
-        compiled = cast(SQLCompiler, statement.compile(dialect=self._dialect))  # type: ignore[attr-defined]
-        if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
-            self._compiled.clear()
-        self._compiled[id(statement)] = (statement, compiled)
-        return compiled
 
 
 def writes_for(database: Database, pool_size: int) -> Writes:
