@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from imagesvc.bootstrap import Services
 from imagesvc.client import ApiError, Capture, Client, Image, Job, JobFailed, WaitTimeout
@@ -187,3 +188,27 @@ def test_a_token_is_renewed_before_it_expires(short_token_api_url: str, account:
         list(api.jobs())
         assert api._token != first, "the token was not renewed"
     assert 401 not in statuses, statuses
+
+
+def test_captures_finish_after_the_server_ends_every_connection_of_the_service(
+    api: Client, account: Account, services: Services, tmp_path: Path
+) -> None:
+    """A PostgreSQL restart, as the worker's pool processes meet it: every connection ended
+    while they idle. The next delete and capture still finish (a connection the worker
+    keeps between delete jobs must not go back into its pool unnoticed: a capture once
+    waited for ever on it)."""
+    if services.database.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite file has no connection to lose")
+    end_others = text(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    for round_number in range(3):
+        instance = register_instance(services.database, account.account_id, small_disk(tmp_path))
+        captured = api.wait(api.capture(instance, image_name=f"r{round_number}"), timeout=60)
+        assert captured.status == "successful"
+        assert api.wait(api.delete(captured.resource_ids[0]), timeout=60).status == "successful"
+        with services.database.engine.connect() as admin:
+            admin.execute(end_others)
+            admin.commit()
+        time.sleep(1.5)  # longer than the worker's connections may idle unchecked

@@ -3,9 +3,9 @@
 Checking a connection out of SQLAlchemy's pool, setting it to autocommit and giving it
 back cost a delete job about a quarter of its worker CPU (``docs/pipeline-profile.md``).
 A pool process runs one job at a time, so it keeps one autocommit connection checked out
-instead. It is given back (and the next one checked out, and pinged, by the pool) once it
-has been idle longer than the worker pings after, and dropped when a statement finds it
-lost (or after any error): the caller's retry then runs on a fresh one.
+instead. It is closed (and the next one checked out, and pinged, by the pool) once it has
+been idle longer than the worker pings after, and after any error: the caller's retry then
+runs on a fresh one. It never goes back into the pool (see :meth:`HeldConnection.close`).
 """
 
 from __future__ import annotations
@@ -45,14 +45,18 @@ class HeldConnection:
         return result
 
     def close(self) -> None:
-        """Give the connection back to the pool (a lost one is discarded by it)."""
+        """Close the connection for good, never back into the pool: in autocommit the
+        pool's reset on check-in sends nothing, so a connection the server has ended
+        would go back unnoticed, stamped as just used, past the idle check, and be
+        handed to a capture's transaction or heartbeat."""
         if self._connection is not None:
             connection, self._connection = self._connection, None
+            connection.invalidate()
             connection.close()
 
     def _connection_for_use(self) -> Connection:
         if self._connection is not None and time.monotonic() - self._used_at > self._idle_after:
-            self.close()  # idle a while: the pool checks the next one before handing it out
+            self.close()  # idle a while: it may be lost; the pool checks the next one
         if self._connection is None:
             self._connection = self._engine.connect()
         return self._connection
