@@ -268,9 +268,22 @@ def settle_job(
 ) -> bool:
     """This run's working job is done (``successful`` or ``done with failure``), progress
     100; False if the job is not this run's. :func:`move_job` with fixed values, built once."""
+    values = _settle_values(job_id, attempt, outcome, error_code, error_message)
+    result: CursorResult[Any] = session.execute(_SETTLE, values)  # type: ignore[assignment]
+    return result.rowcount == 1
+
+
+def _settle_values(
+    job_id: str,
+    attempt: int,
+    outcome: JobStatus,
+    error_code: str | None,
+    error_message: str | None,
+) -> dict[str, Any]:
+    """The values a settle binds: the job, the attempt it is fenced on, its outcome."""
     if outcome not in SETTLED:
         raise ValueError(f"a run settles its job as one of {SETTLED}, not {outcome}")
-    values = {
+    return {
         "b_job_id": job_id,
         "b_attempt": attempt,
         "b_outcome": outcome.value,
@@ -278,8 +291,29 @@ def settle_job(
         "b_error_message": error_message,
         "b_now": utcnow(),
     }
-    result: CursorResult[Any] = session.execute(_SETTLE, values)  # type: ignore[assignment]
-    return result.rowcount == 1
+
+
+def _finished(now: ColumnElement[Any], **outcome: Any) -> dict[str, Any]:
+    """What every settle writes besides the status: the outcome's error, and the times."""
+    return {"progress": 100, **outcome, "status_time": now, "finished_time": now}
+
+
+def _claimed_by_this_run(now: ColumnElement[Any]) -> dict[str, Any]:
+    """What a run settling a pending job at once stamps, as a claim would have."""
+    jobs = _JOBS.c
+    return {
+        "attempts": jobs.attempts + 1,
+        "worker": bindparam("b_worker"),
+        "begin_time": func.coalesce(jobs.begin_time, now),
+        "heartbeat_at": now,
+    }
+
+
+# A settle whose outcome's error the run gives, as bound values.
+_BOUND_ERROR: dict[str, Any] = {
+    "error_code": bindparam("b_error_code"),
+    "error_message": bindparam("b_error_message"),
+}
 
 
 def _settle_statement() -> Update:
@@ -293,14 +327,7 @@ def _settle_statement() -> Update:
             _status_in(frozenset(sources)),
             jobs.attempts == bindparam("b_attempt"),
         )
-        .values(
-            status=bindparam("b_outcome"),
-            progress=100,
-            error_code=bindparam("b_error_code"),
-            error_message=bindparam("b_error_message"),
-            status_time=now,
-            finished_time=now,
-        )
+        .values(status=bindparam("b_outcome"), **_finished(now, **_BOUND_ERROR))
     )
 
 
@@ -324,17 +351,8 @@ def settle_pending_job(
     pending on the one before moves; False otherwise (the lock makes that a broken
     invariant).
     """
-    if outcome not in SETTLED:
-        raise ValueError(f"a run settles its job as one of {SETTLED}, not {outcome}")
-    values = {
-        "b_job_id": job_id,
-        "b_attempt": attempt - 1,
-        "b_worker": worker,
-        "b_outcome": outcome.value,
-        "b_error_code": error_code,
-        "b_error_message": error_message,
-        "b_now": utcnow(),
-    }
+    values = _settle_values(job_id, attempt - 1, outcome, error_code, error_message)
+    values["b_worker"] = worker
     result: CursorResult[Any] = session.execute(_SETTLE_PENDING, values)  # type: ignore[assignment]
     return result.rowcount == 1
 
@@ -351,15 +369,8 @@ def _settle_pending_statement() -> Update:
         )
         .values(
             status=bindparam("b_outcome"),
-            attempts=jobs.attempts + 1,
-            worker=bindparam("b_worker"),
-            begin_time=func.coalesce(jobs.begin_time, now),
-            heartbeat_at=now,
-            progress=100,
-            error_code=bindparam("b_error_code"),
-            error_message=bindparam("b_error_message"),
-            status_time=now,
-            finished_time=now,
+            **_claimed_by_this_run(now),
+            **_finished(now, **_BOUND_ERROR),
         )
     )
 
@@ -727,15 +738,12 @@ def _claim_and_settle_batch() -> Update:
         .where(jobs.job_id == held.c.job_id, jobs.attempts == held.c.attempts)
         .values(
             status=case((all_moved, JobStatus.SUCCESSFUL.value), else_=_DONE_WITH_FAILURE),
-            attempts=jobs.attempts + 1,
-            worker=bindparam("b_worker"),
-            begin_time=func.coalesce(jobs.begin_time, now),
-            heartbeat_at=now,
-            progress=100,
-            error_code=case((all_moved, null()), else_="ImagesChanged"),
-            error_message=case((all_moved, null()), else_=changed),
-            status_time=now,
-            finished_time=now,
+            **_claimed_by_this_run(now),
+            **_finished(
+                now,
+                error_code=case((all_moved, null()), else_="ImagesChanged"),
+                error_message=case((all_moved, null()), else_=changed),
+            ),
         )
         .returning(*(jobs[name] for name in _CLAIMED_COLUMNS), jobs.status)
         .returning(jobs.error_code, jobs.error_message)
