@@ -38,6 +38,13 @@ def postgresql(database: Database) -> bool:
     return database.engine.dialect.name == "postgresql"
 
 
+def require_catalogue(database: Database) -> None:
+    """The catalogue is PostgreSQL's: on SQLite both sides of these comparisons would be
+    the same page statement, and the test could not fail."""
+    if not postgresql(database):
+        pytest.skip("the public catalogue is PostgreSQL's; SQLite has one listing path")
+
+
 @pytest.fixture
 async def mixed(
     database: Database, tenant: Tenant, new_tenant: TenantFactory
@@ -80,13 +87,13 @@ async def page_bytes(
 async def test_pages_on_the_catalogue_are_byte_for_byte_the_page_statements(
     reads: Reads, tenant: Tenant, mixed: int, database: Database
 ) -> None:
+    require_catalogue(database)
     for limit in (1, 3, 10, 100):
         for offset in range(0, mixed + 2, max(1, limit // 2)):
             expected = await page_bytes(reads, tenant, offset, limit, remembered=False)
             got = await page_bytes(reads, tenant, offset, limit, remembered=True)
             assert got == expected, (offset, limit)
-    if postgresql(database):
-        assert reads.public_catalogues.get(ZONE) is not None
+    assert reads.public_catalogues.get(ZONE) is not None
     whole = await listed(tenant, {"limit": 100})
     assert whole.body["total_count"] == mixed and len(ids_of(whole)) == mixed
 
@@ -137,6 +144,7 @@ async def test_every_change_to_a_public_image_shows_in_the_next_page(
 async def test_a_zone_over_the_cap_keeps_the_page_statement(
     reads: Reads, tenant: Tenant, mixed: int, database: Database
 ) -> None:
+    require_catalogue(database)
     reads.public_catalogues = PublicCatalogues(cap=1)  # the zone has more public images
     for offset in (0, 5):
         expected = await page_bytes(reads, tenant, offset, 10, remembered=False)
