@@ -195,8 +195,8 @@ def test_captures_finish_after_the_server_ends_every_connection_of_the_service(
 ) -> None:
     """A PostgreSQL restart, as the worker's pool processes meet it: every connection ended
     while they idle. The next delete and capture still finish (a connection the worker
-    keeps between delete jobs must not go back into its pool unnoticed: a capture once
-    waited for ever on it)."""
+    keeps between delete jobs must not go back into its pool unnoticed: a capture that
+    drew it once lost its run and stayed working until the sweep's timeout)."""
     if services.database.engine.dialect.name != "postgresql":
         pytest.skip("a SQLite file has no connection to lose")
     end_others = text(
