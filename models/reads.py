@@ -19,7 +19,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -46,6 +46,9 @@ MAX_PUBLIC_TOTALS = 1024
 # images: 50,000 rendered images are about 50 MB per API process, and a build reads
 # them all once per generation; a larger zone keeps the page statement.
 MAX_CATALOGUED_PUBLIC = 50_000
+# Filtered views of catalogues (PublicCatalogues.filtered) kept per process: each is
+# a list of references into its catalogue, 80 KB per 10,000 entries.
+MAX_FILTERED_CATALOGUES = 64
 # A connection the server closed (restart, admin shutdown) or could not open: the
 # statement is run once more on a fresh connection, then the request gets a 503.
 _CONNECTION_LOST = (
@@ -165,15 +168,76 @@ class CataloguedListing:
     own_head: Select[Any]
 
 
+# The columns of a public image that the filters a catalogue answers compare, in the
+# order of PublicCatalogue.attributes (models/images.py: processor_type, os_family,
+# visibility, provider, status; ``hidden`` is the catalogue's own rule).
+FILTERED_COLUMNS = ("processor_type", "os_family", "visibility", "provider", "status")
+# What a filtered listing keeps of a catalogue: for some of FILTERED_COLUMNS (by
+# index), the values it accepts; () keeps every entry. Hashable: the key of a view.
+EntryFilter = tuple[tuple[int, frozenset[str]], ...]
+Attributes = tuple[str | None, ...]
+
+
+def entry_filter(
+    wanted: frozenset[str], values: Mapping[str, Any], hidden: frozenset[str]
+) -> EntryFilter | None:
+    """What a listing with the filters ``wanted`` (by name, bound in ``values``)
+    keeps of a catalogue of the public images whose status is not in ``hidden``;
+    None if such a catalogue cannot answer it: ids, a search, or a status the
+    catalogue leaves out."""
+    if not wanted <= {*FILTERED_COLUMNS, "hidden"}:
+        return None
+    statuses = frozenset(_listed(values.get("status", ())))
+    if "hidden" not in wanted and (not statuses or statuses & hidden):
+        return None
+    return tuple(
+        (index, frozenset(_listed(values[column])))
+        for index, column in enumerate(FILTERED_COLUMNS)
+        if column in wanted
+    )
+
+
+def _listed(value: Any) -> list[str]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def catalogued_attributes(row: Any) -> Attributes:
+    """The FILTERED_COLUMNS of ``row`` as a catalogue compares them: ``os_family``
+    lower-cased, as its filter is, but only when it is ASCII, where Python and
+    PostgreSQL lower alike; any other is kept out of every ``os_family`` view (a
+    view that then misses an image PostgreSQL counts is never used: see
+    listed_from_catalogue)."""
+    os_family = row["os_family"]
+    lowered = os_family.lower() if os_family is not None and os_family.isascii() else None
+    return (row["processor_type"], lowered, row["visibility"], row["provider"], row["status"])
+
+
 @dataclass(frozen=True)
 class PublicCatalogue:
     """A zone's public, not hidden images at one generation, in listing order: the
     entry of each as the page writes it, and their listing keys (oldest first,
-    for bisection)."""
+    for bisection); ``attributes``, newest first as ``rendered``, what filters
+    compare (:func:`catalogued_attributes`)."""
 
     generation: int
     rendered: list[bytes]
     ascending_keys: list[ListingKey]
+    attributes: list[Attributes] = field(default_factory=list)
+
+    def only(self, keep: EntryFilter) -> PublicCatalogue:
+        """The entries that ``keep`` keeps, in the same order: a view at the same generation."""
+        kept = [
+            index
+            for index, attributes in enumerate(self.attributes)
+            if all(attributes[column] in accepted for column, accepted in keep)
+        ]
+        last = len(self.rendered) - 1
+        return PublicCatalogue(
+            self.generation,
+            [self.rendered[index] for index in kept],
+            [self.ascending_keys[last - index] for index in reversed(kept)],
+            [self.attributes[index] for index in kept],
+        )
 
     def window(self, own: Sequence[ListingKey], offset: int, limit: int) -> list[str | int]:
         """The entries at ``offset`` to ``offset + limit`` of the listing that merges
@@ -216,14 +280,30 @@ class PublicCatalogues:
     zone: zones are the service's few configured ones.
     """
 
-    def __init__(self, cap: int = MAX_CATALOGUED_PUBLIC) -> None:
+    def __init__(self, cap: int = MAX_CATALOGUED_PUBLIC, views: int = MAX_FILTERED_CATALOGUES):
         self._cap = cap
         self._zones: dict[str, PublicCatalogue] = {}
         self._building: set[str] = set()
+        self._views = views
+        self._filtered: OrderedDict[tuple[str, int, EntryFilter], PublicCatalogue] = OrderedDict()
 
     def get(self, zone: str) -> PublicCatalogue | None:
         """The catalogue last read for ``zone``, whatever its generation."""
         return self._zones.get(zone)
+
+    def filtered(self, zone: str, catalogue: PublicCatalogue, keep: EntryFilter) -> PublicCatalogue:
+        """What ``keep`` keeps of ``catalogue`` (``zone``'s), filtered once per
+        generation and filter; the view used least recently goes first."""
+        if not keep:
+            return catalogue
+        key = (zone, catalogue.generation, keep)
+        view = self._filtered.get(key)
+        if view is None:
+            view = self._filtered[key] = catalogue.only(keep)
+            if len(self._filtered) > self._views:
+                self._filtered.popitem(last=False)
+        self._filtered.move_to_end(key)
+        return view
 
     async def at_generation(
         self,
@@ -264,7 +344,10 @@ class PublicCatalogues:
         in_order = all(older < newer for older, newer in itertools.pairwise(ascending))
         if len(rows) != public or not in_order:
             return None
-        catalogue = PublicCatalogue(generation, [render(row) for row in rows], ascending)
+        attributes = [catalogued_attributes(row) for row in rows]
+        catalogue = PublicCatalogue(
+            generation, [render(row) for row in rows], ascending, attributes
+        )
         self._zones[zone] = catalogue
         return catalogue
 
@@ -527,12 +610,17 @@ async def listed_from_catalogue(
     page: Executable,
     values: Mapping[str, Any],
     render: Render,
+    keep: EntryFilter = (),
 ) -> Listed:
-    """An unfiltered listing for the account of the bearer token whose digest is
-    ``digest`` (as :func:`listed_as_bearer`), its public entries from the zone's
-    catalogue at the generation ``statements.first`` reads, rendered with
-    ``render``; ``page``'s rows when there is no such catalogue to be had."""
+    """A listing for the account of the bearer token whose digest is ``digest``
+    (as :func:`listed_as_bearer`), its public entries from the zone's catalogue
+    at the generation ``statements.first`` reads, rendered with ``render``, or
+    those ``keep`` keeps of them (a filtered listing, whose ``first`` also counts
+    the whole catalogue, ``catalogued``); ``page``'s rows when there is no such
+    catalogue to be had, or when its view of the filters holds another number of
+    images than PostgreSQL counts for them (public_image_counts)."""
     bound = {**values, "digest": digest}
+    catalogues = reads.public_catalogues
 
     async def read(connection: ReadConnection) -> Listed:
         row = await connection.fetch_one(statements.first, bound)
@@ -542,10 +630,13 @@ async def listed_from_catalogue(
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
         owned = {**values, "owner": account_id, "generation": int(row.generation)}
-        catalogue = await reads.public_catalogues.at_generation(
-            connection, statements.catalogue, owned, public, render
+        catalogued = int(row.catalogued) if keep else public
+        catalogue = await catalogues.at_generation(
+            connection, statements.catalogue, owned, catalogued, render
         )
-        if catalogue is None:
+        if catalogue is not None:
+            catalogue = catalogues.filtered(values["zone"], catalogue, keep)
+        if catalogue is None or len(catalogue.rendered) != public:
             return Listed(account_id, await connection.fetch(page, owned), total)
         entries = await _page_on(connection, statements, catalogue, owned, own, render)
         return Listed(account_id, [], total, entries)
