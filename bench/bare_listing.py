@@ -31,6 +31,7 @@ from models.reads import (
     PublicCatalogue,
     catalogued_attributes,
     entry_filter,
+    own_rows_in_full,
 )
 from models.states import JobPhase
 
@@ -332,7 +333,7 @@ async def _own_and_public(
     limit: int,
 ) -> list[bytes]:
     args = statements.args
-    if min(offset + limit, own) <= limit:  # its own rows in full, in one statement
+    if own_rows_in_full(offset, limit, min(offset + limit, own)):  # in one statement
         head = min(offset + limit, own)
         read = await connection.fetch(statements.own_head, *args, head) if own else []
         rows = {row["image_id"]: row for row in read}

@@ -655,7 +655,7 @@ async def _page_on(
     """The page's entries: the caller's own part (at most ``own`` images) merged with
     the catalogue's, own rows rendered now."""
     offset, limit = values["offset"], values["limit"]
-    if min(values["head"], own) <= limit:
+    if own_rows_in_full(offset, limit, min(values["head"], own)):
         own_keys, rows = await _first_own_rows(connection, statements, values, own)
         window = catalogue.window(own_keys, offset, limit)
     else:
@@ -667,6 +667,20 @@ async def _page_on(
         for entry in window
         if isinstance(entry, int) or entry in rows
     ]
+
+
+# A page past the first reads in full at most this many own rows it may not show.
+FEW_OWN_ROWS = 10
+
+
+def own_rows_in_full(offset: int, limit: int, own_up_to_page: int) -> bool:
+    """Whether a page reads the caller's own part up to its end (``own_up_to_page``
+    images) in full, in one statement, rather than their keys and then the own
+    rows that fall in it: on a first page (every row read may be shown, and no
+    more than ``limit``), or when they are few. At ``offset=5000`` a caller's 100
+    own rows read in full, most of them before the page, cost more to decode
+    than 100 keys and the few rows the page shows (docs/listing-profile.md, round 4)."""
+    return own_up_to_page <= limit and (offset == 0 or own_up_to_page <= FEW_OWN_ROWS)
 
 
 async def _first_own_rows(
