@@ -417,6 +417,12 @@ def _remembered_search(wanted: frozenset[str], values: dict[str, Any]) -> Rememb
     return RememberedPublicTotal(key, own, counted, _head_page(wanted) if with_head else None)
 
 
+def listing_filters(zone: str, filters: ImageFilters) -> tuple[frozenset[str], dict[str, Any]]:
+    """The filters a listing in ``zone`` applies, by name, and the values of their
+    parameters (the bench's plans: bench/scale_report.py)."""
+    return _listing_values(zone, filters)
+
+
 def bearer_search_parts(
     zone: str, filters: ImageFilters
 ) -> tuple[Select[Any], Select[Any], Select[Any], dict[str, Any]]:
