@@ -278,7 +278,7 @@ async def list_catalogued_images(
         if offset < total and limit:
             catalogue = await _catalogue(request, connection, zone, generation, catalogued)
             if catalogue is not None and keep:
-                catalogue = _filtered(request, zone, catalogue, keep)
+                catalogue = _filtered(request, zone, catalogue, keep, public)
             if catalogue is None or len(catalogue.rendered) != public:
                 _, page, args = _image_statements(zone, owner, request.query)
                 rows = await connection.fetch(page, *args)
@@ -304,16 +304,17 @@ async def _catalogue(
         return None
     keys = [(row["create_time"], row["image_id"]) for row in reversed(rows)]
     rendered = [_image_json(row) for row in rows]
-    attributes = [catalogued_attributes(row) for row in rows]
-    catalogue = PublicCatalogue(generation, rendered, keys, attributes)
+    catalogue = PublicCatalogue(generation, rendered, keys, catalogued_attributes(rows))
     request.app[CATALOGUES][zone] = catalogue
     return catalogue
 
 
 def _filtered(
-    request: web.Request, zone: str, catalogue: PublicCatalogue, keep: EntryFilter
+    request: web.Request, zone: str, catalogue: PublicCatalogue, keep: EntryFilter, public: int
 ) -> PublicCatalogue:
     """The view of the filters, once per generation (as PublicCatalogues.filtered)."""
+    if not public:
+        return PublicCatalogue(catalogue.generation, [], [])
     views = request.app[VIEWS]
     key = (zone, catalogue.generation, keep)
     if key not in views:

@@ -19,7 +19,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -175,7 +175,9 @@ FILTERED_COLUMNS = ("processor_type", "os_family", "visibility", "provider", "st
 # What a filtered listing keeps of a catalogue: for some of FILTERED_COLUMNS (by
 # index), the values it accepts; () keeps every entry. Hashable: the key of a view.
 EntryFilter = tuple[tuple[int, frozenset[str]], ...]
-Attributes = tuple[str | None, ...]
+# Each of FILTERED_COLUMNS of a catalogue's entries, newest first: by column, so that
+# a filter passes over one list per column it compares.
+Attributes = tuple[list[str | None], ...]
 
 
 def entry_filter(
@@ -201,15 +203,19 @@ def _listed(value: Any) -> list[str]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def catalogued_attributes(row: Any) -> Attributes:
-    """The FILTERED_COLUMNS of ``row`` as a catalogue compares them: ``os_family``
+def catalogued_attributes(rows: Sequence[Any]) -> Attributes:
+    """The FILTERED_COLUMNS of ``rows`` as a catalogue compares them: ``os_family``
     lower-cased, as its filter is, but only when it is ASCII, where Python and
     PostgreSQL lower alike; any other is kept out of every ``os_family`` view (a
     view that then misses an image PostgreSQL counts is never used: see
     listed_from_catalogue)."""
-    os_family = row["os_family"]
-    lowered = os_family.lower() if os_family is not None and os_family.isascii() else None
-    return (row["processor_type"], lowered, row["visibility"], row["provider"], row["status"])
+    columns = tuple([row[name] for row in rows] for name in FILTERED_COLUMNS)
+    os_family = FILTERED_COLUMNS.index("os_family")
+    columns[os_family][:] = [
+        value.lower() if value is not None and value.isascii() else None
+        for value in columns[os_family]
+    ]
+    return columns
 
 
 @dataclass(frozen=True)
@@ -222,21 +228,21 @@ class PublicCatalogue:
     generation: int
     rendered: list[bytes]
     ascending_keys: list[ListingKey]
-    attributes: list[Attributes] = field(default_factory=list)
+    attributes: Attributes = tuple([] for _ in FILTERED_COLUMNS)
 
     def only(self, keep: EntryFilter) -> PublicCatalogue:
-        """The entries that ``keep`` keeps, in the same order: a view at the same generation."""
-        kept = [
-            index
-            for index, attributes in enumerate(self.attributes)
-            if all(attributes[column] in accepted for column, accepted in keep)
-        ]
+        """The entries that ``keep`` keeps, in the same order: a view at the same
+        generation. One pass per filter, over the entries the previous ones kept."""
+        kept: Sequence[int] = range(len(self.rendered))
+        for column, accepted in keep:
+            values = self.attributes[column]
+            kept = [index for index in kept if values[index] in accepted]
         last = len(self.rendered) - 1
         return PublicCatalogue(
             self.generation,
             [self.rendered[index] for index in kept],
             [self.ascending_keys[last - index] for index in reversed(kept)],
-            [self.attributes[index] for index in kept],
+            tuple([values[index] for index in kept] for values in self.attributes),
         )
 
     def window(self, own: Sequence[ListingKey], offset: int, limit: int) -> list[str | int]:
@@ -291,11 +297,17 @@ class PublicCatalogues:
         """The catalogue last read for ``zone``, whatever its generation."""
         return self._zones.get(zone)
 
-    def filtered(self, zone: str, catalogue: PublicCatalogue, keep: EntryFilter) -> PublicCatalogue:
-        """What ``keep`` keeps of ``catalogue`` (``zone``'s), filtered once per
-        generation and filter; the view used least recently goes first."""
+    def filtered(
+        self, zone: str, catalogue: PublicCatalogue, keep: EntryFilter, public: int
+    ) -> PublicCatalogue:
+        """What ``keep`` keeps of ``catalogue`` (``zone``'s), of which PostgreSQL
+        counted ``public`` images: filtered once per generation and filter, the view
+        used least recently going first; none when it counted none (a filter on a
+        value no public image has makes no view, and costs no pass over the entries)."""
         if not keep:
             return catalogue
+        if not public:
+            return PublicCatalogue(catalogue.generation, [], [])
         key = (zone, catalogue.generation, keep)
         view = self._filtered.get(key)
         if view is None:
@@ -344,10 +356,8 @@ class PublicCatalogues:
         in_order = all(older < newer for older, newer in itertools.pairwise(ascending))
         if len(rows) != public or not in_order:
             return None
-        attributes = [catalogued_attributes(row) for row in rows]
-        catalogue = PublicCatalogue(
-            generation, [render(row) for row in rows], ascending, attributes
-        )
+        rendered = [render(row) for row in rows]
+        catalogue = PublicCatalogue(generation, rendered, ascending, catalogued_attributes(rows))
         self._zones[zone] = catalogue
         return catalogue
 
@@ -635,7 +645,7 @@ async def listed_from_catalogue(
             connection, statements.catalogue, owned, catalogued, render
         )
         if catalogue is not None:
-            catalogue = catalogues.filtered(values["zone"], catalogue, keep)
+            catalogue = catalogues.filtered(values["zone"], catalogue, keep, public)
         if catalogue is None or len(catalogue.rendered) != public:
             return Listed(account_id, await connection.fetch(page, owned), total)
         entries = await _page_on(connection, statements, catalogue, owned, own, render)
