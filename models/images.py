@@ -382,10 +382,11 @@ async def list_images_as_bearer(
     page (a search on PostgreSQL: a third, once per generation of the zone's
     public images, reads their part, :func:`_remembered_search`).
 
-    With ``render`` (the page writer's, for one row), an unfiltered listing on
-    PostgreSQL takes its public entries from the zone's public catalogue,
-    rendered with it (``Listed.rendered``), and reads only the caller's own
-    part (reads.PublicCatalogues, :func:`catalogued_listing`).
+    With ``render`` (the page writer's, for one row), a listing on PostgreSQL
+    that is unfiltered or filtered only by attributes (reads.entry_filter) takes
+    its public entries from the zone's public catalogue, rendered with it
+    (``Listed.rendered``), and reads only the caller's own part
+    (reads.PublicCatalogues, :func:`catalogued_listing`).
     AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
