@@ -5,7 +5,7 @@ runs the same count and page statements as ``models.images.list_images`` on
 PostgreSQL (public images counted from ``public_image_counts``; a search's
 public part remembered per generation of the zone's public images; an
 unfiltered listing's public entries taken from the zone's catalogue, read and
-rendered once per generation, as ``models.reads.PublicCatalogues``) and
+rendered once per generation, as ``models.catalogue.PublicCatalogues``) and
 ``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
 writes the JSON. It is what the API would cost if it did nothing but talk to
 PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from models.reads import (
+from models.catalogue import (
     FILTERED_COLUMNS,
     MAX_CATALOGUED_PUBLIC,
     MAX_FILTERED_CATALOGUES,
@@ -31,8 +31,8 @@ from models.reads import (
     PublicCatalogue,
     catalogued_attributes,
     entry_filter,
-    own_rows_in_full,
 )
+from models.reads import own_rows_in_full
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -246,7 +246,7 @@ def _catalogued(zone: str, owner: str, params: Any, filtered: bool) -> Catalogue
 
 
 def _entry_filter(params: Any) -> EntryFilter | None:
-    """What the listing keeps of the catalogue, as the API's (models.reads.entry_filter)."""
+    """What the listing keeps of the catalogue, as the API's (models.catalogue.entry_filter)."""
     known = {"offset", "limit", "status", *FILTERED_COLUMNS}
     if not set(params.keys()) <= known:
         return None

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from models import ids
 from models.accounts import BEARER
+from models.catalogue import CataloguedListing, Render, entry_filter
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
@@ -51,13 +52,10 @@ from models.quotas import (
     usage_beside,
 )
 from models.reads import (
-    CataloguedListing,
     Listed,
     Listing,
     Reads,
     RememberedPublicTotal,
-    Render,
-    entry_filter,
     listed_as_bearer,
     listed_from_catalogue,
 )
@@ -383,10 +381,10 @@ async def list_images_as_bearer(
     public images, reads their part, :func:`_remembered_search`).
 
     With ``render`` (the page writer's, for one row), a listing on PostgreSQL
-    that is unfiltered or filtered only by attributes (reads.entry_filter) takes
+    that is unfiltered or filtered only by attributes (catalogue.entry_filter) takes
     its public entries from the zone's public catalogue, rendered with it
     (``Listed.rendered``), and reads only the caller's own part
-    (reads.PublicCatalogues, :func:`catalogued_listing`).
+    (catalogue.PublicCatalogues, :func:`catalogued_listing`).
     AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
@@ -623,7 +621,7 @@ UNFILTERED = frozenset({"hidden"})
 @functools.cache
 def catalogued_listing(wanted: frozenset[str] = UNFILTERED) -> CataloguedListing:
     """A listing's statements on the zone's public catalogue (PostgreSQL), with
-    the filters ``wanted`` (reads.entry_filter: those a catalogue answers).
+    the filters ``wanted`` (catalogue.entry_filter: those a catalogue answers).
 
     The public images of a zone are the same for every caller and change rarely:
     read once per generation in listing order (``catalogue``, from the public

@@ -1,5 +1,5 @@
 """Unfiltered listings on PostgreSQL, and those filtered by attributes, take their
-public entries from the zone's public catalogue (models.reads.PublicCatalogues):
+public entries from the zone's public catalogue (models.catalogue.PublicCatalogues):
 the same bytes as the page statement's, at any offset, and every change to a
 public image seen by the very next request."""
 
@@ -15,9 +15,10 @@ from sqlalchemy import select
 from api import pages
 from models import images
 from models.accounts import token_digest
+from models.catalogue import PublicCatalogues
 from models.db import Database
 from models.images import ImageFilters
-from models.reads import PublicCatalogues, Reads, reads_for
+from models.reads import Reads, reads_for
 from models.states import ImageStatus, ProcessorType, Provider, Visibility
 from models.tables import Image
 from tests.support.tenants import Tenant, TenantFactory
@@ -119,7 +120,7 @@ async def varied(database: Database, tenant: Tenant, mixed: int) -> AsyncIterato
     yield mixed
 
 
-# Every filter the catalogue answers, alone and together (reads.entry_filter).
+# Every filter the catalogue answers, alone and together (catalogue.entry_filter).
 CATALOGUED_FILTERS = (
     ImageFilters(provider=Provider.SYSTEM),
     ImageFilters(provider=Provider.SELF),
