@@ -390,8 +390,7 @@ async def list_images_as_bearer(
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
     page = _listing_statements(wanted, postgresql)[1]
-    hidden = frozenset(status.value for status in DEFAULT_HIDDEN)
-    keep = entry_filter(wanted, values, hidden) if postgresql else None
+    keep = entry_filter(wanted, values, _HIDDEN) if postgresql else None
     if keep is not None and render is not None:  # the catalogue answers these filters
         return await listed_from_catalogue(
             reads, digest, catalogued_listing(wanted), page, values, render, keep
@@ -616,6 +615,7 @@ def _head_page(wanted: frozenset[str]) -> Select[Any]:
 
 # What a listing without filters applies: the default statuses hidden.
 UNFILTERED = frozenset({"hidden"})
+_HIDDEN = frozenset(status.value for status in DEFAULT_HIDDEN)
 
 
 @functools.cache
