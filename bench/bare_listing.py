@@ -314,7 +314,7 @@ def _filtered(
 ) -> PublicCatalogue:
     """The view of the filters, once per generation (as PublicCatalogues.filtered)."""
     if not public:
-        return PublicCatalogue(catalogue.generation, [], [])
+        return PublicCatalogue.empty(catalogue.generation)
     views = request.app[VIEWS]
     key = (zone, catalogue.generation, keep)
     if key not in views:

@@ -115,7 +115,12 @@ class PublicCatalogue:
     generation: int
     rendered: list[bytes]
     ascending_keys: list[ListingKey]
-    attributes: Attributes = tuple([] for _ in FILTERED_COLUMNS)
+    attributes: Attributes
+
+    @classmethod
+    def empty(cls, generation: int) -> PublicCatalogue:
+        """No entries, at ``generation``: the view of filters no public image passes."""
+        return cls(generation, [], [], tuple([] for _ in FILTERED_COLUMNS))
 
     def only(self, keep: EntryFilter) -> PublicCatalogue:
         """The entries that ``keep`` keeps, in the same order: a view at the same
@@ -167,7 +172,8 @@ class PublicCatalogues:
 
     Public images are the same for every caller and change rarely: an unfiltered
     page takes its public entries, already rendered, from here, and reads only
-    the caller's own part. A catalogue is used only with a statement that read
+    the caller's own part; a page filtered by attributes takes them from a view
+    of it (:meth:`filtered`). A catalogue is used only with a statement that read
     the same generation (every change to a public image bumps it in the changing
     transaction); one request at a time per zone (re)builds it. One catalogue per
     zone: zones are the service's few configured ones.
@@ -194,7 +200,7 @@ class PublicCatalogues:
         if not keep:
             return catalogue
         if not public:
-            return PublicCatalogue(catalogue.generation, [], [])
+            return PublicCatalogue.empty(catalogue.generation)
         key = (zone, catalogue.generation, keep)
         view = self._filtered.get(key)
         if view is None:
