@@ -5,7 +5,7 @@ runs the same count and page statements as ``models.images.list_images`` on
 PostgreSQL (public images counted from ``public_image_counts``; a search's
 public part remembered per generation of the zone's public images; an
 unfiltered listing's public entries taken from the zone's catalogue, read and
-rendered once per generation, as ``models.reads.PublicCatalogues``) and
+rendered once per generation, as ``models.catalogue.PublicCatalogues``) and
 ``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
 writes the JSON. It is what the API would cost if it did nothing but talk to
 PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
@@ -16,13 +16,23 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from models.reads import MAX_CATALOGUED_PUBLIC, PublicCatalogue
+from models.catalogue import (
+    FILTERED_COLUMNS,
+    MAX_CATALOGUED_PUBLIC,
+    MAX_FILTERED_CATALOGUES,
+    EntryFilter,
+    PublicCatalogue,
+    catalogued_attributes,
+    entry_filter,
+)
+from models.reads import own_rows_in_full
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -33,6 +43,8 @@ OWNER = web.AppKey("owner", str)
 PUBLIC_PARTS = web.AppKey("public_parts", dict)
 # An unfiltered listing's public entries per zone, with their generation.
 CATALOGUES = web.AppKey("catalogues", dict)
+# The catalogues' views per zone, generation and filters (PublicCatalogues.filtered).
+VIEWS = web.AppKey("views", dict)
 
 IMAGE_COLUMNS = (
     "image_id, image_name, description, size, processor_type, platform, os_family, "
@@ -184,55 +196,96 @@ def _image_out(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-SHOWN = "visibility <> 'public' AND status <> 'ceased'"
-# As models.images.catalogued_listing.
-CATALOGUED_FIRST = (
-    "SELECT coalesce((SELECT generation FROM public_image_generations WHERE zone = $1), 0), "
-    f"(SELECT count(*) FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN}), "
-    "(SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
-    "WHERE zone = $1 AND status <> 'ceased')"
-)
+# As models.images.catalogued_listing: the catalogue is every public image not hidden.
 CATALOGUE = (
     f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND visibility = 'public' "
     f"AND status <> 'ceased' {NEWEST}"
 )
-OWN_KEYS = (
-    f"SELECT create_time, image_id FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
-    f"{NEWEST} LIMIT $3"
-)
-OWN_HEAD = (
-    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
-    f"{NEWEST} LIMIT $3"
-)
-OWN_ROWS = (
-    f"SELECT {IMAGE_COLUMNS} FROM images WHERE zone = $1 AND owner = $2 AND {SHOWN} "
-    "AND image_id = ANY($3)"
-)
+HIDDEN = frozenset({"ceased"})
 
 
-def _unfiltered(query: Any) -> bool:
-    return all(name in ("offset", "limit") for name in query)
+@dataclass(frozen=True)
+class Catalogued:
+    """The statements of a listing on the catalogue, for one set of filters, and
+    their positional values: the zone's and the owner's come after the filters'."""
+
+    first: str
+    own_keys: str
+    own_head: str
+    own_rows: str
+    args: list[Any]
 
 
-async def list_unfiltered_images(request: web.Request, zone: str) -> web.Response:
+def _catalogued(zone: str, owner: str, params: Any, filtered: bool) -> Catalogued:
+    """As models.images.catalogued_listing(wanted): the generation, the caller's own
+    part, the public part counted for the filters and, if ``filtered``, for the
+    whole catalogue (else the same: counted once)."""
+    query = Query()
+    wanted, counted = _image_filters(query, params)
+    zone_arg, owner_arg = query.arg(zone), query.arg(owner)
+    own = f"zone = {zone_arg} AND owner = {owner_arg} AND visibility <> 'public'{wanted}"
+    first = (
+        "SELECT coalesce((SELECT generation FROM public_image_generations "
+        f"WHERE zone = {zone_arg}), 0), (SELECT count(*) FROM images WHERE {own}), "
+        "(SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
+        f"WHERE zone = {zone_arg}{counted})"
+    )
+    if filtered:
+        first += (
+            ", (SELECT CAST(coalesce(sum(images), 0) AS bigint) FROM public_image_counts "
+            f"WHERE zone = {zone_arg} AND status <> 'ceased')"
+        )
+    more = f"${len(query.args) + 1}"  # the head, or the own ids
+    return Catalogued(
+        first,
+        f"SELECT create_time, image_id FROM images WHERE {own} {NEWEST} LIMIT {more}",
+        f"SELECT {IMAGE_COLUMNS} FROM images WHERE {own} {NEWEST} LIMIT {more}",
+        f"SELECT {IMAGE_COLUMNS} FROM images WHERE {own} AND image_id = ANY({more})",
+        query.args,
+    )
+
+
+def _entry_filter(params: Any) -> EntryFilter | None:
+    """What the listing keeps of the catalogue, as the API's (models.catalogue.entry_filter)."""
+    known = {"offset", "limit", "status", *FILTERED_COLUMNS}
+    if not set(params.keys()) <= known:
+        return None
+    values: dict[str, Any] = {name: params[name] for name in params if name in FILTERED_COLUMNS}
+    if "os_family" in values:
+        values["os_family"] = values["os_family"].lower()
+    if "status" in values:
+        values["status"] = _listed(params, "status")
+    wanted = frozenset(values) | ({"hidden"} if "status" not in values else set())
+    return entry_filter(wanted, values, HIDDEN)
+
+
+async def list_catalogued_images(
+    request: web.Request, zone: str, keep: EntryFilter
+) -> web.Response:
     """The public entries from the zone's catalogue (read and rendered once per
-    generation), the caller's own keys and own rows in the page: the API's statements."""
+    generation; filtered once per generation and filters), the caller's own keys
+    and own rows in the page: the API's statements."""
     owner = request.app[OWNER]
     offset = int(request.query.get("offset", 0))
     limit = min(int(request.query.get("limit", 10)), 100)
+    statements = _catalogued(zone, owner, request.query, filtered=bool(keep))
     async with request.app[POOL].acquire() as connection:
-        generation, own, public = await connection.fetchrow(CATALOGUED_FIRST, zone, owner)
+        first = await connection.fetchrow(statements.first, *statements.args)
+        generation, own, public = first[0], first[1], first[2]
+        catalogued = first[3] if keep else public
         total = own + public
         entries: list[bytes] = []
         if offset < total and limit:
-            catalogue = await _catalogue(request, connection, zone, generation, public)
-            if catalogue is None:
+            catalogue = await _catalogue(request, connection, zone, generation, catalogued)
+            if catalogue is not None and keep:
+                catalogue = _filtered(request, zone, catalogue, keep, public)
+            if catalogue is None or len(catalogue.rendered) != public:
                 _, page, args = _image_statements(zone, owner, request.query)
                 rows = await connection.fetch(page, *args)
                 entries = [_image_json(row) for row in rows]
             else:
                 entries = await _own_and_public(
-                    connection, catalogue, zone, owner, own, offset, limit
+                    connection, catalogue, statements, own, offset, limit
                 )
     body = b'{"images":[' + b",".join(entries) + b'],"total_count":' + b"%d}" % total
     return web.Response(body=body, content_type="application/json")
@@ -250,36 +303,51 @@ async def _catalogue(
     if len(rows) != public:
         return None
     keys = [(row["create_time"], row["image_id"]) for row in reversed(rows)]
-    catalogue = PublicCatalogue(generation, [_image_json(row) for row in rows], keys)
+    rendered = [_image_json(row) for row in rows]
+    catalogue = PublicCatalogue(generation, rendered, keys, catalogued_attributes(rows))
     request.app[CATALOGUES][zone] = catalogue
     return catalogue
+
+
+def _filtered(
+    request: web.Request, zone: str, catalogue: PublicCatalogue, keep: EntryFilter, public: int
+) -> PublicCatalogue:
+    """The view of the filters, once per generation (as PublicCatalogues.filtered)."""
+    if not public:
+        return PublicCatalogue.empty(catalogue.generation)
+    views = request.app[VIEWS]
+    key = (zone, catalogue.generation, keep)
+    if key not in views:
+        if len(views) >= MAX_FILTERED_CATALOGUES:
+            views.pop(next(iter(views)))
+        views[key] = catalogue.only(keep)
+    view: PublicCatalogue = views[key]
+    return view
 
 
 async def _own_and_public(
     connection: asyncpg.Connection,
     catalogue: PublicCatalogue,
-    zone: str,
-    owner: str,
+    statements: Catalogued,
     own: int,
     offset: int,
     limit: int,
 ) -> list[bytes]:
-    if min(offset + limit, own) <= limit:  # its own rows in full, in one statement
-        read = (
-            await connection.fetch(OWN_HEAD, zone, owner, min(offset + limit, own)) if own else []
-        )
+    args = statements.args
+    if own_rows_in_full(offset, limit, min(offset + limit, own)):  # in one statement
+        head = min(offset + limit, own)
+        read = await connection.fetch(statements.own_head, *args, head) if own else []
         rows = {row["image_id"]: row for row in read}
         own_keys = [(row["create_time"], row["image_id"]) for row in read]
         window = catalogue.window(own_keys, offset, limit)
     else:
-        keys = (
-            await connection.fetch(OWN_KEYS, zone, owner, min(offset + limit, own)) if own else []
-        )
+        head = min(offset + limit, own)
+        keys = await connection.fetch(statements.own_keys, *args, head) if own else []
         window = catalogue.window([(key[0], key[1]) for key in keys], offset, limit)
         own_ids = [entry for entry in window if isinstance(entry, str)]
         rows = {}
         if own_ids:
-            read = await connection.fetch(OWN_ROWS, zone, owner, own_ids)
+            read = await connection.fetch(statements.own_rows, *args, own_ids)
             rows = {row["image_id"]: row for row in read}
     return [
         catalogue.rendered[entry] if isinstance(entry, int) else _image_json(rows[entry])
@@ -293,8 +361,9 @@ def _image_json(row: asyncpg.Record) -> bytes:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    if _unfiltered(request.query):
-        return await list_unfiltered_images(request, request.match_info["zone"])
+    keep = _entry_filter(request.query)
+    if keep is not None:
+        return await list_catalogued_images(request, request.match_info["zone"], keep)
     owner = request.app[OWNER]
     count, page, args = _image_statements(request.match_info["zone"], owner, request.query)
     pool = request.app[SEARCH_POOL if request.query.get("search_word") else POOL]
@@ -384,6 +453,7 @@ def create_app(dsn: str, owner: str) -> web.Application:
     app[OWNER] = owner
     app[PUBLIC_PARTS] = {}
     app[CATALOGUES] = {}
+    app[VIEWS] = {}
     app.cleanup_ctx.append(pool)
     app.router.add_get("/v2/zone/{zone}/images", list_images)
     app.router.add_get("/v2/zone/{zone}/jobs", list_jobs)

@@ -12,7 +12,13 @@ from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql
 
 from models.db import Database
-from models.images import ImageFilters, bearer_search_parts, catalogued_listing, image_listing
+from models.images import (
+    ImageFilters,
+    bearer_search_parts,
+    catalogued_listing,
+    image_listing,
+    listing_filters,
+)
 from models.jobs import JobFilters, job_listing
 from models.reads import AsyncpgCompiler
 from models.scoping import Caller
@@ -78,12 +84,13 @@ def _digest(database: Database, account_id: str) -> str | None:
 
 
 def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
-    """An unfiltered listing as the API runs it on PostgreSQL: the token, generation
-    and both counts on every request; the zone's public catalogue once per
-    generation; the caller's first ``offset + limit`` own rows in full when they
-    are no more than ``limit`` (default, and offset=5000 for the bench's caller),
-    else their keys and the own rows in the page by primary key
-    (models.images.catalogued_listing, models.reads._page_on)."""
+    """Listings on the catalogue as the API runs them on PostgreSQL: the token,
+    generation and both counts on every request; the zone's public catalogue once
+    per generation; the caller's own rows in full on a first page (or when they
+    are few), else their keys and the own rows in the page by primary key
+    (models.images.catalogued_listing, models.reads._page_on). A filtered listing
+    (status, provider, ...) runs the same shapes with its filters, and also counts
+    the whole catalogue."""
     statements = catalogued_listing()
     values = {"zone": "ac1", "digest": _digest(database, account_id), "owner": account_id}
     with database.reading() as session:
@@ -92,7 +99,7 @@ def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
         keys = session.execute(statements.own_keys, {**values, "head": head}).all()
     own_ids = [key.image_id for key in keys[:10]]
     name = "default and offset"
-    return {
+    out = {
         f"{name}: token, generation, own and public counts (every request)": _explain(
             database, statements.first.params(values)
         ),
@@ -102,16 +109,30 @@ def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
         "default: the caller's own rows, in full (head = min(10, own))": _explain(
             database, statements.own_head.params({**values, "head": min(10, own)})
         ),
-        f"offset=5000: the caller's own rows, in full (head = min(5100, own) = {head})": _explain(
-            database, statements.own_head.params({**values, "head": head})
-        ),
-        f"more own images than limit: their keys (here head = {head})": _explain(
+        f"offset=5000: the caller's own keys (head = min(5100, own) = {head})": _explain(
             database, statements.own_keys.params({**values, "head": head})
         ),
-        "more own images than limit: own rows in the page, by primary key (here 10)": _explain(
+        "offset=5000: own rows in the page, by primary key (here 10)": _explain(
             database, statements.own_rows.params({**values, "own_ids": own_ids})
         ),
     }
+    return out | _filtered_catalogue_parts(database, values)
+
+
+def _filtered_catalogue_parts(database: Database, values: dict[str, Any]) -> dict[str, str]:
+    """The statements of each filtered case the catalogue answers, on every request."""
+    out = {}
+    for case in ("status", "os_family", "visibility", "provider", "processor_type"):
+        wanted, filters = listing_filters(values["zone"], ImageFilters(**PLAN_CASES[case]))
+        statements = catalogued_listing(wanted)
+        bound = {**filters, **values, "head": 10}
+        out[f"{case}: token, generation, own, public and catalogued counts"] = _explain(
+            database, statements.first.params(bound)
+        )
+        out[f"{case}: the caller's own rows, in full (head = 10)"] = _explain(
+            database, statements.own_head.params(bound)
+        )
+    return out
 
 
 def _search_parts(database: Database, account_id: str) -> dict[str, str]:
@@ -278,8 +299,10 @@ def _plans_page(results: Results) -> str:
         "takes its public entries from the zone's public catalogue, read once per "
         "generation (`PublicCatalogues`), and reads only the caller's own keys and, by "
         "primary key, the own rows in its page (*default and offset*, *offset=5000*); "
-        "the *page* plans of `default` and `offset=5000` are its path when there is no "
-        "catalogue to be had. Jobs read "
+        "so does a listing filtered by `status`, `os_family`, `visibility`, `provider` "
+        "or `processor_type`, on the catalogue's entries that pass its filters (the "
+        "*counts* and *own rows* plans of each); the *page* plans of those cases are "
+        "their path when there is no catalogue to be had. Jobs read "
         "`ix_jobs_zone_owner_create_time`. "
         "Nothing reads the whole table: the cost follows the caller's rows (and the "
         "`offset`), not the size of the table. The API runs these as prepared "

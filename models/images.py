@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from models import ids
 from models.accounts import BEARER
+from models.catalogue import CataloguedListing, Render, entry_filter
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
@@ -51,12 +52,10 @@ from models.quotas import (
     usage_beside,
 )
 from models.reads import (
-    CataloguedListing,
     Listed,
     Listing,
     Reads,
     RememberedPublicTotal,
-    Render,
     listed_as_bearer,
     listed_from_catalogue,
 )
@@ -381,18 +380,20 @@ async def list_images_as_bearer(
     page (a search on PostgreSQL: a third, once per generation of the zone's
     public images, reads their part, :func:`_remembered_search`).
 
-    With ``render`` (the page writer's, for one row), an unfiltered listing on
-    PostgreSQL takes its public entries from the zone's public catalogue,
-    rendered with it (``Listed.rendered``), and reads only the caller's own
-    part (reads.PublicCatalogues, :func:`catalogued_listing`).
+    With ``render`` (the page writer's, for one row), a listing on PostgreSQL
+    that is unfiltered or filtered only by attributes (catalogue.entry_filter) takes
+    its public entries from the zone's public catalogue, rendered with it
+    (``Listed.rendered``), and reads only the caller's own part
+    (catalogue.PublicCatalogues, :func:`catalogued_listing`).
     AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
     postgresql = reads.dialect_name == "postgresql"
     wanted, values = _listing_values(zone, filters)
     page = _listing_statements(wanted, postgresql)[1]
-    if postgresql and render is not None and wanted == UNFILTERED:
+    keep = entry_filter(wanted, values, _HIDDEN) if postgresql else None
+    if keep is not None and render is not None:  # the catalogue answers these filters
         return await listed_from_catalogue(
-            reads, digest, catalogued_listing(), page, values, render
+            reads, digest, catalogued_listing(wanted), page, values, render, keep
         )
     searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
     first: Executable | RememberedPublicTotal = _bearer_total(wanted, postgresql)
@@ -412,6 +413,12 @@ def _remembered_search(wanted: frozenset[str], values: dict[str, Any]) -> Rememb
     key = (_search_key(wanted, values), values["head"] if with_head else None)
     own, counted = _bearer_search_parts(wanted, with_head)
     return RememberedPublicTotal(key, own, counted, _head_page(wanted) if with_head else None)
+
+
+def listing_filters(zone: str, filters: ImageFilters) -> tuple[frozenset[str], dict[str, Any]]:
+    """The filters a listing in ``zone`` applies, by name, and the values of their
+    parameters (the bench's plans: bench/scale_report.py)."""
+    return _listing_values(zone, filters)
 
 
 def bearer_search_parts(
@@ -608,34 +615,42 @@ def _head_page(wanted: frozenset[str]) -> Select[Any]:
 
 # What a listing without filters applies: the default statuses hidden.
 UNFILTERED = frozenset({"hidden"})
+_HIDDEN = frozenset(status.value for status in DEFAULT_HIDDEN)
 
 
 @functools.cache
-def catalogued_listing() -> CataloguedListing:
-    """An unfiltered listing's statements on the zone's public catalogue (PostgreSQL).
+def catalogued_listing(wanted: frozenset[str] = UNFILTERED) -> CataloguedListing:
+    """A listing's statements on the zone's public catalogue (PostgreSQL), with
+    the filters ``wanted`` (catalogue.entry_filter: those a catalogue answers).
 
     The public images of a zone are the same for every caller and change rarely:
     read once per generation in listing order (``catalogue``, from the public
-    index), they leave a page only the caller's own part to read, by keys from
-    the owner's index (``own_keys``) and by primary key (``own_rows``): the cost
-    of ``offset`` then follows the caller's images, not the public ones it skips.
-    When those are no more than ``limit``, it reads them in full at once (``own_head``).
+    index, whatever the filters), they leave a page only the caller's own part to
+    read, by keys from the owner's index (``own_keys``) and by primary key
+    (``own_rows``): the cost of ``offset`` then follows the caller's images, not
+    the public ones it skips. When those are no more than ``limit``, it reads them
+    in full at once (``own_head``). A filtered listing's first statement also
+    counts the whole catalogue (``catalogued``).
     """
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
     shown = _conditions(UNFILTERED, postgresql=True)
+    filtered = _conditions(wanted, postgresql=True)
     generation = select(PublicImageGeneration.generation).where(PublicImageGeneration.zone == zone)
-    own_part = visible_image_ranges(zone, BEARER.c.account_id)[0] & ~is_public() & shown
-    public = _counted_public(zone, UNFILTERED)
-    first = select(
+    own_part = visible_image_ranges(zone, BEARER.c.account_id)[0] & ~is_public() & filtered
+    parts = [
         *BEARER.c,
         func.coalesce(generation.scalar_subquery(), 0).label("generation"),
         select(func.count()).where(own_part).scalar_subquery().label("own"),
-        public.label("public"),
-    )
+        _counted_public(zone, wanted).label("public"),
+    ]
+    if wanted != UNFILTERED:
+        parts.append(_counted_public(zone, UNFILTERED).label("catalogued"))
     newest_first = (Image.create_time.desc(), Image.image_id.desc())
     columns = [Image.__table__.c[name] for name in LISTED_IMAGE_COLUMNS]
     catalogue = select(*columns).where(public_images_in(zone), shown).order_by(*newest_first)
-    own = visible_image_ranges(zone, owner)[0] & ~is_public() & shown
+    if wanted != UNFILTERED:  # one catalogue, one statement object: compiled once
+        catalogue = catalogued_listing().catalogue
+    own = visible_image_ranges(zone, owner)[0] & ~is_public() & filtered
     listing_key: tuple[Any, ...] = (Image.create_time, Image.image_id)
     own_keys = (
         select(*listing_key)
@@ -650,7 +665,7 @@ def catalogued_listing() -> CataloguedListing:
         .order_by(*newest_first)
         .limit(bindparam("head", type_=BigInteger))
     )
-    return CataloguedListing(first, catalogue, own_keys, own_rows, own_head)
+    return CataloguedListing(select(*parts), catalogue, own_keys, own_rows, own_head)
 
 
 def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:

@@ -12,8 +12,6 @@ thread. Both return rows that read by attribute and by name.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -29,6 +27,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from models.accounts import bearer_account
+from models.catalogue import (
+    CataloguedListing,
+    EntryFilter,
+    ListingKey,
+    PublicCatalogue,
+    PublicCatalogues,
+    Render,
+)
 from models.db import Database
 from models.errors import ServiceUnavailable
 
@@ -42,10 +48,6 @@ CUSTOM_PLANS_POOL_SIZE = 4
 APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
 MAX_PUBLIC_TOTALS = 1024
-# A zone's public catalogue (PublicCatalogues) is built only below this many public
-# images: 50,000 rendered images are about 50 MB per API process, and a build reads
-# them all once per generation; a larger zone keeps the page statement.
-MAX_CATALOGUED_PUBLIC = 50_000
 # A connection the server closed (restart, admin shutdown) or could not open: the
 # statement is run once more on a fresh connection, then the request gets a 503.
 _CONNECTION_LOST = (
@@ -74,7 +76,7 @@ class Listing:
 class Listed:
     """What was read for the account a bearer token stands for: that account, rows,
     total; or, instead of rows, the page's entries already rendered (``rendered``,
-    by the renderer the listing was given: :class:`PublicCatalogues`)."""
+    by the renderer the listing was given: catalogue.PublicCatalogues)."""
 
     account_id: str
     rows: Sequence[Any]
@@ -136,137 +138,6 @@ class RememberedPublicTotal:
     own: Executable
     counted: Executable
     page: Executable | None = None
-
-
-# Renders one row of a page as the page writes it (api/pages.py image_json).
-Render = Callable[[Any], bytes]
-# Where an image falls in a listing: newest first, ties by id descending.
-ListingKey = tuple[Any, str]
-
-
-@dataclass(frozen=True)
-class CataloguedListing:
-    """The statements of an unfiltered listing of images served from the zone's
-    public catalogue (:class:`PublicCatalogues`, PostgreSQL).
-
-    ``first`` reads the token's row (accounts.BEARER), the zone's ``generation``,
-    ``own`` (the caller's own images that are not public, not hidden) and
-    ``public`` (the zone's public ones, from public_image_counts); ``catalogue``
-    every public, not hidden image of the zone in listing order; ``own_keys`` the
-    first ``head`` listing keys of the caller's own part; ``own_rows`` the rows of
-    the ids bound as ``own_ids``, if they are still the caller's own part;
-    ``own_head`` the first ``head`` rows of the caller's own part, in full.
-    """
-
-    first: Select[Any]
-    catalogue: Select[Any]
-    own_keys: Select[Any]
-    own_rows: Select[Any]
-    own_head: Select[Any]
-
-
-@dataclass(frozen=True)
-class PublicCatalogue:
-    """A zone's public, not hidden images at one generation, in listing order: the
-    entry of each as the page writes it, and their listing keys (oldest first,
-    for bisection)."""
-
-    generation: int
-    rendered: list[bytes]
-    ascending_keys: list[ListingKey]
-
-    def window(self, own: Sequence[ListingKey], offset: int, limit: int) -> list[str | int]:
-        """The entries at ``offset`` to ``offset + limit`` of the listing that merges
-        ``own`` (the caller's own part, newest first, at least its first ``offset +
-        limit``) with this catalogue: an own image's id, or a public entry's index."""
-
-        def place(index: int) -> int:  # of own[index] in the listing
-            return index + self._newer_than(own[index]) if index < len(own) else -1
-
-        # Own entries before the offset, by bisection: places grow with the index.
-        own_next = bisect.bisect_left(range(len(own)), offset, key=place)
-        public_next, own_place = offset - own_next, place(own_next)
-        entries: list[str | int] = []
-        while len(entries) < limit:
-            if own_place == public_next + own_next:
-                entries.append(own[own_next][1])
-                own_next += 1
-                own_place = place(own_next)
-            elif public_next < len(self.rendered):
-                entries.append(public_next)
-                public_next += 1
-            else:
-                break
-        return entries
-
-    def _newer_than(self, key: ListingKey) -> int:
-        """How many public entries come before ``key`` in the listing."""
-        return len(self.ascending_keys) - bisect.bisect_right(self.ascending_keys, key)
-
-
-class PublicCatalogues:
-    """Each zone's public catalogue this process has read, with the generation of
-    the zone's public images (migration 0012) it was read at.
-
-    Public images are the same for every caller and change rarely: an unfiltered
-    page takes its public entries, already rendered, from here, and reads only
-    the caller's own part. A catalogue is used only with a statement that read
-    the same generation (every change to a public image bumps it in the changing
-    transaction); one request at a time per zone (re)builds it. One catalogue per
-    zone: zones are the service's few configured ones.
-    """
-
-    def __init__(self, cap: int = MAX_CATALOGUED_PUBLIC) -> None:
-        self._cap = cap
-        self._zones: dict[str, PublicCatalogue] = {}
-        self._building: set[str] = set()
-
-    def get(self, zone: str) -> PublicCatalogue | None:
-        """The catalogue last read for ``zone``, whatever its generation."""
-        return self._zones.get(zone)
-
-    async def at_generation(
-        self,
-        connection: ReadConnection,
-        statement: Executable,
-        values: Mapping[str, Any],
-        public: int,
-        render: Render,
-    ) -> PublicCatalogue | None:
-        """The catalogue of ``values["zone"]`` at ``values["generation"]``, whose
-        ``public`` images were just counted: remembered, or read now by this request
-        if no other is reading it. None if another is, or the zone has too many."""
-        zone, generation = values["zone"], values["generation"]
-        known = self._zones.get(zone)
-        if known is not None and known.generation == generation:
-            return known if len(known.rendered) == public else None
-        if known is not None and known.generation > generation:
-            return None  # read before a change this process has already seen
-        if zone in self._building or public > self._cap:
-            return None
-        self._building.add(zone)
-        try:
-            rows = await connection.fetch(statement, values)
-        finally:
-            self._building.discard(zone)
-        return self._remember(zone, generation, public, rows, render)
-
-    def _remember(
-        self, zone: str, generation: int, public: int, rows: Sequence[Any], render: Render
-    ) -> PublicCatalogue | None:
-        """The catalogue of ``rows``, remembered under ``generation``, read before
-        them: the rows are never older than the generation they are remembered at.
-        Not if they changed in number since they were counted (the next request
-        reads them again), nor if Python would order their keys otherwise than the
-        database does (a collation that is not bytewise)."""
-        keys = [(row.create_time, row.image_id) for row in rows]
-        ascending = keys[::-1]
-        in_order = all(older < newer for older, newer in itertools.pairwise(ascending))
-        if len(rows) != public or not in_order:
-            return None
-        catalogue = PublicCatalogue(generation, [render(row) for row in rows], ascending)
-        self._zones[zone] = catalogue
-        return catalogue
 
 
 class ReadConnection(ABC):
@@ -527,12 +398,17 @@ async def listed_from_catalogue(
     page: Executable,
     values: Mapping[str, Any],
     render: Render,
+    keep: EntryFilter = (),
 ) -> Listed:
-    """An unfiltered listing for the account of the bearer token whose digest is
-    ``digest`` (as :func:`listed_as_bearer`), its public entries from the zone's
-    catalogue at the generation ``statements.first`` reads, rendered with
-    ``render``; ``page``'s rows when there is no such catalogue to be had."""
+    """A listing for the account of the bearer token whose digest is ``digest``
+    (as :func:`listed_as_bearer`), its public entries from the zone's catalogue
+    at the generation ``statements.first`` reads, rendered with ``render``, or
+    those ``keep`` keeps of them (a filtered listing, whose ``first`` also counts
+    the whole catalogue, ``catalogued``); ``page``'s rows when there is no such
+    catalogue to be had, or when its view of the filters holds another number of
+    images than PostgreSQL counts for them (public_image_counts)."""
     bound = {**values, "digest": digest}
+    catalogues = reads.public_catalogues
 
     async def read(connection: ReadConnection) -> Listed:
         row = await connection.fetch_one(statements.first, bound)
@@ -542,10 +418,13 @@ async def listed_from_catalogue(
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
         owned = {**values, "owner": account_id, "generation": int(row.generation)}
-        catalogue = await reads.public_catalogues.at_generation(
-            connection, statements.catalogue, owned, public, render
+        catalogued = int(row.catalogued) if keep else public
+        catalogue = await catalogues.at_generation(
+            connection, statements.catalogue, owned, catalogued, render
         )
-        if catalogue is None:
+        if catalogue is not None:
+            catalogue = catalogues.filtered(values["zone"], catalogue, keep, public)
+        if catalogue is None or len(catalogue.rendered) != public:
             return Listed(account_id, await connection.fetch(page, owned), total)
         entries = await _page_on(connection, statements, catalogue, owned, own, render)
         return Listed(account_id, [], total, entries)
@@ -564,7 +443,7 @@ async def _page_on(
     """The page's entries: the caller's own part (at most ``own`` images) merged with
     the catalogue's, own rows rendered now."""
     offset, limit = values["offset"], values["limit"]
-    if min(values["head"], own) <= limit:
+    if own_rows_in_full(offset, limit, min(values["head"], own)):
         own_keys, rows = await _first_own_rows(connection, statements, values, own)
         window = catalogue.window(own_keys, offset, limit)
     else:
@@ -576,6 +455,20 @@ async def _page_on(
         for entry in window
         if isinstance(entry, int) or entry in rows
     ]
+
+
+# A page past the first reads in full at most this many own rows it may not show.
+FEW_OWN_ROWS = 10
+
+
+def own_rows_in_full(offset: int, limit: int, own_up_to_page: int) -> bool:
+    """Whether a page reads the caller's own part up to its end (``own_up_to_page``
+    images) in full, in one statement, rather than their keys and then the own
+    rows that fall in it: on a first page (every row read may be shown, and no
+    more than ``limit``), or when they are few. At ``offset=5000`` a caller's 100
+    own rows read in full, most of them before the page, cost more to decode
+    than 100 keys and the few rows the page shows (docs/listing-profile.md, round 4)."""
+    return own_up_to_page <= limit and (offset == 0 or own_up_to_page <= FEW_OWN_ROWS)
 
 
 async def _first_own_rows(

@@ -101,7 +101,7 @@ def test_an_images_page_is_written_as_the_model_writes_it(rows: list[Any], total
 @given(st.lists(IMAGE_ROWS, max_size=5), st.integers(0, 2**40))
 def test_a_page_of_rendered_images_is_the_page_of_their_rows(rows: list[Any], total: int) -> None:
     """Unfiltered pages join entries rendered one by one (some remembered from an
-    earlier request: models.reads.PublicCatalogues): the same bytes as the rows' page."""
+    earlier request: models.catalogue.PublicCatalogues): the same bytes as the rows' page."""
     rendered = [pages.image_json(row) for row in rows]
     assert pages.rendered_images_page(rendered, total) == pages.images_page(rows, total)
 
