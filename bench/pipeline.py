@@ -54,6 +54,7 @@ from imagesvc.bootstrap import Services, services_for
 from imagesvc.settings import Settings
 from models.accounts import create_account
 from models.images import delete_images
+from models.jobs import unsettled
 from models.migrate import upgrade
 from models.scoping import Caller
 from models.states import JobStatus
@@ -299,8 +300,7 @@ def _all_settled(bench: Bench) -> bool:
     """No job of the bench's (the database is its own) is still pending or working. One
     index entry answers it: counting them all, a thousand at first, every 10 ms, cost
     PostgreSQL more CPU than the jobs' own statements on a two-core machine."""
-    working = (JobStatus.PENDING.value, JobStatus.WORKING.value)
-    stmt = select(Job.job_id).where(Job.status.in_(working)).limit(1)
+    stmt = select(Job.job_id).where(unsettled(JobStatus.PENDING, JobStatus.WORKING)).limit(1)
     with bench.services.database.reading() as session:
         return session.scalar(stmt) is None
 

@@ -421,6 +421,16 @@ def _touch_own_run(session: Session, job_id: str, attempt: int, **values: Any) -
     return result.rowcount == 1
 
 
+def unsettled(*statuses: JobStatus) -> ColumnElement[bool]:
+    """``status IN (...)`` of pending or working, the constants written into the SQL: the
+    status indexes hold only the unsettled jobs (migration 0013), and PostgreSQL uses a
+    partial index only for values it sees when planning, a prepared statement's too."""
+    if not statuses or any(status.is_terminal for status in statuses):
+        raise ValueError("the status indexes hold only pending and working jobs")
+    values = sorted(status.value for status in statuses)
+    return Job.status.in_([literal(value, String, literal_execute=True) for value in values])
+
+
 @dataclass(frozen=True)
 class CopiesInProgress:
     """Captures and imports not yet settled: the store files they may be writing."""
@@ -435,7 +445,7 @@ COPYING_ACTIONS = (JobAction.CAPTURE_INSTANCE.value, JobAction.IMPORT_IMAGE.valu
 def copies_in_progress(session: Session) -> CopiesInProgress:
     """Pending and working captures and imports: their files are never orphans, however old."""
     stmt = select(Job.job_id, Job.resource_ids).where(
-        Job.status.in_([JobStatus.PENDING.value, JobStatus.WORKING.value]),
+        unsettled(JobStatus.PENDING, JobStatus.WORKING),
         Job.action.in_(COPYING_ACTIONS),
     )
     rows = session.execute(stmt).all()
@@ -465,11 +475,7 @@ class JobToSend:
 def lost_jobs(session: Session, timeout: float, now: datetime | None = None) -> list[LostJob]:
     """Working jobs whose worker has been silent for ``timeout`` seconds."""
     cutoff = (now or utcnow()) - timedelta(seconds=timeout)
-    stmt = (
-        select(Job)
-        .where(Job.status == JobStatus.WORKING.value, Job.heartbeat_at < cutoff)
-        .limit(500)
-    )
+    stmt = select(Job).where(unsettled(JobStatus.WORKING), Job.heartbeat_at < cutoff).limit(500)
     return [
         LostJob(job.job_id, JobAction(job.action), job.attempts, list(job.resource_ids), job.host)
         for job in session.scalars(stmt)
@@ -495,7 +501,7 @@ class QueueState:
 def queue_state(session: Session, now: datetime | None = None) -> QueueState:
     stmt = (
         select(Job.status, func.count(), func.min(Job.status_time))
-        .where(Job.status.in_([JobStatus.PENDING.value, JobStatus.WORKING.value]))
+        .where(unsettled(JobStatus.PENDING, JobStatus.WORKING))
         .group_by(Job.status)
     )
     rows = {status: (count, oldest) for status, count, oldest in session.execute(stmt)}
@@ -639,7 +645,7 @@ def take_jobs_to_resend(
     """
     now = now or utcnow()
     cutoff = now - timedelta(seconds=grace)
-    stale = (Job.status == JobStatus.PENDING.value, Job.send_requested_at < cutoff)
+    stale = (unsettled(JobStatus.PENDING), Job.send_requested_at < cutoff)
     job_ids = list(session.scalars(select(Job.job_id).where(*stale).limit(500)))
     if not job_ids:
         return []
