@@ -123,6 +123,7 @@ class Bench:
     bare_queue: JobQueue
     broker: redis.Redis
     logs: Path
+    bare_sleep_ms: float = 0.0  # a diagnosis: the bare task waits this long (never the target's)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.levels[concurrency] = _alternate(bench, pids, jobs, rounds)
             _print_level(results, concurrency)
     met = _print_ratio(results)
+    if args.bare_sleep_ms:
+        print(f"(bare tasks waited {args.bare_sleep_ms} ms each: a diagnosis, not the target's)")
+        return 0
     if not args.quick:
         pipeline_report.write(results, Path(args.docs))
     return 0 if met or args.quick else 1
@@ -180,6 +184,7 @@ def _bench(stack: ExitStack, args: argparse.Namespace) -> Bench:
         JobQueue(bare_app, bare_settings.queue),
         broker,
         logs,
+        args.bare_sleep_ms,
     )
 
 
@@ -190,6 +195,7 @@ def _workers(bench: Bench, concurrency: int) -> Iterator[dict[str, int]]:
     python = Path(sys.executable)
     imagesvc = [str(python.parent / "imagesvc"), "worker", f"--concurrency={concurrency}"]
     bare = [str(python), "-m", "bench.bare_celery", f"--concurrency={concurrency}"]
+    bare += [f"--sleep-ms={bench.bare_sleep_ms}"] if bench.bare_sleep_ms else []
     pids: dict[str, int] = {}
     with ExitStack() as stack:
         for name, command, settings in (
@@ -381,6 +387,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", help="with --trace: write a cProfile of the N jobs here")
     parser.add_argument("--logs", help="keep the workers' logs in this directory")
+    parser.add_argument(
+        "--bare-sleep-ms",
+        type=float,
+        default=0.0,
+        help="diagnosis: bare Celery's task waits this long (docs untouched, no verdict)",
+    )
     return parser.parse_args(argv)
 
 
