@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from imagesvc.bootstrap import Services
 from models.images import delete_images
 from models.jobs import (
+    _claim_and_settle_batch_compiled,
     claim_job,
     copies_in_progress,
     lost_jobs,
@@ -99,8 +100,15 @@ def _sent(engine: Engine, run: Callable[[Session], object]) -> list[tuple[str, d
     return sent
 
 
-def _generic_plan(engine: Engine, sql: str, params: dict[str, Any]) -> str:
-    """PostgreSQL's plan for ``sql`` prepared, planned without looking at its parameters."""
+def _untyped(value: object) -> str:
+    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
+
+
+def _generic_plan(
+    engine: Engine, sql: str, params: dict[str, Any], mode: str = "force_generic_plan"
+) -> str:
+    """PostgreSQL's plan for ``sql`` prepared, planned without looking at its parameters
+    (or, with ``mode`` ``force_custom_plan``, for these values)."""
     names: list[str] = []
 
     def numbered(match: re.Match[str]) -> str:
@@ -110,9 +118,9 @@ def _generic_plan(engine: Engine, sql: str, params: dict[str, Any]) -> str:
 
     prepared = re.sub(r"%\((\w+)\)s", numbered, sql)
     # Untyped literals: each takes the type PostgreSQL gave its parameter when preparing.
-    arguments = ", ".join("'" + str(params[name]).replace("'", "''") + "'" for name in names)
+    arguments = ", ".join(_untyped(params[name]) for name in names)
     with engine.connect() as connection:
-        connection.execute(text("SET plan_cache_mode = force_generic_plan"))
+        connection.execute(text(f"SET plan_cache_mode = {mode}"))
         connection.execute(text("SET enable_seqscan = off"))  # a few rows: any index would do
         connection.exec_driver_sql(f"PREPARE probe AS {prepared}")
         execute = f"EXPLAIN EXECUTE probe({arguments})" if names else "EXPLAIN EXECUTE probe"
@@ -135,3 +143,27 @@ def test_on_postgresql_the_sweeps_read_the_unsettled_indexes_even_in_a_generic_p
     plan = _generic_plan(engine, sql, params)
 
     assert "ix_jobs_unsettled_status_" in plan, plan
+
+
+def test_on_postgresql_a_delete_jobs_statement_finds_its_images_by_primary_key(
+    own_services: Services, records: Records
+) -> None:
+    """Both image moves of the one-statement settle (a delete job runs the recover move too,
+    on no ids) read ``pk_images``: through the status index, the recover move read every
+    deleted image, a cost that grew with each delete until PostgreSQL analysed the table.
+    The job itself is found by its key, not among every pending job."""
+    engine = own_services.database.engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite moves a job's images by their ids, one statement per action")
+    caller = records.account()
+    for _ in range(3):  # some deleted images, and the statement prepared by psycopg meanwhile
+        execute_job(own_services, _delete_job(own_services, records, caller))
+    job_id = _delete_job(own_services, records, caller)
+    compiled = _claim_and_settle_batch_compiled(engine.dialect)
+    values = {"b_job_id": job_id, "b_worker": "w", "b_host": "", "b_now": utcnow()}
+    params = dict(compiled.construct_params(values) or {})
+
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        plan = _generic_plan(engine, compiled.string, params, mode)
+        assert plan.count(" on pk_images") == 2 and "ix_images_status" not in plan, plan
+        assert "using pk_jobs on jobs" in plan and "ix_jobs_unsettled" not in plan, plan
