@@ -11,6 +11,10 @@ own cost of delivering, running and acknowledging a message. One difference, in
 names only: kombu keeps its unacknowledged messages under keys named after its
 queue rather than Redis's shared ``unacked``, so that the bench can tell when every
 one of its tasks has been acknowledged.
+
+``--sleep-ms`` (a diagnosis only, never the pipeline bench's baseline) makes the task
+block that long, as a job blocks on its database round trip: what Celery's own round
+costs around a task that waits (``docs/pipeline-profile.md``, round 4).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from celery import Celery
 from celery.signals import setup_logging
@@ -40,8 +45,9 @@ def unacked_key(queue: str) -> str:
     return unacked_keys(queue)[0]
 
 
-def create_app(settings: Settings) -> Celery:
-    """imagesvc's configuration without the scheduler's sweeps, and a no-op under RUN_JOB."""
+def create_app(settings: Settings, sleep_s: float = 0.0) -> Celery:
+    """imagesvc's configuration without the scheduler's sweeps, and a no-op under RUN_JOB
+    (with ``sleep_s``, a task that only waits that long)."""
     app = Celery("bare", set_as_current=False)
     config = celery_config(settings)
     config.pop("beat_schedule")
@@ -54,6 +60,8 @@ def create_app(settings: Settings) -> Celery:
     @app.task(name=RUN_JOB)  # type: ignore[untyped-decorator]
     def run_job(job_id: str) -> None:
         """The job's id arrives, as in imagesvc; nothing is done with it."""
+        if sleep_s:
+            time.sleep(sleep_s)
 
     return app
 
@@ -61,11 +69,12 @@ def create_app(settings: Settings) -> Celery:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bare_celery", description=__doc__)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--sleep-ms", type=float, default=0.0, help="diagnosis: the task waits")
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(settings)
     setup_logging.connect(lambda **_: None, weak=False)  # as imagesvc worker: ours is done
-    app = create_app(settings)
+    app = create_app(settings, args.sleep_ms / 1000)
     name = f"bare-{settings.compute_host}-{os.getpid()}"
     app.worker_main(worker_argv(settings, args.concurrency, "prefork", name))
     return 0

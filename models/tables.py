@@ -33,6 +33,8 @@ NAMING = {
 LOCAL_HOST = "local"
 
 PUBLIC_ONLY = "visibility = 'public'"
+# The jobs the sweep and the queue's state look for: not yet settled.
+UNSETTLED_JOBS = "status IN ('pending', 'working')"
 # Columns a listing filters public images by, carried in their index.
 PUBLIC_LISTING_COLUMNS = (
     "owner",
@@ -231,8 +233,22 @@ class Job(Base):
             "job_id",
             postgresql_include=["status", "action"],
         ),
-        Index("ix_jobs_status_send_requested_at", "status", "send_requested_at"),
-        Index("ix_jobs_status_heartbeat_at", "status", "heartbeat_at"),
+        # The sweep's and the queue state's: only unsettled jobs (migration 0013), so a
+        # settle writes no entry into them.
+        Index(
+            "ix_jobs_unsettled_status_send_requested_at",
+            "status",
+            "send_requested_at",
+            postgresql_where=text(UNSETTLED_JOBS),
+            sqlite_where=text(UNSETTLED_JOBS),
+        ),
+        Index(
+            "ix_jobs_unsettled_status_heartbeat_at",
+            "status",
+            "heartbeat_at",
+            postgresql_where=text(UNSETTLED_JOBS),
+            sqlite_where=text(UNSETTLED_JOBS),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
