@@ -11,7 +11,7 @@ from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
 from api.params import parse_params, validate_params
-from api.responses import json, json_bytes
+from api.responses import job_body, json_bytes
 from api.schemas import (
     CaptureOut,
     CaptureParams,
@@ -54,8 +54,7 @@ async def capture_instance(request: web.Request) -> web.Response:
 
     capture = await in_idempotent_write(request, as_bearer(request, capture_owned))
     send_after_commit(request, capture.job)
-    out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
-    return json(out, status=202)
+    return json_bytes(job_body(capture.job, capture.image.image_id), status=202)
 
 
 @routes.delete("/v2/zone/{zone}/images/{ids}")
@@ -71,7 +70,7 @@ async def delete_images(request: web.Request) -> web.Response:
         request, as_bearer(request, images.delete_images), params.images, request_id
     )
     send_after_commit(request, job)
-    return json(JobOut.from_row(job), status=202)
+    return json_bytes(job_body(job), status=202)
 
 
 @routes.post("/v2/zone/{zone}/images/recover")
@@ -85,7 +84,7 @@ async def recover_images(request: web.Request) -> web.Response:
     recover = as_bearer(request, images.recover_images)
     job = await in_write(request, recover, params.images, retention)
     send_after_commit(request, job)
-    return json(JobOut.from_row(job), status=202)
+    return json_bytes(job_body(job), status=202)
 
 
 @routes.put("/v2/zone/{zone}/images")
@@ -97,7 +96,7 @@ async def modify_image(request: web.Request) -> web.Response:
     params = await parse_params(request, ModifyParams)
     modify = as_bearer(request, images.modify_image)
     job = await in_write(request, modify, params.image, params.image_name, params.description)
-    return json(JobOut.from_row(job))
+    return json_bytes(job_body(job))
 
 
 @routes.get("/v2/zone/{zone}/images")

@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import func, select, text
 
+from api.responses import job_body
+from api.schemas import CaptureOut, JobOut
 from models.client_requests import DuplicateRequest, remember
 from models.db import Database
 from models.errors import StateConflict
-from models.jobs import new_job
+from models.jobs import job_row, new_job
 from models.scoping import Caller
 from models.statements import Statements
-from models.states import JobAction
+from models.states import JobAction, JobStatus
 from models.tables import Job
 from models.writes import Writes, writes_for
 from tests.support.records import Records
@@ -97,3 +99,19 @@ def _terminate(database: Database, pid: int) -> None:
     with database.engine.connect() as connection:
         statement = text("SELECT pg_terminate_backend(:pid)")
         assert connection.execute(statement, {"pid": pid}).scalar_one()
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+@pytest.mark.parametrize("action", list(JobAction))
+def test_a_writes_answer_is_the_response_models_json_byte_for_byte(
+    action: JobAction, status: JobStatus
+) -> None:
+    # Writes answer from the row they inserted (api.responses.job_body), not through
+    # JobOut / CaptureOut: the bytes must be the models' for every action and status.
+    caller = Caller("usr-writer01", "ac1", request_id="req-1")
+    job = job_row(caller, action, ['img-a\u00e9"b', "i-c"], status=status)
+    if status.is_terminal:
+        job.error_code, job.error_message = "DiskVanished", 'the disk "\u2603" is gone\n'
+    assert job_body(job) == JobOut.from_row(job).model_dump_json().encode()
+    captured = CaptureOut(**JobOut.from_row(job).model_dump(), image_id='img-\u00e9"x')
+    assert job_body(job, 'img-\u00e9"x') == captured.model_dump_json().encode()
