@@ -6,7 +6,14 @@ from aiohttp import web
 
 from api import pages
 from api.auth import checks_own_token
-from api.caller import as_bearer, in_idempotent_write, in_write, read_as_bearer, zone_of
+from api.caller import (
+    as_bearer,
+    as_bearer_holding_quota,
+    in_idempotent_write,
+    in_write,
+    read_as_bearer,
+    zone_of,
+)
 from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
@@ -24,6 +31,7 @@ from api.schemas import (
     RequestIdParams,
 )
 from models import images
+from models.quotas import Quota
 from models.scoping import Caller
 from models.statements import Statements
 
@@ -41,18 +49,22 @@ async def capture_instance(request: web.Request) -> web.Response:
     request_id = request_id_of(request, params.request_id)
     default_quota = request.app[SETTINGS].default_quota
 
-    def capture_owned(statements: Statements, caller: Caller) -> images.Capture:
-        # The token is checked and the instance looked up in the capture's own unit
-        # of work: one connection per request.
+    def capture_owned(statements: Statements, caller: Caller, quota: Quota) -> images.Capture:
+        # The token is checked (its account row locked, for the quota) and the instance
+        # looked up in the capture's own unit of work: one connection per request.
         wanted = images.CaptureRequest(
             instance_id=params.instance,
             instance=inventory.find_owned(caller, params.instance, statements),
             image_name=params.image_name,
             request_id=request_id,
         )
-        return images.capture_instance(statements, caller, wanted, default_quota)
+        return images.capture_instance(
+            statements, caller, wanted, default_quota, locked_quota=quota
+        )
 
-    capture = await in_idempotent_write(request, as_bearer(request, capture_owned))
+    capture = await in_idempotent_write(
+        request, as_bearer_holding_quota(request, default_quota, capture_owned)
+    )
     send_after_commit(request, capture.job)
     return json_bytes(job_body(capture.job, capture.image.image_id), status=202)
 
