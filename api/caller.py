@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.keys import ACCOUNT_ID, BEARER_TOKEN, DATABASE, READS, REQUEST_ID, SETTINGS, WRITES
-from models.accounts import BEARER, bearer_account, token_digest
+from models.accounts import BEARER, BEARER_LOCKING_QUOTA, bearer_account, token_digest
 from models.client_requests import DuplicateRequest
 from models.errors import ResourceNotFound
+from models.quotas import Quota, quota_from
 from models.reads import Listed, Reads
 from models.scoping import Caller
 from models.statements import Statements
@@ -135,9 +136,34 @@ def as_bearer(
 
     def checked(statements: Statements, /, *args: P.args, **kwargs: P.kwargs) -> R:
         row = statements.first(_BEARER_ROW, {"digest": digest})
-        account_id = bearer_account(row, digest)
-        request[ACCOUNT_ID] = account_id
-        caller = Caller(account_id=account_id, zone=zone, request_id=request.get(REQUEST_ID))
-        return work(statements, caller, *args, **kwargs)
+        return work(statements, _caller(request, zone, row, digest), *args, **kwargs)
 
     return checked
+
+
+def as_bearer_holding_quota(
+    request: web.Request,
+    default: Quota,
+    work: Callable[Concatenate[Statements, Caller, Quota, P], R],
+) -> Callable[Concatenate[Statements, P], R]:
+    """:func:`as_bearer` for a capture: the same first statement also locks the token's
+    account row until commit and reads its quota (``default`` where it has none), which
+    ``work`` gets: the check and the quota's lock in one round trip."""
+    zone = zone_of(request)
+    digest = token_digest(request[BEARER_TOKEN])
+
+    def checked(statements: Statements, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        row = statements.first(BEARER_LOCKING_QUOTA, {"digest": digest})
+        caller = _caller(request, zone, row, digest)
+        quota = quota_from(row.quota_images, row.quota_gb, default)
+        return work(statements, caller, quota, *args, **kwargs)
+
+    return checked
+
+
+def _caller(request: web.Request, zone: str, row: Any, digest: str) -> Caller:
+    """The caller of a bearer's row (refused: AuthenticationFailed); the request is
+    then the token's account's."""
+    account_id = bearer_account(row, digest)
+    request[ACCOUNT_ID] = account_id
+    return Caller(account_id=account_id, zone=zone, request_id=request.get(REQUEST_ID))

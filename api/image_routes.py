@@ -6,12 +6,19 @@ from aiohttp import web
 
 from api import pages
 from api.auth import checks_own_token
-from api.caller import as_bearer, in_idempotent_write, in_write, read_as_bearer, zone_of
+from api.caller import (
+    as_bearer,
+    as_bearer_holding_quota,
+    in_idempotent_write,
+    in_write,
+    read_as_bearer,
+    zone_of,
+)
 from api.job_sending import send_after_commit
 from api.keys import INVENTORY, SETTINGS
 from api.openapi import documented
 from api.params import parse_params, validate_params
-from api.responses import json, json_bytes
+from api.responses import job_body, json_bytes
 from api.schemas import (
     CaptureOut,
     CaptureParams,
@@ -24,6 +31,7 @@ from api.schemas import (
     RequestIdParams,
 )
 from models import images
+from models.quotas import Quota
 from models.scoping import Caller
 from models.statements import Statements
 
@@ -41,21 +49,24 @@ async def capture_instance(request: web.Request) -> web.Response:
     request_id = request_id_of(request, params.request_id)
     default_quota = request.app[SETTINGS].default_quota
 
-    def capture_owned(statements: Statements, caller: Caller) -> images.Capture:
-        # The token is checked and the instance looked up in the capture's own unit
-        # of work: one connection per request.
+    def capture_owned(statements: Statements, caller: Caller, quota: Quota) -> images.Capture:
+        # The token is checked (its account row locked, for the quota) and the instance
+        # looked up in the capture's own unit of work: one connection per request.
         wanted = images.CaptureRequest(
             instance_id=params.instance,
             instance=inventory.find_owned(caller, params.instance, statements),
             image_name=params.image_name,
             request_id=request_id,
         )
-        return images.capture_instance(statements, caller, wanted, default_quota)
+        return images.capture_instance(
+            statements, caller, wanted, default_quota, locked_quota=quota
+        )
 
-    capture = await in_idempotent_write(request, as_bearer(request, capture_owned))
+    capture = await in_idempotent_write(
+        request, as_bearer_holding_quota(request, default_quota, capture_owned)
+    )
     send_after_commit(request, capture.job)
-    out = CaptureOut(**JobOut.from_row(capture.job).model_dump(), image_id=capture.image.image_id)
-    return json(out, status=202)
+    return json_bytes(job_body(capture.job, capture.image.image_id), status=202)
 
 
 @routes.delete("/v2/zone/{zone}/images/{ids}")
@@ -71,7 +82,7 @@ async def delete_images(request: web.Request) -> web.Response:
         request, as_bearer(request, images.delete_images), params.images, request_id
     )
     send_after_commit(request, job)
-    return json(JobOut.from_row(job), status=202)
+    return json_bytes(job_body(job), status=202)
 
 
 @routes.post("/v2/zone/{zone}/images/recover")
@@ -85,7 +96,7 @@ async def recover_images(request: web.Request) -> web.Response:
     recover = as_bearer(request, images.recover_images)
     job = await in_write(request, recover, params.images, retention)
     send_after_commit(request, job)
-    return json(JobOut.from_row(job), status=202)
+    return json_bytes(job_body(job), status=202)
 
 
 @routes.put("/v2/zone/{zone}/images")
@@ -97,7 +108,7 @@ async def modify_image(request: web.Request) -> web.Response:
     params = await parse_params(request, ModifyParams)
     modify = as_bearer(request, images.modify_image)
     job = await in_write(request, modify, params.image, params.image_name, params.description)
-    return json(JobOut.from_row(job))
+    return json_bytes(job_body(job))
 
 
 @routes.get("/v2/zone/{zone}/images")

@@ -230,7 +230,10 @@ def _measure(bench: Bench, operation: str, clients: int, seconds: float, *, side
         file.flush()
         command = [sys.executable, "-m", "bench.writes", "--load", file.name]
         cpu_before = _cpu_seconds(bench.pids[side])
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr[-2000:])
+        output = done.stdout
         cpu = _cpu_seconds(bench.pids[side]) - cpu_before
     outcome = json.loads(output)
     accepted = outcome["accepted"]

@@ -25,10 +25,14 @@ from imagesvc.settings import Settings
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+# '_' separates fields in file names. Read once: prometheus-client asks for the identity
+# on every increment and observation (to notice a fork), a system call each time.
+_HOST = socket.gethostname().replace("_", "-")
+
+
 def process_identity(pid: int | None = None) -> str:
     """A process's name in the directory: distinct among all live writers of it."""
-    host = socket.gethostname().replace("_", "-")  # '_' separates fields in file names
-    return f"{host}-{pid or os.getpid()}"
+    return f"{_HOST}-{pid or os.getpid()}"
 
 
 def write_metrics_to_dir(settings: Settings, *, empty_first: bool = False) -> Path:

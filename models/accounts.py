@@ -145,6 +145,21 @@ BEARER = (
     .where(AccessToken.token_hash == bindparam("digest", type_=String))
     .subquery("bearer")
 )
+# The bearer's row with its account's quota, the account row locked until commit (a
+# capture's first statement: the token's check and the quota's lock in one round trip).
+BEARER_LOCKING_QUOTA = (
+    select(
+        AccessToken.token_hash,
+        AccessToken.expires_at,
+        Account.account_id,
+        Account.disabled_at,
+        Account.quota_images,
+        Account.quota_gb,
+    )
+    .join(Account, Account.account_id == AccessToken.account_id)
+    .where(AccessToken.token_hash == bindparam("digest", type_=String))
+    .with_for_update(of=Account)
+)
 
 
 def authenticate(session: Session, token: str) -> str:

@@ -115,14 +115,21 @@ class CaptureRequest:
 
 
 def capture_instance(
-    db: Db, caller: Caller, wanted: CaptureRequest, default_quota: Quota
+    db: Db,
+    caller: Caller,
+    wanted: CaptureRequest,
+    default_quota: Quota,
+    *,
+    locked_quota: Quota | None = None,
 ) -> Capture:
     """Record a pending image of a stopped instance and its job.
 
     The image's ``size`` is reserved from the instance's disk size at once, so
     that concurrent captures count against the quota before any copy ends.
     A ``request_id`` already used in the last 24 h gets the earlier capture,
-    whatever has become of the instance since.
+    whatever has become of the instance since. ``locked_quota``: the caller's
+    quota, read earlier in this unit of work with its account row locked
+    (``accounts.BEARER_LOCKING_QUOTA``); None, read and locked here.
     """
     statements = statements_of(db)
     action = JobAction.CAPTURE_INSTANCE
@@ -135,7 +142,7 @@ def capture_instance(
         raise ResourceNotFound(f"instance {wanted.instance_id} not found")
     require_stopped(instance)
     size = size_in_gb(instance.disk_size)
-    quota = quota_of(statements, caller.account_id, default_quota, lock=True)
+    quota = locked_quota or quota_of(statements, caller.account_id, default_quota, lock=True)
     image = _new_image(
         caller.zone,
         caller.account_id,

@@ -42,6 +42,11 @@ def quota_of(db: Db, account_id: str, default: Quota, *, lock: bool = False) -> 
     if row is None:
         raise ResourceNotFound(f"account {account_id} not found")
     images, gb = row
+    return quota_from(images, gb, default)
+
+
+def quota_from(images: int | None, gb: int | None, default: Quota) -> Quota:
+    """An account's quota from its ``quota_images`` and ``quota_gb`` (None: the default)."""
     return Quota(
         images=default.images if images is None else images,
         gb=default.gb if gb is None else gb,

@@ -104,13 +104,20 @@ def insert_values(table: Table, row: Any) -> dict[str, Any]:
     and each column's default for those left unset, which are set on ``row`` too,
     so that it reads as the inserted row."""
     values = {}
-    for column in table.columns:
-        value = getattr(row, column.key, None)
-        if value is None and column.default is not None:
-            value = _default_of(column.default)
-            setattr(row, column.key, value)
-        values[_bound(table, column.key)] = value
+    for key, bound, default in _inserted_columns(table):
+        value = getattr(row, key, None)
+        if value is None and default is not None:
+            value = _default_of(default)
+            setattr(row, key, value)
+        values[bound] = value
     return values
+
+
+@functools.cache
+def _inserted_columns(table: Table) -> tuple[tuple[str, str, Any], ...]:
+    """Each column's key, bound name and default, worked out once per table (every
+    write inserts a row or two)."""
+    return tuple((c.key, _bound(table, c.key), c.default) for c in table.columns)
 
 
 def _default_of(default: Any) -> Any:

@@ -4,12 +4,15 @@ that never reached a worker; a job sent twice runs once."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import redis
 from aiohttp.test_utils import TestClient
 from sqlalchemy import update
 
@@ -25,6 +28,7 @@ from tests.support.disks import MiB, stored_file
 from tests.support.processes import ServiceProcess
 from tests.support.records import Records
 from tests.support.tenants import Tenant
+from workers.job_queue import RUN_JOB, RedisPublisher, host_queue, is_redis_broker
 
 # Its scheduler resends and sweeps across the whole deployment.
 pytestmark = pytest.mark.own_deployment
@@ -102,3 +106,40 @@ async def test_jobs_waiting_to_be_sent_are_sent_when_the_api_stops(
     await stopping.close()
     for job_id in job_ids:
         assert (await tenant.wait_job(job_id))["status"] == "successful"
+
+
+async def test_the_apis_redis_publisher_pushes_what_celerys_producer_pushes(
+    services: Services, service_settings: Settings
+) -> None:
+    # The API publishes on the event loop without kombu (RedisPublisher); a worker reads
+    # its messages as Celery's own: the bytes must be kombu's but for the fresh uuids.
+    if not is_redis_broker(service_settings.broker_url):
+        pytest.skip("the embedded broker's jobs are sent through Celery's producer")
+    queue = f"{service_settings.queue}-probe"
+    jobs = [("j-probe001", ""), ("j-probe002", "host-a")]
+    client = redis.Redis.from_url(service_settings.broker_url)
+    names = [queue, host_queue(queue, "host-a")]
+    try:
+        for job_id, host in jobs:
+            services.celery.send_task(
+                RUN_JOB, args=[job_id], queue=host_queue(queue, host) if host else queue
+            )
+        publisher = RedisPublisher(services.celery, queue, service_settings.broker_url)
+        try:
+            assert await publisher.send_many(jobs) == 2
+        finally:
+            await publisher.close()
+        for name in names:
+            ours, kombus = cast(list[bytes], client.lrange(name, 0, -1))  # newest first
+            assert _without_uuids(ours) == _without_uuids(kombus)
+            assert json.loads(ours)["headers"]["id"] != json.loads(kombus)["headers"]["id"]
+    finally:
+        client.delete(*names)
+        client.close()
+
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _without_uuids(message: bytes) -> bytes:
+    return _UUID.sub(b"<uuid>", message)

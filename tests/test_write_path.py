@@ -10,17 +10,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import String, bindparam, func, select, text, tuple_
 
+from api.responses import job_body
+from api.schemas import CaptureOut, JobOut
 from models.client_requests import DuplicateRequest, remember
 from models.db import Database
 from models.errors import StateConflict
-from models.jobs import new_job
+from models.jobs import job_row, new_job
+from models.reads import AsyncpgCompiler
 from models.scoping import Caller
 from models.statements import Statements
-from models.states import JobAction
-from models.tables import Job
-from models.writes import Writes, writes_for
+from models.states import JobAction, JobStatus
+from models.tables import Image, Job
+from models.writes import ExpandingCompiler, Writes, writes_for
 from tests.support.records import Records
 
 
@@ -97,3 +100,38 @@ def _terminate(database: Database, pid: int) -> None:
     with database.engine.connect() as connection:
         statement = text("SELECT pg_terminate_backend(:pid)")
         assert connection.execute(statement, {"pid": pid}).scalar_one()
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+@pytest.mark.parametrize("action", list(JobAction))
+def test_a_writes_answer_is_the_response_models_json_byte_for_byte(
+    action: JobAction, status: JobStatus
+) -> None:
+    # Writes answer from the row they inserted (api.responses.job_body), not through
+    # JobOut / CaptureOut: the bytes must be the models' for every action and status.
+    caller = Caller("usr-writer01", "ac1", request_id="req-1")
+    job = job_row(caller, action, ['img-a\u00e9"b', "i-c"], status=status)
+    if status.is_terminal:
+        job.error_code, job.error_message = "DiskVanished", 'the disk "\u2603" is gone\n'
+    assert job_body(job) == JobOut.from_row(job).model_dump_json().encode()
+    captured = CaptureOut(**JobOut.from_row(job).model_dump(), image_id='img-\u00e9"x')
+    assert job_body(job, 'img-\u00e9"x') == captured.model_dump_json().encode()
+
+
+def test_a_statement_with_lists_is_rendered_once_per_length_with_sqlalchemys_arguments() -> None:
+    # ExpandingCompiler reuses the SQL rendered for the same lengths of lists and picks
+    # the arguments out itself: both must be what SQLAlchemy renders for every call.
+    statement = select(Image.image_id).where(
+        Image.image_id.in_(bindparam("ids", expanding=True)),
+        Image.status.in_(["available", "pending"]),
+        Image.owner == bindparam("owner", type_=String),
+    )
+    pairs = select(Image.image_id).where(
+        tuple_(Image.image_id, Image.owner).in_(bindparam("pairs", expanding=True))
+    )
+    cached, rendered = ExpandingCompiler(), AsyncpgCompiler(expanding=True)
+    for ids in (["img-a"], ["img-b", "img-c", "img-d"], [], ["img-e"], ["img-f", "img-g", "x"]):
+        values = {"ids": ids, "owner": f"usr-{len(ids)}"}
+        assert cached.bind(statement, values) == rendered.bind(statement, values)
+        tuples = {"pairs": [(i, "usr-x") for i in ids] or [("img-z", "usr-z")]}
+        assert cached.bind(pairs, tuples) == rendered.bind(pairs, tuples)
