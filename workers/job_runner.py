@@ -99,17 +99,18 @@ def execute_job(services: Services, job_id: str) -> None:
         fields = {"job_id": job_id}
         log.exception("job not settled at once; running it step by step", extra=fields)
         claimed = _with_reconnect(lambda: _claim(services, job_id))
-    if claimed is None:
+    if not claimed:
         host = services.settings.compute_host
         fields = {"job_id": job_id, "host": host}
         log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
         return
-    job, outcome = claimed
-    if outcome is not None:
+    seconds = time.monotonic() - started
+    for job, outcome in claimed:
+        if outcome is None:  # disk work: claimed alone, run under its heartbeat
+            _run_claimed(services, job)
+            continue
         job_metrics.job_ran_at_once(job.action)
-        _report(job, outcome, time.monotonic() - started)
-        return
-    _run_claimed(services, job)
+        _report(job, outcome, seconds)
 
 
 def _run_claimed(services: Services, job: ClaimedJob) -> None:
@@ -148,7 +149,9 @@ def _run(services: Services, job: ClaimedJob) -> bool:
 # How long a job waits for a lost database connection to come back, try after try.
 RECONNECT_DELAYS_S = (0.1, 0.5, 2.0)
 
-Claimed = tuple["ClaimedJob", "_Outcome | None"] | None
+# The jobs one message's transaction claimed (a job with disk work: alone, its outcome None)
+# or settled (a delete or recover: on PostgreSQL, with others of the group commit).
+Claimed = list[tuple["ClaimedJob", "_Outcome | None"]]
 
 
 def _with_reconnect(attempt: Callable[[], Claimed]) -> Claimed:
@@ -179,27 +182,30 @@ def _claim_and_settle(services: Services, job_id: str) -> Claimed:
     """Hold the pending job; one with no disk work is claimed and settled in the same
     transaction, its row written once (pending to its outcome); any other is claimed.
 
-    On PostgreSQL a delete or recover is first tried as one statement (one round trip);
-    a job it does not settle (a capture, a job not pending) takes the general path.
+    On PostgreSQL a delete or recover is first tried as one statement (one round trip),
+    which also settles up to ``GROUP_COMMIT_JOBS`` other pending deletes and recovers
+    (a group commit: each is reported here as its own run); a message whose job is no
+    longer pending costs that one statement's read, and a job it does not take that is
+    still pending (a capture) takes the general path.
     """
     host = services.settings.compute_host
     engine = services.database.engine
     if engine.dialect.name == "postgresql":
         worker = _worker_name(host, os.getpid())
-        settled = _held_connection(engine).run(
+        batch = _held_connection(engine).run(
             lambda connection: claim_and_settle_batch(connection, job_id, worker, host)
         )
-        if settled is not None:
-            return _claimed_job(settled.run), _outcome_of(settled)
+        if not batch.general_path:  # settled here, or nothing to do (read, never written)
+            return [(_claimed_job(one.run), _outcome_of(one)) for one in batch.settled]
     with services.database.transaction() as session:
         run = lock_pending_job(session, job_id, host)
         if run is None:
-            return None
+            return []
         if JobAction(run.action) not in BATCH_MOVES:  # disk work: claim, commit, then run
             return _claim_held(session, services, job_id)
         job = _claimed_job(run)
         worker = _worker_name(host, os.getpid())
-        return job, _settle_from_pending(session, job, worker)
+        return [(job, _settle_from_pending(session, job, worker))]
 
 
 def _outcome_of(settled: SettledRun) -> _Outcome:
@@ -222,7 +228,7 @@ def _claim_held(session: Session, services: Services, job_id: str) -> Claimed:
     """Take the job if it is pending and runs on this worker's compute host (or on any)."""
     host = services.settings.compute_host
     run = claim_job(session, job_id, _worker_name(host, os.getpid()), host)
-    return None if run is None else (_claimed_job(run), None)
+    return [] if run is None else [(_claimed_job(run), None)]
 
 
 def _claimed_job(run: ClaimedRun) -> ClaimedJob:
