@@ -764,8 +764,9 @@ def _claim_and_settle_batch_sql() -> str:
         f"SELECT image_id, '{action.value}' AS action FROM moved_{action.name.lower()}"
         for action in BATCH_MOVES
     )
-    # ``status || ''`` for the message's own job: checked on the row its key finds, never
-    # read through a status index. The others are read through the partial index of
+    # ``credited`` is MATERIALIZED: inlined, it was counted again for each held job (17
+    # times 0.06 ms). ``status || ''`` for the message's own job: checked on the row its key
+    # finds, never read through a status index. The others are read through the partial index of
     # unsettled jobs (migration 0013), ``status = 'pending'`` and oldest send first.
     return f"""WITH own AS (
   SELECT {_HELD_COLUMNS} FROM jobs
@@ -789,7 +790,7 @@ def _claim_and_settle_batch_sql() -> str:
   FROM held CROSS JOIN json_array_elements_text(held.resource_ids) AS named(image_id)
 ),
 {moves},
-credited AS (
+credited AS MATERIALIZED (
   SELECT named.job_id, count(*) AS moved
   FROM named JOIN (
     {moved}
