@@ -82,7 +82,9 @@ def execute_job(services: Services, job_id: str) -> None:
 
     A job with no disk work (delete, recover) is claimed, run and settled in one
     transaction: a crash or a lost database anywhere in it leaves the job pending,
-    to be sent again by the sweep, and nothing half done. A job with disk work is
+    to be sent again by the sweep, and nothing half done; on PostgreSQL that transaction
+    also settles other pending deletes and recovers (a group commit), each logged and
+    counted here as its own run. A job with disk work is
     claimed in a transaction of its own, then run under a heartbeat. Either way one
     line is logged when the run settles the job, with the outcome; a run with disk
     work also logs one when it starts.
