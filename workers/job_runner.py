@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,9 @@ def execute_job(services: Services, job_id: str) -> None:
     work also logs one when it starts.
     """
     started = time.monotonic()
+    if _SETTLED_HERE.take(job_id):  # settled by this process's group commit: a settled job
+        _nothing_to_do(services, job_id)  # stays settled, so the database is not asked
+        return
     try:
         claimed = _with_reconnect(lambda: _claim_and_settle(services, job_id))
     except Exception as exc:
@@ -102,9 +106,7 @@ def execute_job(services: Services, job_id: str) -> None:
         log.exception("job not settled at once; running it step by step", extra=fields)
         claimed = _with_reconnect(lambda: _claim(services, job_id))
     if not claimed:
-        host = services.settings.compute_host
-        fields = {"job_id": job_id, "host": host}
-        log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
+        _nothing_to_do(services, job_id)
         return
     seconds = time.monotonic() - started
     for job, outcome in claimed:
@@ -113,6 +115,38 @@ def execute_job(services: Services, job_id: str) -> None:
             continue
         job_metrics.job_ran_at_once(job.action)
         _report(job, outcome, seconds)
+        if job.job_id != job_id:  # its own message is still to come
+            _SETTLED_HERE.add(job.job_id)
+
+
+def _nothing_to_do(services: Services, job_id: str) -> None:
+    host = services.settings.compute_host
+    fields = {"job_id": job_id, "host": host}
+    log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
+
+
+class RecentJobs:
+    """The last ``size`` job ids this process settled for another job's message (a group
+    commit): a settled job never moves again, so its own message needs no statement."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, job_id: str) -> None:
+        self._ids[job_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def take(self, job_id: str) -> bool:
+        """Whether the job is one of them; forgotten then (its one message has come)."""
+        if job_id not in self._ids:
+            return False
+        del self._ids[job_id]
+        return True
+
+
+_SETTLED_HERE = RecentJobs(4096)
 
 
 def _run_claimed(services: Services, job: ClaimedJob) -> None:
