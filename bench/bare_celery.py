@@ -45,6 +45,12 @@ def unacked_key(queue: str) -> str:
     return unacked_keys(queue)[0]
 
 
+def queue_unacked_options(queue: str) -> dict[str, str]:
+    """The transport options that name the unacknowledged messages' keys after ``queue``
+    (the imagesvc worker of the pipeline bench takes the same: ``bench.pipeline_worker``)."""
+    return dict(zip(_UNACKED_OPTIONS, unacked_keys(queue), strict=True))
+
+
 def create_app(settings: Settings, sleep_s: float = 0.0) -> Celery:
     """imagesvc's configuration without the scheduler's sweeps, and a no-op under RUN_JOB
     (with ``sleep_s``, a task that only waits that long)."""
@@ -53,7 +59,7 @@ def create_app(settings: Settings, sleep_s: float = 0.0) -> Celery:
     config.pop("beat_schedule")
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
-        **dict(zip(_UNACKED_OPTIONS, unacked_keys(settings.queue), strict=True)),
+        **queue_unacked_options(settings.queue),
     }
     app.conf.update(config)
 

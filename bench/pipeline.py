@@ -5,18 +5,22 @@ Run ``python -m bench pipeline`` with PostgreSQL at ``--database-url`` and Redis
 worker concurrency, two workers with the same settings side by side:
 
 - ``imagesvc worker`` as an operator runs it (prefork, ``acks_late``,
-  ``reject_on_worker_lost``, prefetch 1, JSON), and
+  ``reject_on_worker_lost``, prefetch 1, JSON), started by ``bench.pipeline_worker``, which
+  only names its unacknowledged messages' keys after its queue, and
 - bare Celery (``bench.bare_celery``): the same configuration and command line, whose
   task does nothing.
 
 **End to end**, for imagesvc, runs from the first of N delete jobs being sent to the
-last of them being ``successful`` in the database. The jobs are committed first, as
-the API commits them (``models.images.delete_images``, one image each; the images
-themselves are made by one ``generate_series`` insert), then sent one after the
-other by ``JobQueue.send``, the API's and the sweep's sender, while the workers
-already run them; every 10 ms the bench asks whether any job is still pending or working
-(one index entry answers). The API's
-own request handling is not in it: that is the writes benchmark's part. For bare
+last of them being ``successful`` in the database and the last message acknowledged. The
+jobs are committed first, as the API commits them (``models.images.delete_images``, one
+image each; the images themselves are made by one ``generate_series`` insert), then sent
+one after the other by ``JobQueue.send``, the API's and the sweep's sender, while the
+workers already run them; every 10 ms the bench asks whether any job is still pending or
+working (one index entry answers), then whether the broker still holds any of the
+messages, queued or unacknowledged. Both are needed: a message's statement also settles
+up to ``GROUP_COMMIT_JOBS`` other pending jobs (a group commit), so the jobs are all
+settled while messages are still queued, each of which then costs a worker a read. The
+API's own request handling is not in it: that is the writes benchmark's part. For bare
 Celery the same sender sends N no-op tasks, and the run ends when the broker holds
 none of them any more, neither queued nor unacknowledged (``acks_late``: a message is
 acknowledged after its task has run).
@@ -193,7 +197,7 @@ def _workers(bench: Bench, concurrency: int) -> Iterator[dict[str, int]]:
     """Both workers, started side by side with the same concurrency, stopped on exit;
     yields their main processes' ids by side."""
     python = Path(sys.executable)
-    imagesvc = [str(python.parent / "imagesvc"), "worker", f"--concurrency={concurrency}"]
+    imagesvc = [str(python), "-m", "bench.pipeline_worker", f"--concurrency={concurrency}"]
     bare = [str(python), "-m", "bench.bare_celery", f"--concurrency={concurrency}"]
     bare += [f"--sleep-ms={bench.bare_sleep_ms}"] if bench.bare_sleep_ms else []
     pids: dict[str, int] = {}
@@ -266,13 +270,16 @@ def _backends(bench: Bench) -> list[int]:
 
 
 def _run_imagesvc(bench: Bench, count: int, meter: CpuMeter) -> float:
-    """Delete jobs per second, from the first send to the last job settled."""
+    """Delete jobs per second, from the first send to the last job settled and the last
+    message acknowledged (a message's statement may settle other jobs than its own: the
+    jobs alone would say nothing of the messages still queued)."""
     job_ids = _delete_jobs(bench, count)
     meter.start()
     started = time.perf_counter()
     for job_id in job_ids:
         bench.services.job_queue.send(job_id)
     _wait_until(lambda: _all_settled(bench), f"{count} delete jobs")
+    _wait_until(lambda: _drained(bench, bench.settings), f"{count} delete jobs' messages")
     seconds = time.perf_counter() - started
     _require_successful(bench, job_ids)
     return count / seconds
@@ -284,9 +291,7 @@ def _run_bare(bench: Bench, count: int, meter: CpuMeter) -> float:
     started = time.perf_counter()
     for number in range(count):
         bench.bare_queue.send(f"j-bare{number:08d}")
-    # A message moves from its queue to the unacknowledged ones in two steps: seeing
-    # both empty twice in a row rules out catching one in between.
-    _wait_until(lambda: _bare_drained(bench) and _bare_drained(bench), f"{count} bare tasks")
+    _wait_until(lambda: _drained(bench, bench.bare_settings), f"{count} bare tasks")
     return count / (time.perf_counter() - started)
 
 
@@ -319,9 +324,17 @@ def _require_successful(bench: Bench, job_ids: list[str]) -> None:
         raise RuntimeError(f"delete jobs did not all succeed: {statuses}")
 
 
-def _bare_drained(bench: Bench) -> bool:
-    queue = bench.bare_settings.queue
-    own = host_queue(queue, bench.bare_settings.compute_host)
+def _drained(bench: Bench, settings: Settings) -> bool:
+    """The broker holds none of a side's messages, queued or unacknowledged (both workers
+    keep the latter under keys named after their queue). A message moves from its queue to
+    the unacknowledged ones in two steps: seeing both empty twice in a row rules out
+    catching one in between."""
+    return _holds_none(bench, settings) and _holds_none(bench, settings)
+
+
+def _holds_none(bench: Bench, settings: Settings) -> bool:
+    queue = settings.queue
+    own = host_queue(queue, settings.compute_host)
     queued = bench.broker.llen(queue) + bench.broker.llen(own)
     return queued == 0 and bench.broker.hlen(bare_celery.unacked_key(queue)) == 0
 

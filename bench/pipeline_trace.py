@@ -1,12 +1,14 @@
 """What one job costs the database: ``python -m bench pipeline --trace N [--profile FILE]``.
 
-Runs N committed delete jobs through ``workers.job_runner.execute_job`` in this
-process, one after the other, as a worker's pool process runs them (metrics to
-files, log lines formatted, to /dev/null), and counts per job, from SQLAlchemy's
+Runs the messages of N committed delete jobs through ``workers.job_runner.execute_job``
+in this process, one after the other, as a worker's pool process runs them (metrics to
+files, log lines formatted, to /dev/null), and counts per message, from SQLAlchemy's
 events: the statements by verb, the ``BEGIN``/``COMMIT``/``ROLLBACK`` of writing
 transactions (psycopg sends each as a round trip of its own), connection checkouts,
-liveness pings (``SELECT 1`` before use) and the threads started. PostgreSQL's own
-count of the transactions it committed in the scratch database (``pg_stat_database``)
+liveness pings (``SELECT 1`` before use) and the threads started. On PostgreSQL a
+message's statement also settles up to ``GROUP_COMMIT_JOBS`` other pending jobs, so most
+later messages find theirs settled (one read). PostgreSQL's own count of the transactions
+it committed in the scratch database (``pg_stat_database``)
 checks the first. With ``--profile`` the run is profiled (cProfile) and the functions
 that took most time are printed.
 """
@@ -48,7 +50,9 @@ def run(settings: Settings, job_ids: list[str], profile: str | None) -> None:
     finally:
         services.close()
     jobs = len(job_ids)  # the one that warmed up is out of the list
-    print(f"per delete job, over {jobs} jobs run by execute_job in one process:")
+    # With a group commit most messages find their job settled by another's statement:
+    # the figures are per message, and its cost is spread over the jobs one statement settles.
+    print(f"per delete job's message, over {jobs} messages run by execute_job in one process:")
     for name, count in sorted(counts.items()):
         print(f"  {name:>24}: {count / jobs:5.2f}")
     print(f"  {'server transactions':>24}: {server_transactions / jobs:5.2f} (pg_stat_database)")

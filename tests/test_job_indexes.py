@@ -44,10 +44,13 @@ def _delete_job(services: Services, records: Records, caller: Caller) -> str:
 
 
 def _one_of_each(services: Services, records: Records) -> tuple[str, str, str]:
-    """A settled delete job, a pending one (never sent) and a working one (claimed)."""
+    """A settled delete job, a pending one (never sent) and a working one (claimed).
+    The settled one runs before the others are made: on PostgreSQL its statement would
+    settle every pending delete with it (a group commit)."""
     caller = records.account()
-    settled, pending, working = (_delete_job(services, records, caller) for _ in range(3))
+    settled = _delete_job(services, records, caller)
     execute_job(services, settled)
+    pending, working = (_delete_job(services, records, caller) for _ in range(2))
     with services.database.transaction() as session:
         assert claim_job(session, working, "a-worker") is not None
     assert records.job(settled).status == "successful"
@@ -151,7 +154,8 @@ def test_on_postgresql_a_delete_jobs_statement_finds_its_images_by_primary_key(
     """Both image moves of the one-statement settle (a delete job runs the recover move too,
     on no ids) read ``pk_images``: through the status index, the recover move read every
     deleted image, a cost that grew with each delete until PostgreSQL analysed the table.
-    The job itself is found by its key, not among every pending job."""
+    The message's own job is found by its key, not among every pending job; the other
+    pending jobs a group commit takes, through the partial index of unsettled jobs."""
     engine = own_services.database.engine
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite moves a job's images by their ids, one statement per action")
@@ -166,4 +170,6 @@ def test_on_postgresql_a_delete_jobs_statement_finds_its_images_by_primary_key(
     for mode in ("force_custom_plan", "force_generic_plan"):
         plan = _generic_plan(engine, compiled.string, params, mode)
         assert plan.count(" on pk_images") == 2 and "ix_images_status" not in plan, plan
-        assert "using pk_jobs on jobs" in plan and "ix_jobs_unsettled" not in plan, plan
+        own, others = plan.split("CTE others")[0], plan.split("CTE others")[1].split("CTE held")[0]
+        assert "using pk_jobs on jobs" in own and "ix_jobs_unsettled" not in own, plan
+        assert "using ix_jobs_unsettled_status_send_requested_at on jobs" in others, plan

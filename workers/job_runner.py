@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,17 @@ def execute_job(services: Services, job_id: str) -> None:
 
     A job with no disk work (delete, recover) is claimed, run and settled in one
     transaction: a crash or a lost database anywhere in it leaves the job pending,
-    to be sent again by the sweep, and nothing half done. A job with disk work is
+    to be sent again by the sweep, and nothing half done; on PostgreSQL that transaction
+    also settles other pending deletes and recovers (a group commit), each logged and
+    counted here as its own run. A job with disk work is
     claimed in a transaction of its own, then run under a heartbeat. Either way one
     line is logged when the run settles the job, with the outcome; a run with disk
     work also logs one when it starts.
     """
     started = time.monotonic()
+    if _SETTLED_HERE.take(job_id):  # settled by this process's group commit: a settled job
+        _nothing_to_do(services, job_id)  # stays settled, so the database is not asked
+        return
     try:
         claimed = _with_reconnect(lambda: _claim_and_settle(services, job_id))
     except Exception as exc:
@@ -99,17 +105,48 @@ def execute_job(services: Services, job_id: str) -> None:
         fields = {"job_id": job_id}
         log.exception("job not settled at once; running it step by step", extra=fields)
         claimed = _with_reconnect(lambda: _claim(services, job_id))
-    if claimed is None:
-        host = services.settings.compute_host
-        fields = {"job_id": job_id, "host": host}
-        log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
+    if not claimed:
+        _nothing_to_do(services, job_id)
         return
-    job, outcome = claimed
-    if outcome is not None:
+    seconds = time.monotonic() - started
+    for job, outcome in claimed:
+        if outcome is None:  # disk work: claimed alone, run under its heartbeat
+            _run_claimed(services, job)
+            continue
         job_metrics.job_ran_at_once(job.action)
-        _report(job, outcome, time.monotonic() - started)
-        return
-    _run_claimed(services, job)
+        _report(job, outcome, seconds)
+        if job.job_id != job_id:  # its own message is still to come
+            _SETTLED_HERE.add(job.job_id)
+
+
+def _nothing_to_do(services: Services, job_id: str) -> None:
+    host = services.settings.compute_host
+    fields = {"job_id": job_id, "host": host}
+    log.info("job %s is not pending for host %s; nothing to do", job_id, host, extra=fields)
+
+
+class RecentJobs:
+    """The last ``size`` job ids this process settled for another job's message (a group
+    commit): a settled job never moves again, so its own message needs no statement."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, job_id: str) -> None:
+        self._ids[job_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def take(self, job_id: str) -> bool:
+        """Whether the job is one of them; forgotten then (its one message has come)."""
+        if job_id not in self._ids:
+            return False
+        del self._ids[job_id]
+        return True
+
+
+_SETTLED_HERE = RecentJobs(4096)
 
 
 def _run_claimed(services: Services, job: ClaimedJob) -> None:
@@ -148,7 +185,9 @@ def _run(services: Services, job: ClaimedJob) -> bool:
 # How long a job waits for a lost database connection to come back, try after try.
 RECONNECT_DELAYS_S = (0.1, 0.5, 2.0)
 
-Claimed = tuple["ClaimedJob", "_Outcome | None"] | None
+# The jobs one message's transaction claimed (a job with disk work: alone, its outcome None)
+# or settled (a delete or recover: on PostgreSQL, with others of the group commit).
+Claimed = list[tuple["ClaimedJob", "_Outcome | None"]]
 
 
 def _with_reconnect(attempt: Callable[[], Claimed]) -> Claimed:
@@ -179,27 +218,30 @@ def _claim_and_settle(services: Services, job_id: str) -> Claimed:
     """Hold the pending job; one with no disk work is claimed and settled in the same
     transaction, its row written once (pending to its outcome); any other is claimed.
 
-    On PostgreSQL a delete or recover is first tried as one statement (one round trip);
-    a job it does not settle (a capture, a job not pending) takes the general path.
+    On PostgreSQL a delete or recover is first tried as one statement (one round trip),
+    which also settles up to ``GROUP_COMMIT_JOBS`` other pending deletes and recovers
+    (a group commit: each is reported here as its own run); a message whose job is no
+    longer pending costs that one statement's read, and a job it does not take that is
+    still pending (a capture) takes the general path.
     """
     host = services.settings.compute_host
     engine = services.database.engine
     if engine.dialect.name == "postgresql":
         worker = _worker_name(host, os.getpid())
-        settled = _held_connection(engine).run(
+        batch = _held_connection(engine).run(
             lambda connection: claim_and_settle_batch(connection, job_id, worker, host)
         )
-        if settled is not None:
-            return _claimed_job(settled.run), _outcome_of(settled)
+        if not batch.general_path:  # settled here, or nothing to do (read, never written)
+            return [(_claimed_job(one.run), _outcome_of(one)) for one in batch.settled]
     with services.database.transaction() as session:
         run = lock_pending_job(session, job_id, host)
         if run is None:
-            return None
+            return []
         if JobAction(run.action) not in BATCH_MOVES:  # disk work: claim, commit, then run
             return _claim_held(session, services, job_id)
         job = _claimed_job(run)
         worker = _worker_name(host, os.getpid())
-        return job, _settle_from_pending(session, job, worker)
+        return [(job, _settle_from_pending(session, job, worker))]
 
 
 def _outcome_of(settled: SettledRun) -> _Outcome:
@@ -222,7 +264,7 @@ def _claim_held(session: Session, services: Services, job_id: str) -> Claimed:
     """Take the job if it is pending and runs on this worker's compute host (or on any)."""
     host = services.settings.compute_host
     run = claim_job(session, job_id, _worker_name(host, os.getpid()), host)
-    return None if run is None else (_claimed_job(run), None)
+    return [] if run is None else [(_claimed_job(run), None)]
 
 
 def _claimed_job(run: ClaimedRun) -> ClaimedJob:
