@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -248,10 +249,17 @@ def _outcome_of(settled: SettledRun) -> _Outcome:
     return _Outcome(settled.status, settled.error_code, settled.error_message, 0)
 
 
-@functools.cache
+_HELD = threading.local()
+
+
 def _held_connection(engine: Engine) -> HeldConnection:
-    """The pool process's own autocommit connection for one-statement settles."""
-    return HeldConnection(engine, IDLE_PING_S)
+    """This thread's own autocommit connection of ``engine`` for one-statement settles: a
+    prefork pool process has one thread, but a connection used by two threads at once
+    (a threads pool, or two deliveries run side by side) corrupts the driver's state."""
+    held: dict[Engine, HeldConnection] = _HELD.__dict__.setdefault("by_engine", {})
+    if engine not in held:
+        held[engine] = HeldConnection(engine, IDLE_PING_S)
+    return held[engine]
 
 
 def _claim(services: Services, job_id: str) -> Claimed:
