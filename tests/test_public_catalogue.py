@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -207,9 +208,7 @@ async def test_every_change_to_a_public_image_shows_in_the_next_page(
     tenant: Tenant, database: Database, mixed: int
 ) -> None:
     async def page() -> tuple[dict[str, str], int]:
-        reply = await listed(tenant, {"limit": 100})
-        names = {image["image_id"]: image["image_name"] for image in reply.body["images"]}
-        return names, reply.body["total_count"]
+        return await _names_and_total(tenant, {"limit": 100})
 
     before, total = await page()
     assert (await page()) == (before, total)  # the same, remembered or not
@@ -238,9 +237,7 @@ async def test_every_change_to_a_public_image_shows_in_the_next_filtered_page(
     params = {"limit": 100, "processor_type": "32bit", "os_family": "ubuntu"}
 
     async def page() -> tuple[dict[str, str], int]:
-        reply = await listed(tenant, params)
-        names = {image["image_id"]: image["image_name"] for image in reply.body["images"]}
-        return names, reply.body["total_count"]
+        return await _names_and_total(tenant, params)
 
     before, total = await page()
     assert (await page()) == (before, total)  # the same, remembered or not
@@ -278,3 +275,10 @@ async def test_a_zone_over_the_cap_keeps_the_page_statement(
         got = await images.list_images_as_bearer(reads, digest, ZONE, filters, pages.image_json)
         assert got.rendered is None and pages.listed_images_page(got) == expected
     assert reads.public_catalogues.get(ZONE) is None
+
+
+async def _names_and_total(tenant: Tenant, params: dict[str, Any]) -> tuple[dict[str, str], int]:
+    """A listing's page as image id to name, with its total_count."""
+    reply = await listed(tenant, params)
+    names = {image["image_id"]: image["image_name"] for image in reply.body["images"]}
+    return names, reply.body["total_count"]
