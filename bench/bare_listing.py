@@ -31,8 +31,8 @@ from models.catalogue import (
     PublicCatalogue,
     catalogued_attributes,
     entry_filter,
+    listing_keys,
 )
-from models.reads import own_rows_in_full
 from models.states import JobPhase
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -210,7 +210,7 @@ class Catalogued:
     their positional values: the zone's and the owner's come after the filters'."""
 
     first: str
-    own_keys: str
+    first_with_keys: str
     own_head: str
     own_rows: str
     args: list[Any]
@@ -236,9 +236,15 @@ def _catalogued(zone: str, owner: str, params: Any, filtered: bool) -> Catalogue
             f"WHERE zone = {zone_arg} AND status <> 'ceased')"
         )
     more = f"${len(query.args) + 1}"  # the head, or the own ids
+    keys = (
+        "SELECT array_agg(micros ORDER BY micros DESC, image_id DESC), "
+        "array_agg(image_id ORDER BY micros DESC, image_id DESC) FROM ("
+        "SELECT CAST(extract(epoch FROM create_time) * 1000000 AS bigint) AS micros, image_id "
+        f"FROM images WHERE {own} {NEWEST} LIMIT {more}) AS own_head"
+    )
     return Catalogued(
         first,
-        f"SELECT create_time, image_id FROM images WHERE {own} {NEWEST} LIMIT {more}",
+        f"{first}, own_keys.* FROM ({keys}) AS own_keys",
         f"SELECT {IMAGE_COLUMNS} FROM images WHERE {own} {NEWEST} LIMIT {more}",
         f"SELECT {IMAGE_COLUMNS} FROM images WHERE {own} AND image_id = ANY({more})",
         query.args,
@@ -270,7 +276,12 @@ async def list_catalogued_images(
     limit = min(int(request.query.get("limit", 10)), 100)
     statements = _catalogued(zone, owner, request.query, filtered=bool(keep))
     async with request.app[POOL].acquire() as connection:
-        first = await connection.fetchrow(statements.first, *statements.args)
+        if offset:  # the own keys with the counts, as the API's first_with_keys
+            first = await connection.fetchrow(
+                statements.first_with_keys, *statements.args, offset + limit
+            )
+        else:
+            first = await connection.fetchrow(statements.first, *statements.args)
         generation, own, public = first[0], first[1], first[2]
         catalogued = first[3] if keep else public
         total = own + public
@@ -284,8 +295,11 @@ async def list_catalogued_images(
                 rows = await connection.fetch(page, *args)
                 entries = [_image_json(row) for row in rows]
             else:
+                own_keys = (
+                    list(zip(first[-2] or (), first[-1] or (), strict=True)) if offset else None
+                )
                 entries = await _own_and_public(
-                    connection, catalogue, statements, own, offset, limit
+                    connection, catalogue, statements, own, own_keys, offset, limit
                 )
     body = b'{"images":[' + b",".join(entries) + b'],"total_count":' + b"%d}" % total
     return web.Response(body=body, content_type="application/json")
@@ -302,7 +316,7 @@ async def _catalogue(
     rows = await connection.fetch(CATALOGUE, zone)
     if len(rows) != public:
         return None
-    keys = [(row["create_time"], row["image_id"]) for row in reversed(rows)]
+    keys = listing_keys(rows)[::-1]
     rendered = [_image_json(row) for row in rows]
     catalogue = PublicCatalogue(generation, rendered, keys, catalogued_attributes(rows))
     request.app[CATALOGUES][zone] = catalogue
@@ -330,20 +344,18 @@ async def _own_and_public(
     catalogue: PublicCatalogue,
     statements: Catalogued,
     own: int,
+    own_keys: list[tuple[int, str]] | None,
     offset: int,
     limit: int,
 ) -> list[bytes]:
     args = statements.args
-    if own_rows_in_full(offset, limit, min(offset + limit, own)):  # in one statement
-        head = min(offset + limit, own)
+    if own_keys is None:  # a first page: its own rows in full, in one statement
+        head = min(limit, own)
         read = await connection.fetch(statements.own_head, *args, head) if own else []
         rows = {row["image_id"]: row for row in read}
-        own_keys = [(row["create_time"], row["image_id"]) for row in read]
+        window = catalogue.window(listing_keys(read), offset, limit)
+    else:  # past it: the own rows in the page, by primary key
         window = catalogue.window(own_keys, offset, limit)
-    else:
-        head = min(offset + limit, own)
-        keys = await connection.fetch(statements.own_keys, *args, head) if own else []
-        window = catalogue.window([(key[0], key[1]) for key in keys], offset, limit)
         own_ids = [entry for entry in window if isinstance(entry, str)]
         rows = {}
         if own_ids:

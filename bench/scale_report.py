@@ -86,18 +86,16 @@ def _digest(database: Database, account_id: str) -> str | None:
 def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
     """Listings on the catalogue as the API runs them on PostgreSQL: the token,
     generation and both counts on every request; the zone's public catalogue once
-    per generation; the caller's own rows in full on a first page (or when they
-    are few), else their keys and the own rows in the page by primary key
+    per generation; the caller's own rows in full on a first page, else their keys
+    (in the first statement) and the own rows in the page by primary key
     (models.images.catalogued_listing, models.reads._page_on). A filtered listing
     (status, provider, ...) runs the same shapes with its filters, and also counts
     the whole catalogue."""
     statements = catalogued_listing()
     values = {"zone": "ac1", "digest": _digest(database, account_id), "owner": account_id}
     with database.reading() as session:
-        own = session.execute(statements.first, values).one().own
-        head = min(5100, own)
-        keys = session.execute(statements.own_keys, {**values, "head": head}).all()
-    own_ids = [key.image_id for key in keys[:10]]
+        first = session.execute(statements.first_with_keys, {**values, "head": 5100}).one()
+    own, own_ids = first.own, list(first.own_key_ids or ())[:10]
     name = "default and offset"
     out = {
         f"{name}: token, generation, own and public counts (every request)": _explain(
@@ -109,8 +107,8 @@ def _catalogue_parts(database: Database, account_id: str) -> dict[str, str]:
         "default: the caller's own rows, in full (head = min(10, own))": _explain(
             database, statements.own_head.params({**values, "head": min(10, own)})
         ),
-        f"offset=5000: the caller's own keys (head = min(5100, own) = {head})": _explain(
-            database, statements.own_keys.params({**values, "head": head})
+        "offset=5000: the same with the caller's own keys (head = 5100)": _explain(
+            database, statements.first_with_keys.params({**values, "head": 5100})
         ),
         "offset=5000: own rows in the page, by primary key (here 10)": _explain(
             database, statements.own_rows.params({**values, "own_ids": own_ids})

@@ -11,6 +11,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Executable, Select
@@ -28,8 +29,25 @@ MAX_FILTERED_CATALOGUES = 64
 
 # Renders one row of a page as the page writes it (api/pages.py image_json).
 Render = Callable[[Any], bytes]
-# Where an image falls in a listing: newest first, ties by id descending.
-ListingKey = tuple[Any, str]
+# Where an image falls in a listing: newest first, ties by id descending. The time is
+# in whole microseconds since the epoch (PostgreSQL's resolution, so the order is the
+# database's): a listing's first statement reads the caller's own keys as two arrays
+# (CataloguedListing.first_with_keys), and an array of bigints decodes at a fraction
+# of the cost of one of timestamps (docs/listing-profile.md, round 5).
+ListingKey = tuple[int, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def listing_key(create_time: datetime, image_id: str) -> ListingKey:
+    """The listing key of an image created at ``create_time`` (aware, as PostgreSQL
+    returns it)."""
+    return (create_time - _EPOCH) // _MICROSECOND, image_id
+
+
+def listing_keys(rows: Sequence[Any]) -> list[ListingKey]:
+    """The listing keys of ``rows`` (``create_time`` and ``image_id``), in their order."""
+    return [listing_key(row["create_time"], row["image_id"]) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -41,16 +59,18 @@ class CataloguedListing:
     ``first`` reads the token's row (accounts.BEARER), the zone's ``generation``,
     ``own`` (the caller's own images that are not public and pass the filters),
     ``public`` (the zone's public ones that pass them, from public_image_counts)
-    and, when filtered, ``catalogued`` (every public, not hidden one); ``catalogue``
-    every public, not hidden image of the zone in listing order; ``own_keys`` the
-    first ``head`` listing keys of the caller's own part; ``own_rows`` the rows of
-    the ids bound as ``own_ids``, if they are still the caller's own part;
-    ``own_head`` the first ``head`` rows of the caller's own part, in full.
+    and, when filtered, ``catalogued`` (every public, not hidden one);
+    ``first_with_keys`` the same and the listing keys of the first ``head`` images
+    of the caller's own part, newest first, as two arrays: ``own_key_micros`` and
+    ``own_key_ids`` (a page past the first); ``catalogue`` every public, not hidden
+    image of the zone in listing order; ``own_rows`` the rows of the ids bound as
+    ``own_ids``, if they are still the caller's own part; ``own_head`` the first
+    ``head`` rows of the caller's own part, in full (a first page).
     """
 
     first: Select[Any]
+    first_with_keys: Select[Any]
     catalogue: Select[Any]
-    own_keys: Select[Any]
     own_rows: Select[Any]
     own_head: Select[Any]
 
@@ -244,8 +264,7 @@ class PublicCatalogues:
         Not if they changed in number since they were counted (the next request
         reads them again), nor if Python would order their keys otherwise than the
         database does (a collation that is not bytewise)."""
-        keys = [(row.create_time, row.image_id) for row in rows]
-        ascending = keys[::-1]
+        ascending = listing_keys(rows)[::-1]
         in_order = all(older < newer for older, newer in itertools.pairwise(ascending))
         if len(rows) != public or not in_order:
             return None

@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    extract,
     func,
     literal_column,
     or_,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -633,11 +635,13 @@ def catalogued_listing(wanted: frozenset[str] = UNFILTERED) -> CataloguedListing
     The public images of a zone are the same for every caller and change rarely:
     read once per generation in listing order (``catalogue``, from the public
     index, whatever the filters), they leave a page only the caller's own part to
-    read, by keys from the owner's index (``own_keys``) and by primary key
-    (``own_rows``): the cost of ``offset`` then follows the caller's images, not
-    the public ones it skips. When those are no more than ``limit``, it reads them
-    in full at once (``own_head``). A filtered listing's first statement also
-    counts the whole catalogue (``catalogued``).
+    read: a first page reads its own rows in full (``own_head``, at most
+    ``limit``); a page past it reads the keys of the caller's first ``head``
+    images from the owner's index in its first statement (``first_with_keys``)
+    and then only the own rows that fall in it, by primary key (``own_rows``): the
+    cost of ``offset`` then follows the caller's images, not the public ones it
+    skips. A filtered listing's first statement also counts the whole catalogue
+    (``catalogued``).
     """
     zone, owner = bindparam("zone", type_=String), bindparam("owner", type_=String)
     shown = _conditions(UNFILTERED, postgresql=True)
@@ -658,13 +662,6 @@ def catalogued_listing(wanted: frozenset[str] = UNFILTERED) -> CataloguedListing
     if wanted != UNFILTERED:  # one catalogue, one statement object: compiled once
         catalogue = catalogued_listing().catalogue
     own = visible_image_ranges(zone, owner)[0] & ~is_public() & filtered
-    listing_key: tuple[Any, ...] = (Image.create_time, Image.image_id)
-    own_keys = (
-        select(*listing_key)
-        .where(own)
-        .order_by(*newest_first)
-        .limit(bindparam("head", type_=BigInteger))
-    )
     own_rows = select(*columns).where(own, one_of(Image.image_id, "own_ids", postgresql=True))
     own_head = (
         select(*columns)
@@ -672,7 +669,32 @@ def catalogued_listing(wanted: frozenset[str] = UNFILTERED) -> CataloguedListing
         .order_by(*newest_first)
         .limit(bindparam("head", type_=BigInteger))
     )
-    return CataloguedListing(select(*parts), catalogue, own_keys, own_rows, own_head)
+    first = select(*parts)
+    keys = _own_listing_keys(own_part)
+    first_with_keys = first.add_columns(*keys.c).join_from(BEARER, keys, true())
+    return CataloguedListing(first, first_with_keys, catalogue, own_rows, own_head)
+
+
+def _own_listing_keys(own_part: ColumnElement[bool]) -> Any:
+    """The listing keys of the first ``head`` images of ``own_part`` (the bearer's
+    own part), newest first, as two arrays (``own_key_micros``: the creation time in
+    microseconds since the epoch, catalogue.ListingKey; ``own_key_ids``), read from
+    the owner's index beside the bearer's row (LATERAL): a page past the first
+    takes them in its first statement, not in one more round trip."""
+    micros = cast(extract("epoch", Image.create_time) * 1_000_000, BigInteger).label("micros")
+    head = (
+        select(micros, Image.image_id)
+        .where(own_part)
+        .order_by(Image.create_time.desc(), Image.image_id.desc())
+        .limit(bindparam("head", type_=BigInteger))
+        .correlate(BEARER)
+        .subquery("own_head")
+    )
+    newest_first = (head.c.micros.desc(), head.c.image_id.desc())
+    return select(
+        func.array_agg(aggregate_order_by(head.c.micros, *newest_first)).label("own_key_micros"),
+        func.array_agg(aggregate_order_by(head.c.image_id, *newest_first)).label("own_key_ids"),
+    ).lateral("own_keys")
 
 
 def _conditions(wanted: frozenset[str], postgresql: bool) -> ColumnElement[bool]:

@@ -34,6 +34,7 @@ from models.catalogue import (
     PublicCatalogue,
     PublicCatalogues,
     Render,
+    listing_keys,
 )
 from models.db import Database
 from models.errors import ServiceUnavailable
@@ -410,8 +411,11 @@ async def listed_from_catalogue(
     bound = {**values, "digest": digest}
     catalogues = reads.public_catalogues
 
+    past_first_page = bool(values["offset"])  # reads the own keys in ``first`` too
+    first = statements.first_with_keys if past_first_page else statements.first
+
     async def read(connection: ReadConnection) -> Listed:
-        row = await connection.fetch_one(statements.first, bound)
+        row = await connection.fetch_one(first, bound)
         account_id = bearer_account(row, digest)
         own, public = int(row.own), int(row.public)
         total = own + public
@@ -426,7 +430,8 @@ async def listed_from_catalogue(
             catalogue = catalogues.filtered(values["zone"], catalogue, keep, public)
         if catalogue is None or len(catalogue.rendered) != public:
             return Listed(account_id, await connection.fetch(page, owned), total)
-        entries = await _page_on(connection, statements, catalogue, owned, own, render)
+        own_keys = _own_keys(row) if past_first_page else None
+        entries = await _page_on(connection, statements, catalogue, owned, own, own_keys, render)
         return Listed(account_id, [], total, entries)
 
     return await reads.run(read)
@@ -438,16 +443,19 @@ async def _page_on(
     catalogue: PublicCatalogue,
     values: Mapping[str, Any],
     own: int,
+    own_keys: list[ListingKey] | None,
     render: Render,
 ) -> list[bytes]:
-    """The page's entries: the caller's own part (at most ``own`` images) merged with
-    the catalogue's, own rows rendered now."""
+    """The page's entries: the caller's own part merged with the catalogue's, own
+    rows rendered now. A first page (``own_keys`` None) reads the own rows it may
+    show in full, no more than ``limit`` of them; a page past it has the keys of
+    the caller's first ``head`` own images (read with the token) and reads only
+    the own rows that fall in it, by primary key (docs/listing-profile.md, round 5)."""
     offset, limit = values["offset"], values["limit"]
-    if own_rows_in_full(offset, limit, min(values["head"], own)):
+    if own_keys is None:
         own_keys, rows = await _first_own_rows(connection, statements, values, own)
         window = catalogue.window(own_keys, offset, limit)
     else:
-        own_keys = await _own_keys(connection, statements, values, own)
         window = catalogue.window(own_keys, offset, limit)
         rows = await _own_rows(connection, statements, values, window)
     return [
@@ -457,52 +465,24 @@ async def _page_on(
     ]
 
 
-# A page past the first reads in full at most this many own rows it may not show.
-FEW_OWN_ROWS = 10
-
-
-def own_rows_in_full(offset: int, limit: int, own_up_to_page: int) -> bool:
-    """Whether a page reads the caller's own part up to its end (``own_up_to_page``
-    images) in full, in one statement, rather than their keys and then the own
-    rows that fall in it: on a first page (every row read may be shown, and no
-    more than ``limit``), or when they are few. At ``offset=5000`` a caller's 100
-    own rows read in full, most of them before the page, cost more to decode
-    than 100 keys and the few rows the page shows (docs/listing-profile.md, round 4)."""
-    return own_up_to_page <= limit and (offset == 0 or own_up_to_page <= FEW_OWN_ROWS)
-
-
 async def _first_own_rows(
     connection: ReadConnection,
     statements: CataloguedListing,
     values: Mapping[str, Any],
     own: int,
 ) -> tuple[list[ListingKey], dict[str, Any]]:
-    """The caller's first ``head`` own rows (at most ``own``), in full, in one
-    statement: when they are no more than ``limit`` (a first page, a caller with
-    few images), no more rows than the page statement reads, and a listing keeps
-    two statements."""
+    """The caller's first ``head`` own rows (a first page's ``limit``; at most
+    ``own``), in full, in one statement: no more rows than the page statement reads."""
     if not own:
         return [], {}
-    head = min(values["head"], own)
-    read = await connection.fetch(statements.own_head, {**values, "head": head})
+    read = await connection.fetch(statements.own_head, {**values, "head": min(values["head"], own)})
     # By name, not attribute: Record's __getattr__ is a Python call per field.
-    return [(row["create_time"], row["image_id"]) for row in read], {
-        row["image_id"]: row for row in read
-    }
+    return listing_keys(read), {row["image_id"]: row for row in read}
 
 
-async def _own_keys(
-    connection: ReadConnection,
-    statements: CataloguedListing,
-    values: Mapping[str, Any],
-    own: int,
-) -> list[ListingKey]:
-    """The listing keys of the caller's first ``head`` own images (index only)."""
-    if not own:
-        return []
-    head = min(values["head"], own)
-    keys = await connection.fetch(statements.own_keys, {**values, "head": head})
-    return [(key[0], key[1]) for key in keys]  # (create_time, image_id), as selected
+def _own_keys(first: Any) -> list[ListingKey]:
+    """The own listing keys a ``first_with_keys`` row read (none: two NULL arrays)."""
+    return list(zip(first["own_key_micros"] or (), first["own_key_ids"] or (), strict=True))
 
 
 async def _own_rows(

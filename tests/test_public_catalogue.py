@@ -57,8 +57,8 @@ async def mixed(
     database: Database, tenant: Tenant, new_tenant: TenantFactory
 ) -> AsyncIterator[int]:
     """Own and public images interleaved, with ties in create_time inside and across
-    both parts, an own public image, hidden ones and a stranger's; how many the
-    tenant sees."""
+    both parts and times a microsecond apart, an own public image, hidden ones and
+    a stranger's; how many the tenant sees."""
     now = datetime.now(UTC).replace(microsecond=0)
     stranger = await new_tenant()
     made = [
@@ -71,11 +71,16 @@ async def mixed(
         at = now - timedelta(seconds=step)
         made += insert_images(database, "system", step % 3, at, name="pub", public=True)
         made += insert_images(database, tenant.account_id, step % 2, at, name="own")
+    # A microsecond apart, across both parts: the listing keys' time is in microseconds.
+    near = now - timedelta(seconds=8)
+    made += insert_images(database, "system", 1, near + timedelta(microseconds=1), public=True)
+    made += insert_images(database, tenant.account_id, 1, near, name="own-micro")
+    made += insert_images(database, tenant.account_id, 1, near + timedelta(microseconds=2))
     hidden = insert_images(database, "system", 1, now, public=True)
     hidden += insert_images(database, tenant.account_id, 1, now)
     for image_id in hidden:
         set_image(database, image_id, status="ceased")
-    yield 6 + 4 + 1 + sum(step % 3 + step % 2 for step in range(1, 8))
+    yield 6 + 4 + 1 + sum(step % 3 + step % 2 for step in range(1, 8)) + 3
     delete_images(database, *made, *hidden)
 
 
