@@ -93,7 +93,10 @@ def execute_job(services: Services, job_id: str) -> None:
     """
     started = time.monotonic()
     if _SETTLED_HERE.take(job_id):  # settled by this process's group commit: a settled job
-        _nothing_to_do(services, job_id)  # stays settled, so the database is not asked
+        # stays settled, so the database is not asked; the job's own line is logged already.
+        log.debug(
+            "job %s was settled by this process; nothing to do", job_id, extra={"job_id": job_id}
+        )
         return
     try:
         claimed = _with_reconnect(lambda: _claim_and_settle(services, job_id))
