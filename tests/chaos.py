@@ -62,6 +62,9 @@ class Outcome:
     orphans: list[str]
     disagreements: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    # When jobs were lost: the last lines of each process of the deployment, which
+    # say whether a worker stopped consuming (a broker restart) or never got the job.
+    logs: str = ""
 
     def line(self) -> str:
         return (
@@ -71,7 +74,7 @@ class Outcome:
         )
 
     def assert_clean(self) -> None:
-        assert not self.lost, f"jobs never settled: {self.lost}"
+        assert not self.lost, f"jobs never settled: {self.lost}\n{self.logs}"
         assert not self.duplicated, f"captured twice: {self.duplicated}"
         assert not self.orphans, f"files nobody owns: {self.orphans}"
         assert not self.disagreements, "\n".join(self.disagreements)
@@ -123,7 +126,15 @@ class ChaosEnv(Deployment):
             ],
         )
         print(outcome.line(), flush=True)
+        if unsettled:
+            outcome.logs = self._process_logs()
         return outcome
+
+    def _process_logs(self) -> str:
+        return "\n".join(
+            f"--- imagesvc {' '.join(process.argv)}, last lines:\n{process.log()}"
+            for process in self.processes
+        )
 
     def _duplicated(self, images: dict[str, Image], jobs: dict[str, Job]) -> list[str]:
         files = Counter(
