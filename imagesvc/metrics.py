@@ -30,9 +30,19 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _HOST = socket.gethostname().replace("_", "-")
 
 
+def _identity_of(pid: int) -> str:
+    return f"{_HOST}-{pid}"
+
+
+# This process's identity, made again in a forked child: prometheus-client asks for it on
+# every increment and observation, several per request, and getpid is a system call.
+_OWN_IDENTITY = [_identity_of(os.getpid())]
+os.register_at_fork(after_in_child=lambda: _OWN_IDENTITY.__setitem__(0, _identity_of(os.getpid())))
+
+
 def process_identity(pid: int | None = None) -> str:
     """A process's name in the directory: distinct among all live writers of it."""
-    return f"{_HOST}-{pid or os.getpid()}"
+    return _OWN_IDENTITY[0] if pid is None else _identity_of(pid)
 
 
 def write_metrics_to_dir(settings: Settings, *, empty_first: bool = False) -> Path:
