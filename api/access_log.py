@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from api.keys import REQUEST_ID
+from imagesvc.logs import write_line
 
 MAX_LOGGED_CHARS = 256
 # Printable ASCII but the quote and the backslash: what almost every value is, kept as is.
@@ -47,9 +48,9 @@ class SafeAccessLogger(AbstractAccessLogger):
     """aiohttp's access logger, replaced: no query strings, no raw request bytes."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        """One INFO line, formatted here once; the record is handed to the handlers
-        directly, without ``Logger.info``'s search of the stack for the caller, which
-        no format of ours shows (imagesvc/logs.py)."""
+        """One INFO line, written without a LogRecord when only the service's own handler
+        would see it (imagesvc/logs.py, write_line): a record and its handling cost
+        more than the rest of the line, on every request."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         version = request.version
@@ -60,8 +61,4 @@ class SafeAccessLogger(AbstractAccessLogger):
         )
         # The request id (api/request_ids.py) joins this line to the job and worker lines;
         # it is the caller's only if valid, so it needs no escaping.
-        extra = {"request_id": request.get(REQUEST_ID, "-")}
-        record = self.logger.makeRecord(
-            self.logger.name, logging.INFO, "(access log)", 0, line, (), None, extra=extra
-        )
-        self.logger.handle(record)
+        write_line(self.logger, logging.INFO, line, {"request_id": request.get(REQUEST_ID, "-")})

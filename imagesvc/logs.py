@@ -9,8 +9,10 @@ WARNING unless the level asked for is DEBUG: our own lines say what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -27,6 +29,8 @@ QUIET_LOGGERS = ("celery", "kombu", "amqp", "alembic", "aiohttp.server")
 READY_LOGGERS = ("celery.apps.worker", "celery.beat")
 ROUTINE_MESSAGES = ("Scheduler: Sending due task",)
 
+# An event's fields, passed as ``extra``.
+Fields = dict[str, Any]
 # Attributes every LogRecord has; anything else on a record came as ``extra``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -36,7 +40,17 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
 
 
-class TextFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """A formatter of ours: it also writes a line from its parts, with no LogRecord
+    (:func:`write_line`, the API's access log: a record and its handling cost more
+    than the rest of the line, once per request)."""
+
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
+        """What :meth:`format` writes for a record of these, without an exception."""
+        raise NotImplementedError
+
+
+class TextFormatter(LineFormatter):
     """The classic line, with the event's fields appended as ``key=value``."""
 
     def __init__(self) -> None:
@@ -48,34 +62,105 @@ class TextFormatter(logging.Formatter):
         line (the API writes an access line per request)."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
+        return self._time(record.created)
+
+    def _time(self, created: float) -> str:
         second, text = self._stamp
-        if second != int(record.created):
-            second = int(record.created)
+        if second != int(created):
+            second = int(created)
             text = time.strftime(self.default_time_format, self.converter(second))
             self._stamp = (second, text)
-        return f"{text},{int(record.msecs):03d}"  # logging's default_msec_format
+        # logging's default_msec_format, of LogRecord's msecs
+        return f"{text},{int((created - int(created)) * 1000):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
-        fields = " ".join(f"{k}={_text(v)}" for k, v in event_fields(record).items())
-        return f"{line} {fields}" if fields else line
+        return _with_fields(line, event_fields(record))
+
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
+        line = f"{self._time(created)} {os.getpid()} {name} {level} {message}"
+        return _with_fields(line, fields)
 
 
-class JsonFormatter(logging.Formatter):
+def _with_fields(line: str, fields: Fields) -> str:
+    if not fields:
+        return line
+    return line + " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+
+
+class JsonFormatter(LineFormatter):
     """One JSON object per line: time (UTC), level, logger, process, message, fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "process": record.process,
-            "message": record.getMessage(),
-            **event_fields(record),
-        }
+        entry = _entry(record.created, record.levelname, record.name, record.process)
+        entry["message"] = record.getMessage()
+        entry.update(event_fields(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
+        entry = _entry(created, level, name, os.getpid())
+        entry["message"] = message
+        entry.update(fields)
+        return json.dumps(entry, default=str)
+
+
+def _entry(created: float, level: str, name: str, process: int | None) -> dict[str, Any]:
+    return {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": name,
+        "process": process,
+    }
+
+
+class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler :func:`configure_logging` installs: a stream, a LineFormatter."""
+
+    formatter: LineFormatter
+
+
+def write_line(logger: logging.Logger, level: int, message: str, fields: Fields) -> None:
+    """Log ``message`` with ``fields`` (as ``extra``) at ``level`` on ``logger``.
+
+    When nothing but the service's own handler would see the record (no handler,
+    filter or level between ``logger`` and the root's, as :func:`configure_logging`
+    leaves them), the line is formatted from its parts and written as that handler
+    would write it, with no LogRecord; otherwise (a test's capture, a handler an
+    embedding application added) the record goes the usual way."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _sole_handler(logger, level)
+    if handler is None:
+        record = logger.makeRecord(logger.name, level, "(line)", 0, message, (), None, extra=fields)
+        logger.handle(record)
+        return
+    name = logging.getLevelName(level)
+    text = handler.formatter.line(time.time(), name, logger.name, message, fields)
+    with handler.lock or contextlib.nullcontext():
+        try:
+            handler.stream.write(text + handler.terminator)
+            handler.flush()
+        except Exception:
+            handler.handleError(logging.makeLogRecord({"msg": message, "levelno": level}))
+
+
+def _sole_handler(logger: logging.Logger, level: int) -> ServiceHandler | None:
+    """The root's ServiceHandler, if it alone would handle ``logger``'s records at ``level``."""
+    if logger.disabled:
+        return None
+    current: logging.Logger | None = logger
+    while current is not None and current.parent is not None:  # up to the root
+        if current.handlers or current.filters or not current.propagate:
+            return None
+        current = current.parent
+    if current is None or current.filters or len(current.handlers) != 1:
+        return None
+    handler = current.handlers[0]
+    if type(handler) is not ServiceHandler or handler.filters or handler.level > level:
+        return None
+    return handler if isinstance(handler.formatter, LineFormatter) else None
 
 
 class RoutineFilter(logging.Filter):
@@ -97,7 +182,7 @@ def _text(value: object) -> str:
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     """Send every logger's lines to ``stream`` (stderr) in the configured format and level."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = ServiceHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from api.access_log import SafeAccessLogger
 from api.app import create_app
 from api.metrics import is_allowed
-from imagesvc.logs import JsonFormatter, TextFormatter
+from imagesvc.logs import JsonFormatter, LineFormatter, ServiceHandler, TextFormatter, write_line
 from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
 from models.migrate import upgrade
@@ -289,6 +291,53 @@ def test_text_lines_carry_the_same_fields_as_json_lines() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "job failed" and entry["level"] == "WARNING"
     assert entry["image_ids"] == ["img-1", "img-2"] and entry["error"] == 'disk "a" gone'
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_a_line_written_without_a_record_is_the_records_line(
+    formatter: type[LineFormatter],
+) -> None:
+    """write_line (the access log's path, when only the service's handler listens) writes
+    what the record would have: the same line but for the time stamp."""
+    stream = io.StringIO()
+    service = ServiceHandler(stream)
+    service.setFormatter(formatter())
+    root, logger = logging.getLogger(), logging.getLogger("aiohttp.access")
+    handlers, level = root.handlers[:], root.level
+    message, fields = 'x "GET /y HTTP/1.1" 200 5 0.001s', {"request_id": "req-1", "odd": 'a "b"'}
+    capture = _Capture()
+    try:
+        root.handlers[:] = [service]  # as configure_logging leaves it
+        root.setLevel(logging.INFO)
+        write_line(logger, logging.INFO, message, fields)
+        assert stream.getvalue(), "nothing written"
+        record = logger.makeRecord(
+            logger.name, logging.INFO, "(x)", 0, message, (), None, extra=fields
+        )
+        logger.handle(record)
+        # With a handler of someone else's too (a test's capture), a record, as before.
+        root.addHandler(capture)
+        write_line(logger, logging.INFO, "captured", {"request_id": "req-2"})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    fast, recorded, via_record = stream.getvalue().splitlines()
+    assert _without_time(fast) == _without_time(recorded), (fast, recorded)
+    assert "captured" in via_record and [r.getMessage() for r in capture.seen] == ["captured"]
+    assert capture.seen[0].request_id == "req-2"  # type: ignore[attr-defined]
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append(record)
+
+
+def _without_time(line: str) -> str:
+    return re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d{3}", "<time>", line)
 
 
 def test_an_unknown_log_level_or_network_is_refused_at_start() -> None:
