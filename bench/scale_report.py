@@ -243,7 +243,8 @@ def _section(results: Results) -> str:
         "",
         f"Measured {results.started} on {machine()}, by `python -m bench.scale`. "
         "The machine is shared with other engineers' test runs, so every size has its own "
-        "database, API and bare aiohttp + asyncpg server (`bench/bare_listing.py`), and each "
+        "database, API and bare aiohttp + asyncpg server (`bench/bare_listing.py`; its "
+        "pools, as the API's, run no reset query on release), and each "
         f"case runs them all in turn, {results.rounds} round(s) of {results.seconds:g} s, "
         "reporting medians: every figure meets the same noise. "
         "Load: `wrk -t2 -c8`; the caller owns 100 images among 10,000 tenants, 1 in 100 "
