@@ -314,10 +314,16 @@ class AsyncpgCompiler:
         self._dialect = asyncpg_dialect()  # type: ignore[no-untyped-call]
         self._expanding = expanding
         self._compiled: dict[int, tuple[Executable, SQLCompiler]] = {}
+        self._plans: dict[int, _BindPlan | None] = {}
 
     def bind(self, statement: Executable, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """The SQL of ``statement`` and its positional arguments from ``values``."""
         compiled = self._compile(statement)
+        plan = self._plans.get(id(compiled))
+        if plan is not None:
+            arguments = plan.arguments(values)
+            if arguments is not None:
+                return compiled.string, arguments
         bound = compiled.construct_params(dict(values))
         if compiled.post_compile_params:
             expanded = compiled.construct_expanded_state(bound)
@@ -333,8 +339,50 @@ class AsyncpgCompiler:
             raise ValueError("expanding parameters: bind lists as arrays (= ANY) on PostgreSQL")
         if len(self._compiled) >= MAX_COMPILED:  # statements built per call: keep a bound
             self._compiled.clear()
+            self._plans.clear()
         self._compiled[id(statement)] = (statement, compiled)
+        self._plans[id(compiled)] = _BindPlan.of(compiled)
         return compiled
+
+
+@dataclass(frozen=True)
+class _BindPlan:
+    """Where each positional argument of a compiled statement comes from, as
+    SQLCompiler.construct_params finds it (the value under the parameter's key, or
+    under its name, or the parameter's own value), without building the dict of
+    every parameter on each call: a statement per request, one to three per page."""
+
+    positions: tuple[tuple[str, str, bool, Any], ...]  # key, name, required, own value
+
+    @classmethod
+    def of(cls, compiled: SQLCompiler) -> _BindPlan | None:
+        """None for what construct_params does more for: lists, escaped names,
+        callables, two parameters of one name but of different keys or values."""
+        if compiled.post_compile_params or compiled.escaped_bind_names:
+            return None
+        by_name: dict[str, tuple[str, str, bool, Any]] = {}
+        for parameter, name in compiled.bind_names.items():
+            if parameter.callable is not None:
+                return None
+            source = (parameter.key, name, bool(parameter.required), parameter.value)
+            if by_name.setdefault(name, source) != source:
+                return None
+        return cls(tuple(by_name[name] for name in compiled.positiontup or ()))
+
+    def arguments(self, values: Mapping[str, Any]) -> list[Any] | None:
+        """The positional arguments; None if one is required and missing (the slow
+        path then raises SQLAlchemy's own error)."""
+        arguments = []
+        for key, name, required, value in self.positions:
+            if key in values:
+                arguments.append(values[key])
+            elif name in values:
+                arguments.append(values[name])
+            elif required:
+                return None
+            else:
+                arguments.append(value)
+        return arguments
 
 
 async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
