@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 from celery import Celery
@@ -65,10 +65,23 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post(auth.REVOKE_PATH, auth.revoke)
     app.router.add_get("/healthz", healthz)
     app.router.add_get(METRICS_PATH, serve_metrics)
-    app.add_routes(image_routes.routes)
-    app.add_routes(job_routes.routes)
+    app.add_routes(by_path([*image_routes.routes, *job_routes.routes]))
     app.add_routes(docs_routes.routes)
     return app
+
+
+def by_path(routes: Iterable[web.AbstractRouteDef]) -> list[web.AbstractRouteDef]:
+    """``routes``, those of one path next to each other, in the order paths first appear.
+
+    aiohttp makes one resource of consecutive routes with the same path, and tries
+    resources in order: with the capture's route apart from the listing's, a
+    ``GET /images`` tried three resources before its own. Paths stay in the order
+    they were defined, so what matches what is unchanged."""
+    grouped: dict[str, list[web.AbstractRouteDef]] = {}
+    for route in routes:
+        path = route.path if isinstance(route, web.RouteDef) else repr(route)
+        grouped.setdefault(path, []).append(route)
+    return [route for same_path in grouped.values() for route in same_path]
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -162,6 +162,11 @@ class PublicCatalogue:
         ``own`` (the caller's own part, newest first, at least its first ``offset +
         limit``) with this catalogue: an own image's id, or a public entry's index."""
 
+        if not own:  # public entries only
+            return list(
+                range(min(offset, len(self.rendered)), min(offset + limit, len(self.rendered)))
+            )
+
         def place(index: int) -> int:  # of own[index] in the listing
             return index + self._newer_than(own[index]) if index < len(own) else -1
 
