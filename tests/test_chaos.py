@@ -32,13 +32,18 @@ needs_services = pytest.mark.skipif(
 )
 
 
+# Workers killed mid-capture: twenty on PostgreSQL + Redis, the production stack; five on
+# the embedded default, which the scenario's other runs cover (a minute of CI each).
+KILLS = 20 if TEST_DATABASE_URL and TEST_REDIS_URL else 5
+
+
 @scenario_timeout(400)
-def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
+def test_sigkill_the_worker_mid_capture_again_and_again(chaos: ChaosEnv) -> None:
     chaos.start("scheduler")
     chaos.start_api()
     chaos.sign_up()
     disk = make_raw_disk(chaos.tmp / "big.raw", size=1024 * MiB, data=256 * MiB)
-    instances = chaos.add_instances(disk, 20)
+    instances = chaos.add_instances(disk, KILLS)
     client = chaos.client()
     accepted = []
     for instance_id in instances:
@@ -51,7 +56,7 @@ def test_sigkill_the_worker_mid_capture_twenty_times(chaos: ChaosEnv) -> None:
     chaos.start_worker()
     outcome = chaos.settle("sigkill-worker", accepted)
     outcome.assert_clean()
-    assert outcome.succeeded == 20, "a killed run is retried, not failed"
+    assert outcome.succeeded == KILLS, "a killed run is retried, not failed"
     with chaos.database.reading() as session:
         attempts = session.scalars(select(Job.attempts).where(Job.job_id.in_(accepted)))
         assert min(attempts) >= 2, "every job's first run was killed while working"
