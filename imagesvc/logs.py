@@ -40,17 +40,7 @@ def event_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
 
 
-class LineFormatter(logging.Formatter):
-    """A formatter of ours: it also writes a line from its parts, with no LogRecord
-    (:func:`write_line`, the API's access log: a record and its handling cost more
-    than the rest of the line, once per request)."""
-
-    def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
-        """What :meth:`format` writes for a record of these, without an exception."""
-        raise NotImplementedError
-
-
-class TextFormatter(LineFormatter):
+class TextFormatter(logging.Formatter):
     """The classic line, with the event's fields appended as ``key=value``."""
 
     def __init__(self) -> None:
@@ -88,7 +78,7 @@ def _with_fields(line: str, fields: Fields) -> str:
     return line + " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
 
 
-class JsonFormatter(LineFormatter):
+class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC), level, logger, process, message, fields."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -115,10 +105,13 @@ def _entry(created: float, level: str, name: str, process: int | None) -> dict[s
     }
 
 
-class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The one handler :func:`configure_logging` installs: a stream, a LineFormatter."""
+# Both formatters also write a line from its parts (``line``), with no LogRecord, exactly
+# as their ``format`` writes such a record: :func:`write_line`, the API's access log, where
+# a record and its handling cost more than the rest of the line, once per request.
 
-    formatter: LineFormatter
+
+class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler :func:`configure_logging` installs: a stream, one of our formatters."""
 
 
 def write_line(logger: logging.Logger, level: int, message: str, fields: Fields) -> None:
@@ -137,7 +130,9 @@ def write_line(logger: logging.Logger, level: int, message: str, fields: Fields)
         logger.handle(record)
         return
     name = logging.getLevelName(level)
-    text = handler.formatter.line(time.time(), name, logger.name, message, fields)
+    formatter = handler.formatter
+    assert isinstance(formatter, TextFormatter | JsonFormatter)  # _sole_handler checked
+    text = formatter.line(time.time(), name, logger.name, message, fields)
     with handler.lock or contextlib.nullcontext():
         try:
             handler.stream.write(text + handler.terminator)
@@ -160,7 +155,7 @@ def _sole_handler(logger: logging.Logger, level: int) -> ServiceHandler | None:
     handler = current.handlers[0]
     if type(handler) is not ServiceHandler or handler.filters or handler.level > level:
         return None
-    return handler if isinstance(handler.formatter, LineFormatter) else None
+    return handler if isinstance(handler.formatter, TextFormatter | JsonFormatter) else None
 
 
 class RoutineFilter(logging.Filter):

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 from api.access_log import SafeAccessLogger
 from api.app import create_app
 from api.metrics import is_allowed
-from imagesvc.logs import JsonFormatter, LineFormatter, ServiceHandler, TextFormatter, write_line
+from imagesvc.logs import JsonFormatter, ServiceHandler, TextFormatter, write_line
 from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
 from models.migrate import upgrade
@@ -295,7 +295,7 @@ def test_text_lines_carry_the_same_fields_as_json_lines() -> None:
 
 @pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
 def test_a_line_written_without_a_record_is_the_records_line(
-    formatter: type[LineFormatter],
+    formatter: type[TextFormatter] | type[JsonFormatter],
 ) -> None:
     """write_line (the access log's path, when only the service's handler listens) writes
     what the record would have: the same line but for the time stamp."""
