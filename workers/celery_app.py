@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 
 from imagesvc.settings import Settings
-from workers import embedded_broker
+from workers import embedded_broker, redis_broker
 from workers.job_queue import SWEEP_IMAGES, SWEEP_JOBS, host_queue
 
 
@@ -18,6 +18,7 @@ def create_celery(settings: Settings) -> Celery:
     so the API and the scheduler send by name without importing the disk code.
     """
     embedded_broker.register()
+    redis_broker.register()  # survives a Redis restart (workers/redis_broker.py)
     app = Celery("imagesvc", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
