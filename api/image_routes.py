@@ -118,9 +118,8 @@ async def list_images(request: web.Request) -> web.Response:
     """Public images and the caller's own, filtered, newest first."""
     zone_of(request)
     params = await parse_params(request, ListImagesParams)
-    filters = images.ImageFilters(**params.model_dump())
     listed = await read_as_bearer(
-        request, images.list_images_as_bearer, filters, render=pages.image_json
+        request, images.list_images_as_bearer, params.filters, render=pages.image_json
     )
     return json_bytes(pages.listed_images_page(listed))
 

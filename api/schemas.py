@@ -6,6 +6,7 @@ so an OpenAPI document can be generated from them.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from pydantic import (
 from sqlalchemy import Row
 
 from api.limits import JsonRejected, decode_json
+from models.images import ImageFilters
 from models.states import (
     ImageStatus,
     JobAction,
@@ -190,6 +192,12 @@ class ListImagesParams(Params):
     """How many matching images to skip."""
     limit: Limit = 10
     """How many images to return at most; above 100 is served as 100."""
+
+    @functools.cached_property
+    def filters(self) -> ImageFilters:
+        """The listing's filters: built once per query string, whose parameters
+        api/params.py remembers."""
+        return ImageFilters(**self.model_dump())
 
 
 class ListJobsParams(Params):

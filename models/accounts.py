@@ -177,13 +177,16 @@ def authenticate(session: Session, token: str) -> str:
 def bearer_account(row: Any, digest: str) -> str:
     """The account of a row of ``BEARER`` read for ``digest`` (None: no such token),
     if the token is unexpired and its account enabled; AuthenticationFailed otherwise."""
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+    if row is None:
         raise AuthenticationFailed("invalid access token")
-    if row.expires_at <= utcnow():
+    bearer = row._mapping  # by name: an attribute is a Python call per field on asyncpg's rows
+    if not hmac.compare_digest(bearer["token_hash"], digest):
+        raise AuthenticationFailed("invalid access token")
+    if bearer["expires_at"] <= utcnow():
         raise AuthenticationFailed("access token expired")
-    if row.disabled_at is not None:
-        raise AuthenticationFailed(f"account {row.account_id} is disabled")
-    return str(row.account_id)
+    if bearer["disabled_at"] is not None:
+        raise AuthenticationFailed(f"account {bearer['account_id']} is disabled")
+    return str(bearer["account_id"])
 
 
 def _account(session: Session, account_id: str) -> Account:

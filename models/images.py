@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import (
@@ -41,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from models import ids
 from models.accounts import BEARER
-from models.catalogue import CataloguedListing, Render, entry_filter
+from models.catalogue import CataloguedListing, EntryFilter, Render, entry_filter
 from models.client_requests import remember, replay
 from models.errors import AccessDenied, InvalidParameter, ResourceNotFound, StateConflict
 from models.instances import InstanceInfo, require_host_name, require_stopped
@@ -366,6 +367,12 @@ class ImageFilters:
     offset: int = 0
     limit: int = 10
 
+    def __post_init__(self) -> None:
+        # Tuples, whatever the caller gave: filters are hashable, so the statements and
+        # values of a listing are built once per set of filters (_bearer_listing).
+        object.__setattr__(self, "images", tuple(self.images))
+        object.__setattr__(self, "status", tuple(self.status))
+
 
 def list_images(
     session: Session, caller: Caller, filters: ImageFilters | None = None
@@ -396,19 +403,58 @@ async def list_images_as_bearer(
     (catalogue.PublicCatalogues, :func:`catalogued_listing`).
     AuthenticationFailed if the token is unknown, expired or its account
     disabled (read now, never cached: a revocation takes effect at once)."""
-    postgresql = reads.dialect_name == "postgresql"
-    wanted, values = _listing_values(zone, filters)
-    page = _listing_statements(wanted, postgresql)[1]
-    keep = entry_filter(wanted, values, _HIDDEN) if postgresql else None
-    if keep is not None and render is not None:  # the catalogue answers these filters
+    listing = _bearer_listing(zone, filters, reads.dialect_name == "postgresql")
+    if listing.keep is not None and render is not None:  # the catalogue answers them
         return await listed_from_catalogue(
-            reads, digest, catalogued_listing(wanted), page, values, render, keep
+            reads,
+            digest,
+            catalogued_listing(listing.wanted),
+            listing.page,
+            listing.values,
+            render,
+            listing.keep,
         )
-    searching = "pattern" in wanted  # its plan depends on the word (Reads.run)
+    return await listed_as_bearer(
+        reads, digest, listing.first, listing.page, listing.values, custom_plans=listing.searching
+    )
+
+
+# Sets of filters (per zone) whose statements and values are kept: listings are
+# polled with the same few query strings.
+MAX_BEARER_LISTINGS = 1024
+
+
+@dataclass(frozen=True)
+class BearerListing:
+    """What :func:`list_images_as_bearer` runs for one set of filters in one zone:
+    the filters by name and their values (read-only: every request shares them),
+    the page, what a catalogue keeps for them (catalogue.entry_filter; None on
+    SQLite, or when a catalogue cannot answer them), and the first statement when
+    it does not."""
+
+    wanted: frozenset[str]
+    values: Mapping[str, Any]
+    page: Select[Any]
+    keep: EntryFilter | None
+    first: Executable | RememberedPublicTotal
+    searching: bool  # its plan depends on the word (Reads.run)
+
+
+@functools.lru_cache(maxsize=MAX_BEARER_LISTINGS)
+def _bearer_listing(zone: str, filters: ImageFilters, postgresql: bool) -> BearerListing:
+    wanted, values = _listing_values(zone, filters)
+    searching = "pattern" in wanted
     first: Executable | RememberedPublicTotal = _bearer_total(wanted, postgresql)
     if searching and postgresql:
         first = _remembered_search(wanted, values)
-    return await listed_as_bearer(reads, digest, first, page, values, custom_plans=searching)
+    return BearerListing(
+        wanted=wanted,
+        values=MappingProxyType(values),
+        page=_listing_statements(wanted, postgresql)[1],
+        keep=entry_filter(wanted, values, _HIDDEN) if postgresql else None,
+        first=first,
+        searching=searching,
+    )
 
 
 # Searches whose page needs at most this many public keys remember them too.

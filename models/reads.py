@@ -272,8 +272,9 @@ class AsyncpgReads(Reads):
     ) -> R:
         """``read`` on one pooled connection; once more on a new one if the first was lost."""
         pool = self._pools[custom_plans]
-        try:
-            return await self._run(pool, read)
+        try:  # as _run, inline: one coroutine less on every read
+            async with pool.acquire() as connection:
+                return await read(_AsyncpgConnection(connection, self._compiler))
         except _CONNECTION_LOST as lost:
             log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
             for each in self._pools.values():
@@ -298,6 +299,10 @@ class _AsyncpgConnection(ReadConnection):
         sql, args = self.compiler.bind(statement, values)
         rows: Sequence[Any] = await self.connection.fetch(sql, *args)
         return rows
+
+    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+        sql, args = self.compiler.bind(statement, values)
+        return await self.connection.fetchrow(sql, *args)
 
 
 class AsyncpgCompiler:
@@ -431,7 +436,7 @@ async def listed_as_bearer(
                 listed_page, page_values["public_head"] = first.page, part.head or []
         else:
             row = await connection.fetch_one(first, bound)
-            account_id, total = bearer_account(row, digest), int(row.total)
+            account_id, total = bearer_account(row, digest), int(row._mapping["total"])
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
         rows = await connection.fetch(listed_page, {**page_values, "owner": account_id})
@@ -465,12 +470,13 @@ async def listed_from_catalogue(
     async def read(connection: ReadConnection) -> Listed:
         row = await connection.fetch_one(first, bound)
         account_id = bearer_account(row, digest)
-        own, public = int(row.own), int(row.public)
+        counted = row._mapping  # by name: an attribute is a Python call per field
+        own, public = int(counted["own"]), int(counted["public"])
         total = own + public
         if values["offset"] >= total or not values["limit"]:
             return Listed(account_id, [], total)  # past the exact total: nothing to read
-        owned = {**values, "owner": account_id, "generation": int(row.generation)}
-        catalogued = int(row.catalogued) if keep else public
+        owned = {**values, "owner": account_id, "generation": int(counted["generation"])}
+        catalogued = int(counted["catalogued"]) if keep else public
         catalogue = await catalogues.at_generation(
             connection, statements.catalogue, owned, catalogued, render
         )
