@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from api import auth, docs_routes, image_routes, job_routes
 from api.caller import IDLE_PING_S
-from api.errors import error_middleware
 from api.headers import on_response_prepare
 from api.job_sending import drain_sends
 from api.keys import (
@@ -25,10 +24,10 @@ from api.keys import (
     SETTINGS,
     WRITES,
 )
-from api.limits import MAX_BODY_BYTES, limits_middleware
+from api.limits import MAX_BODY_BYTES
 from api.metrics import METRICS_PATH, REQUEST_METRICS, RequestMetrics, serve_metrics
+from api.middleware import service_middleware
 from api.openapi import documented
-from api.request_ids import request_middleware
 from api.responses import json
 from api.schemas import HealthOut
 from api.throttle import FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter
@@ -47,11 +46,8 @@ LINGER_S = 2.0
 
 def create_app(settings: Settings) -> web.Application:
     """The API, with its database and broker opened on startup and closed on cleanup."""
-    # Outermost first: the request's id and metrics see the status the error middleware
-    # gave; the limits and the token are refused through it.
-    middlewares = [request_middleware, error_middleware, limits_middleware, auth.auth_middleware]
     app = web.Application(
-        middlewares=middlewares,
+        middlewares=[service_middleware],
         client_max_size=MAX_BODY_BYTES,
         handler_args=_connection_limits(settings),
     )

@@ -8,7 +8,6 @@ browser histories. Secrets are checked by :class:`api.throttle.LoginGuard`.
 from __future__ import annotations
 
 import binascii
-import functools
 import re
 from base64 import b64decode
 from collections.abc import Awaitable
@@ -143,11 +142,13 @@ def _authorization(request: web.Request) -> str:
     return values[0] if values else ""
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def authenticate_request(request: web.Request) -> None:
+    """The bearer check of every request but a public route's (api/middleware.py): the
+    account is the token's (ACCOUNT_ID), or, for a handler that checks the token in its
+    own first statement (:func:`checks_own_token`), the token is kept for it (BEARER_TOKEN)."""
     authorization = _authorization(request)
     if _needs_no_token(request):
-        return await handler(request)
+        return
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -158,7 +159,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[BEARER_TOKEN] = token
     else:
         request[ACCOUNT_ID] = await in_reading(request, authenticate, token)
-    return await handler(request)
 
 
 _CHECKING_OWN_TOKEN: set[Handler] = set()
@@ -171,23 +171,20 @@ def checks_own_token(handler: Handler) -> Handler:
 
     The token is still read on every request, never cached. A request refused
     before that statement (a bad parameter, an unknown zone) has its token
-    checked the middleware's way first, so a bad token is still a 401 before
-    anything else, as on every other route.
+    checked the middleware's way first (:func:`check_unchecked_token`), so a bad
+    token is still a 401 before anything else, as on every other route.
     """
+    _CHECKING_OWN_TOKEN.add(handler)
+    return handler
 
-    @functools.wraps(handler)
-    async def checking(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except (AuthenticationFailed, ServiceUnavailable):
-            raise
-        except Exception:
-            if ACCOUNT_ID not in request:
-                request[ACCOUNT_ID] = await in_reading(request, authenticate, request[BEARER_TOKEN])
-            raise
 
-    _CHECKING_OWN_TOKEN.add(checking)
-    return checking
+async def check_unchecked_token(request: web.Request, refusal: Exception) -> None:
+    """After ``refusal`` from a handler marked :func:`checks_own_token` that had not
+    checked its token yet: check it now (AuthenticationFailed if it is bad)."""
+    if isinstance(refusal, AuthenticationFailed | ServiceUnavailable):
+        return  # the check itself refused, or could not be made
+    if BEARER_TOKEN in request and ACCOUNT_ID not in request:
+        request[ACCOUNT_ID] = await in_reading(request, authenticate, request[BEARER_TOKEN])
 
 
 def _needs_no_token(request: web.Request) -> bool:

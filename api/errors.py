@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api.access_log import logged_path, printable
@@ -46,23 +45,22 @@ def service_error_response(error: ServiceError) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ServiceError as error:
-        return service_error_response(error)
-    except web.HTTPException as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a request that raised ``exc`` (api/middleware.py): a service
+    error's own, an HTTP error's, a 503 for a lost database, else a 500 (logged,
+    with its traceback: called from the ``except`` that caught it)."""
+    if isinstance(exc, ServiceError):
+        return service_error_response(exc)
+    if isinstance(exc, web.HTTPException):
         return _http_error(request, exc)
-    except (OperationalError, DBAPIError) as exc:
+    if isinstance(exc, OperationalError | DBAPIError):
         if exc.connection_invalidated or isinstance(exc, OperationalError):
             log.warning("database unavailable: %s", printable(str(exc.orig), 500))
             return service_error_response(ServiceUnavailable("the database is unavailable"))
         log.exception("database error on %s %s", request.method, logged_path(request))
         return error_response(500, 5000, "internal error")
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, logged_path(request))
-        return error_response(500, 5000, "internal error")
+    log.exception("unhandled error on %s %s", request.method, logged_path(request))
+    return error_response(500, 5000, "internal error")
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

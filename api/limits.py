@@ -15,7 +15,6 @@ import zlib
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from api.keys import SETTINGS
 from models.errors import InvalidParameter, ServiceError
@@ -54,14 +53,13 @@ class JsonRejected(ValueError):
     """A JSON text the service will not parse; the message says why."""
 
 
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse what is too big or undecodable from its headers alone, before anything else."""
+def refuse_from_headers(request: web.Request) -> None:
+    """Refuse what is too big or undecodable from its headers alone, before anything
+    else (api/middleware.py)."""
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
         raise PayloadTooLarge(_too_large())
     _content_coding(request)
-    return await handler(request)
 
 
 async def read_body(request: web.Request) -> bytes:

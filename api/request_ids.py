@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 import random
 import re
-import time
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from api.keys import REQUEST_ID
-from api.metrics import REQUEST_METRICS
 
 HEADER = "X-Request-Id"
 
@@ -43,22 +40,8 @@ def request_id_of_caller(request: web.Request) -> str | None:
     return caller_id if caller_id is not None and _VALID_ID.fullmatch(caller_id) else None
 
 
-@web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost layer, for every request: its id (kept or made, set on the
-    answer) and its metrics (api/metrics.py), counted with the status it got."""
-    started = time.perf_counter()
+def assign_request_id(request: web.Request) -> str:
+    """The request's id, kept or made (api/middleware.py sets it on the answer)."""
     request_id = request_id_of_caller(request) or new_request_id()
     request[REQUEST_ID] = request_id
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-    except web.HTTPException as exc:
-        status = exc.status
-        exc.headers[HEADER] = request_id
-        raise
-    finally:
-        request.app[REQUEST_METRICS].record(request, status, time.perf_counter() - started)
-    response.headers[HEADER] = request_id
-    return response
+    return request_id
