@@ -45,6 +45,10 @@ R = TypeVar("R")
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 10
 CUSTOM_PLANS_POOL_SIZE = 4
+# A connection stays in its pool once opened (0: no idle timeout). asyncpg would otherwise
+# arm a timer on every release and cancel it on every acquire: per request, for a pool
+# whose size the operator budgets for in full anyway (docs/operations.md).
+IDLE_CONNECTIONS_KEPT = 0
 # How the read path's sessions show in pg_stat_activity.
 APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
@@ -261,6 +265,7 @@ class AsyncpgReads(Reads):
                 init=_decode_json,
                 record_class=Record,
                 reset=_nothing_to_reset,
+                max_inactive_connection_lifetime=IDLE_CONNECTIONS_KEPT,
             )
 
     async def close(self) -> None:

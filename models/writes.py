@@ -34,6 +34,7 @@ from models.db import Database
 from models.errors import ServiceUnavailable
 from models.reads import (
     CONNECT_TIMEOUT_S,
+    IDLE_CONNECTIONS_KEPT,
     MAX_COMPILED,
     AsyncpgCompiler,
     Record,
@@ -112,6 +113,7 @@ class AsyncpgWrites(Writes):
             # A unit's transaction always ends (commit or rollback) before its connection
             # goes back; asyncpg's reset would be a round trip per unit that resets nothing.
             reset=nothing_to_reset,
+            max_inactive_connection_lifetime=IDLE_CONNECTIONS_KEPT,
         )
 
     async def close(self) -> None:
