@@ -5,8 +5,7 @@ can refuse (api/limits.py), its bearer token (api/auth.py), the handler; any
 failure becomes ``{"ret_code", "message"}`` (api/errors.py, and only there);
 the answer carries the id, and the metrics (api/metrics.py) count it with the
 status it got. One coroutine rather than one per concern: aiohttp resumes every
-layer each time the handler wakes, which for a listing the catalogue answers was
-a tenth of the request (docs/listing-profile.md, round 6).
+layer each time the handler wakes (docs/listing-profile.md, round 6).
 """
 
 from __future__ import annotations
