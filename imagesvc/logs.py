@@ -108,6 +108,7 @@ def _entry(created: float, level: str, name: str, process: int | None) -> dict[s
 # Both formatters also write a line from its parts (``line``), with no LogRecord, exactly
 # as their ``format`` writes such a record: :func:`write_line`, the API's access log, where
 # a record and its handling cost more than the rest of the line, once per request.
+LineFormatter = TextFormatter | JsonFormatter
 
 
 class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -124,15 +125,13 @@ def write_line(logger: logging.Logger, level: int, message: str, fields: Fields)
     embedding application added) the record goes the usual way."""
     if not logger.isEnabledFor(level):
         return
-    handler = _sole_handler(logger, level)
-    if handler is None:
+    sole = _sole_handler(logger, level)
+    if sole is None:
         record = logger.makeRecord(logger.name, level, "(line)", 0, message, (), None, extra=fields)
         logger.handle(record)
         return
-    name = logging.getLevelName(level)
-    formatter = handler.formatter
-    assert isinstance(formatter, TextFormatter | JsonFormatter)  # _sole_handler checked
-    text = formatter.line(time.time(), name, logger.name, message, fields)
+    handler, formatter = sole
+    text = formatter.line(time.time(), logging.getLevelName(level), logger.name, message, fields)
     with handler.lock or contextlib.nullcontext():
         try:
             handler.stream.write(text + handler.terminator)
@@ -141,8 +140,11 @@ def write_line(logger: logging.Logger, level: int, message: str, fields: Fields)
             handler.handleError(logging.makeLogRecord({"msg": message, "levelno": level}))
 
 
-def _sole_handler(logger: logging.Logger, level: int) -> ServiceHandler | None:
-    """The root's ServiceHandler, if it alone would handle ``logger``'s records at ``level``."""
+def _sole_handler(
+    logger: logging.Logger, level: int
+) -> tuple[ServiceHandler, LineFormatter] | None:
+    """The root's ServiceHandler and its formatter, if it alone would handle ``logger``'s
+    records at ``level`` and the formatter is one of ours."""
     if logger.disabled:
         return None
     current: logging.Logger | None = logger
@@ -155,7 +157,8 @@ def _sole_handler(logger: logging.Logger, level: int) -> ServiceHandler | None:
     handler = current.handlers[0]
     if type(handler) is not ServiceHandler or handler.filters or handler.level > level:
         return None
-    return handler if isinstance(handler.formatter, TextFormatter | JsonFormatter) else None
+    formatter = handler.formatter
+    return (handler, formatter) if isinstance(formatter, LineFormatter) else None
 
 
 class RoutineFilter(logging.Filter):

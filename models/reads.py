@@ -277,9 +277,8 @@ class AsyncpgReads(Reads):
     ) -> R:
         """``read`` on one pooled connection; once more on a new one if the first was lost."""
         pool = self._pools[custom_plans]
-        try:  # as _run, inline: one coroutine less on every read
-            async with pool.acquire() as connection:
-                return await read(_AsyncpgConnection(connection, self._compiler))
+        try:
+            return await self._run(pool, read)
         except _CONNECTION_LOST as lost:
             log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
             for each in self._pools.values():

@@ -141,7 +141,8 @@ def test_a_consumer_whose_redis_went_away_cleans_up_as_celery_does(tmp_path: Pat
         ignore_errors(connection, connection.close)
     finally:
         service("start", "redis")
-    Connection(TEST_REDIS_URL).default_channel.client.delete(queue_name)
+    with Connection(TEST_REDIS_URL) as cleanup:
+        cleanup.default_channel.client.delete(queue_name)
 
 
 def _wait_idle(connection: Any) -> None:
