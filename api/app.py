@@ -25,7 +25,13 @@ from api.keys import (
     WRITES,
 )
 from api.limits import MAX_BODY_BYTES
-from api.metrics import METRICS_PATH, REQUEST_METRICS, RequestMetrics, serve_metrics
+from api.metrics import (
+    METRICS_PATH,
+    REQUEST_METRICS,
+    RequestMetrics,
+    flush_request_metrics,
+    serve_metrics,
+)
 from api.middleware import service_middleware
 from api.openapi import documented
 from api.responses import json
@@ -56,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_login_guard)
     app.cleanup_ctx.append(drain_sends)
+    app.cleanup_ctx.append(flush_request_metrics)
     app.on_response_prepare.append(on_response_prepare)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_post(auth.REVOKE_PATH, auth.revoke)

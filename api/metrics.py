@@ -10,9 +10,12 @@ right however many processes there are. Only addresses in
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import ipaddress
+import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -29,22 +32,54 @@ from imagesvc.settings import Network, Settings
 from models.db import Database
 from models.jobs import queue_state
 
+log = logging.getLogger(__name__)
+
 METRICS_PATH = "/metrics"
 HTTP = "imagesvc_http_"  # the prefix of the API processes' own metrics
 # Methods a client may use; any other is counted as "other", so labels stay few.
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"})
 
 
+# The latency histogram's upper bounds, +Inf last: prometheus-client's default buckets.
+BUCKET_BOUNDS = tuple(float(bound) for bound in Histogram.DEFAULT_BUCKETS)
+# How often an API process adds the requests it answered to its counters: a scrape of
+# another process's /metrics sees them at most this late; its own /metrics, at once.
+FLUSH_EVERY_S = 1.0
+
+
+@dataclass
+class Tally:
+    """Requests of one (method, route, status) answered since the last flush."""
+
+    count: int
+    seconds: float
+    buckets: list[int]  # requests per histogram bucket, by the index of its upper bound
+
+    @classmethod
+    def empty(cls) -> Tally:
+        return cls(0, 0.0, [0] * len(BUCKET_BOUNDS))
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+        # The bucket Histogram.observe counts it in: the first bound it does not exceed.
+        self.buckets[bisect.bisect_left(BUCKET_BOUNDS, seconds)] += 1
+
+
 @dataclass(frozen=True)
 class RequestMetrics:
-    """This API process's request counters, and the registry that holds them in memory."""
+    """This API process's request counters, and the registry that holds them in memory.
+
+    A request is tallied in a plain dict, and the tallies are added to the counters
+    once a second (``flush``): in the multiprocess mode, every increment of a
+    counter, of a histogram's sum and of its bucket takes a lock and writes a file's
+    page, three per request, which cost more than the rest of the bookkeeping.
+    """
 
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
-    # Each (method, route, status)'s two children: prometheus_client's labels() locks
-    # and looks them up on every call, which a request need not pay twice.
-    _children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = field(default_factory=dict)
+    _pending: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> RequestMetrics:
@@ -58,6 +93,7 @@ class RequestMetrics:
             "Seconds to answer an HTTP request",
             labels,
             registry=registry,
+            buckets=BUCKET_BOUNDS,
         )
         return cls(registry, requests, latency)
 
@@ -65,12 +101,49 @@ class RequestMetrics:
         """Count one answered request and the seconds it took, by method, route and status."""
         method = request.method if request.method in KNOWN_METHODS else "other"
         labels = (method, route_of(request), str(status))
-        children = self._children.get(labels)
-        if children is None:
-            children = self.requests.labels(*labels), self.latency.labels(*labels)
-            self._children[labels] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        tally = self._pending.get(labels)
+        if tally is None:
+            tally = self._pending[labels] = Tally.empty()
+        tally.add(seconds)
+
+    def flush(self) -> None:
+        """Add the requests tallied since the last flush to the counters."""
+        pending = dict(self._pending)
+        self._pending.clear()
+        for labels, tally in pending.items():
+            self.requests.labels(*labels).inc(tally.count)
+            observe_many(self.latency.labels(*labels), tally)
+
+
+def observe_many(histogram: Histogram, tally: Tally) -> None:
+    """What ``histogram.observe`` would have counted for each of the tallied requests.
+
+    prometheus-client has no call for a batch: its histogram keeps a value for its sum
+    and one per bucket (``_sum``, ``_buckets``, as ``observe`` uses them)."""
+    histogram._sum.inc(tally.seconds)
+    for bucket, count in zip(histogram._buckets, tally.buckets, strict=True):
+        if count:
+            bucket.inc(count)
+
+
+async def flush_request_metrics(app: web.Application) -> AsyncIterator[None]:
+    """Flush the app's request metrics every ``FLUSH_EVERY_S``, and once more at the end."""
+    metrics = app[REQUEST_METRICS]
+
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            try:
+                metrics.flush()
+            except Exception:  # the metrics directory's disk, say: count on, say so
+                log.exception("could not add this process's requests to its metrics")
+
+    flushing = asyncio.create_task(flush_forever())
+    yield
+    flushing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flushing
+    metrics.flush()
 
 
 REQUEST_METRICS = web.AppKey("request_metrics", RequestMetrics)
@@ -99,6 +172,7 @@ async def serve_metrics(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not is_allowed(request.remote, settings.metrics_networks):
         raise web.HTTPNotFound
+    request.app[REQUEST_METRICS].flush()  # this process's own requests, up to this one
     registry = await asyncio.to_thread(
         gather_metrics, settings, request.app[DATABASE], request.app[REQUEST_METRICS]
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from api.access_log import SafeAccessLogger
 from api.app import create_app
-from api.metrics import is_allowed
+from api.metrics import BUCKET_BOUNDS, Tally, is_allowed, observe_many
 from imagesvc.logs import JsonFormatter, ServiceHandler, TextFormatter, write_line
 from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
@@ -248,6 +249,30 @@ def test_jobs_of_the_earlier_release_keep_working_after_the_request_id_migration
             job = session.get(Job, "j-old")
             assert job is not None and job.status == "successful" and job.request_id is None
         engine.dispose()
+
+
+def test_requests_tallied_then_flushed_count_as_if_each_was_observed() -> None:
+    # On and around the bounds, past the last finite one, and twice the same.
+    durations = [0.0, 0.005, 0.0050001, 0.3, 0.3, 9.99, 10.0, 10.5, 1234.0]
+    registries = CollectorRegistry(), CollectorRegistry()
+    one_by_one, batched = (
+        Histogram("latency", "seconds", registry=registry, buckets=BUCKET_BOUNDS)
+        for registry in registries
+    )
+    tally = Tally.empty()
+    for seconds in durations:
+        one_by_one.observe(seconds)
+        tally.add(seconds)
+    observe_many(batched, tally)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        every = [(s.name, s.labels, s.value) for f in registry.collect() for s in f.samples]
+        return [sample for sample in every if not sample[0].endswith("_created")]
+
+    assert tally.count == len(durations)
+    expected = samples(registries[0])
+    assert ("latency_bucket", {"le": "0.005"}, 2.0) in expected, expected
+    assert samples(registries[1]) == expected
 
 
 @pytest.mark.parametrize(
