@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -31,6 +32,12 @@ ROUTINE_MESSAGES = ("Scheduler: Sending due task",)
 
 # An event's fields, passed as ``extra``.
 Fields = dict[str, Any]
+# This process's id, as LogRecord's ``process``: os.getpid is a system call, and the API
+# writes a line per request. Read again in a forked child (a prefork worker).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+# A field's text is quoted when it holds one of these (or is empty).
+_NEEDS_QUOTES = re.compile(r'[ "=]')
 # Attributes every LogRecord has; anything else on a record came as ``extra``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -68,7 +75,7 @@ class TextFormatter(logging.Formatter):
         return _with_fields(line, event_fields(record))
 
     def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
-        line = f"{self._time(created)} {os.getpid()} {name} {level} {message}"
+        line = f"{self._time(created)} {_PID[0]} {name} {level} {message}"
         return _with_fields(line, fields)
 
 
@@ -90,7 +97,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
     def line(self, created: float, level: str, name: str, message: str, fields: Fields) -> str:
-        entry = _entry(created, level, name, os.getpid())
+        entry = _entry(created, level, name, _PID[0])
         entry["message"] = message
         entry.update(fields)
         return json.dumps(entry, default=str)
@@ -175,7 +182,7 @@ def _text(value: object) -> str:
         return f"{value:.3f}"
     text = str(value)
     # A value with spaces or quotes is quoted, so the line still splits into fields.
-    return json.dumps(text) if not text or any(c in text for c in ' "=') else text
+    return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
 
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:

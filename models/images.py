@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -388,9 +388,9 @@ def list_images(
     return list(session.execute(listing.page, listing.values)), total
 
 
-async def list_images_as_bearer(
+def list_images_as_bearer(
     reads: Reads, digest: str, zone: str, filters: ImageFilters, render: Render | None = None
-) -> Listed:
+) -> Awaitable[Listed]:
     """:func:`list_images` for the account of the bearer token whose digest is
     ``digest``, in two statements: the token's check and the total, then the
     page (a search on PostgreSQL: a third, once per generation of the zone's
@@ -405,7 +405,7 @@ async def list_images_as_bearer(
     disabled (read now, never cached: a revocation takes effect at once)."""
     listing = _bearer_listing(zone, filters, reads.dialect_name == "postgresql")
     if listing.keep is not None and render is not None:  # the catalogue answers them
-        return await listed_from_catalogue(
+        return listed_from_catalogue(
             reads,
             digest,
             catalogued_listing(listing.wanted),
@@ -414,7 +414,7 @@ async def list_images_as_bearer(
             render,
             listing.keep,
         )
-    return await listed_as_bearer(
+    return listed_as_bearer(
         reads, digest, listing.first, listing.page, listing.values, custom_plans=listing.searching
     )
 

@@ -150,13 +150,17 @@ class ReadConnection(ABC):
     rows read as ``row.column`` (and ``row._mapping``, as SQLAlchemy's rows do)."""
 
     @abstractmethod
-    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+    def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Awaitable[Sequence[Any]]:
         """Every row of ``statement``."""
 
-    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+    def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Awaitable[Any]:
         """The first row of ``statement``, or None."""
-        rows = await self.fetch(statement, values)
-        return rows[0] if rows else None
+        return _first(self.fetch(statement, values))
+
+
+async def _first(rows: Awaitable[Sequence[Any]]) -> Any:
+    read = await rows
+    return read[0] if read else None
 
 
 class Reads(ABC):
@@ -215,8 +219,8 @@ class _ThreadConnection(ReadConnection):
     def __init__(self, database: Database) -> None:
         self.database = database
 
-    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
-        return await asyncio.to_thread(self._fetch, statement, values)
+    def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Awaitable[Sequence[Any]]:
+        return asyncio.to_thread(self._fetch, statement, values)
 
     def _fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
         with self.database.reading() as session:
@@ -299,14 +303,17 @@ class _AsyncpgConnection(ReadConnection):
         self.connection = connection
         self.compiler = compiler
 
-    async def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Sequence[Any]:
+    # Plain functions that return asyncpg's awaitable: a coroutine of ours around it
+    # would be one more frame to resume when the rows arrive.
+    def fetch(self, statement: Executable, values: Mapping[str, Any]) -> Awaitable[Sequence[Any]]:
         sql, args = self.compiler.bind(statement, values)
-        rows: Sequence[Any] = await self.connection.fetch(sql, *args)
+        rows: Awaitable[Sequence[Any]] = self.connection.fetch(sql, *args)
         return rows
 
-    async def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Any:
+    def fetch_one(self, statement: Executable, values: Mapping[str, Any]) -> Awaitable[Any]:
         sql, args = self.compiler.bind(statement, values)
-        return await self.connection.fetchrow(sql, *args)
+        row: Awaitable[Any] = self.connection.fetchrow(sql, *args)
+        return row
 
 
 class AsyncpgCompiler:
@@ -449,7 +456,7 @@ async def listed_as_bearer(
     return await reads.run(read, custom_plans=custom_plans)
 
 
-async def listed_from_catalogue(
+def listed_from_catalogue(
     reads: Reads,
     digest: str,
     statements: CataloguedListing,
@@ -457,7 +464,7 @@ async def listed_from_catalogue(
     values: Mapping[str, Any],
     render: Render,
     keep: EntryFilter = (),
-) -> Listed:
+) -> Awaitable[Listed]:
     """A listing for the account of the bearer token whose digest is ``digest``
     (as :func:`listed_as_bearer`), its public entries from the zone's catalogue
     at the generation ``statements.first`` reads, rendered with ``render``, or
@@ -492,7 +499,7 @@ async def listed_from_catalogue(
         entries = await _page_on(connection, statements, catalogue, owned, own, own_keys, render)
         return Listed(account_id, [], total, entries)
 
-    return await reads.run(read)
+    return reads.run(read)
 
 
 async def _page_on(
