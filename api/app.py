@@ -11,7 +11,6 @@ from celery import Celery
 from sqlalchemy import text
 
 from api import auth, docs_routes, image_routes, job_routes
-from api.caller import IDLE_PING_S
 from api.headers import on_response_prepare
 from api.job_sending import drain_sends
 from api.keys import (
@@ -39,7 +38,7 @@ from api.schemas import HealthOut
 from api.throttle import FailureCounter, LoginGuard, MemoryFailureCounter, RedisFailureCounter
 from imagesvc.bootstrap import bootstrap
 from imagesvc.settings import Settings
-from models.db import Database
+from models.db import IDLE_PING_S, Database
 
 log = logging.getLogger(__name__)
 

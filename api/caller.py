@@ -24,11 +24,6 @@ from models.statements import Statements
 # The bearer token's row (accounts.BEARER), built once: a write's first statement.
 _BEARER_ROW = select(BEARER)
 
-# The API checks a pooled database connection before use only once it has been idle
-# this long (imagesvc.bootstrap.ping_only_idle): under load, never. Its units of work
-# run once more when a lost connection interrupts them before their commit.
-IDLE_PING_S = 1.0
-
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -21,6 +21,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 _WRITE_OPTION = "imagesvc_write"
 SQLITE_BUSY_TIMEOUT_S = 30
+# The API and the workers check a pooled connection before use (``SELECT 1``) only once
+# it has been idle this long (imagesvc.bootstrap.ping_only_idle, and a worker's held
+# connection): under load, never. What a lost connection interrupts before its commit
+# runs once more instead.
+IDLE_PING_S = 1.0
 
 R = TypeVar("R")
 

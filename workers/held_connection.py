@@ -18,10 +18,6 @@ from sqlalchemy import Connection, Engine
 
 R = TypeVar("R")
 
-# A worker checks a database connection before use only once it has been idle this
-# long: a job's transaction is tried again when a lost connection interrupts it.
-IDLE_PING_S = 1.0
-
 
 class HeldConnection:
     """One autocommit connection of ``engine``, kept between uses of a single thread."""

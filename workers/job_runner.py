@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from imagesvc.bootstrap import Services
+from models.db import IDLE_PING_S
 from models.images import size_in_gb
 from models.job_failures import FailedRun, fail_and_give_back
 from models.jobs import (
@@ -53,7 +54,7 @@ from workers.disk import (
     store_disk,
 )
 from workers.heartbeat import Heartbeat, Superseded
-from workers.held_connection import IDLE_PING_S, HeldConnection
+from workers.held_connection import HeldConnection
 from workers.image_store import ImageStore, StoreError
 
 log = logging.getLogger(__name__)

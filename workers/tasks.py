@@ -8,8 +8,8 @@ from celery import Celery
 
 from imagesvc.bootstrap import Services, bootstrap
 from imagesvc.settings import Settings
+from models.db import IDLE_PING_S
 from workers.context import PerProcess
-from workers.held_connection import IDLE_PING_S
 from workers.image_sweep import sweep_images
 from workers.job_queue import RUN_JOB, SWEEP_IMAGES, SWEEP_JOBS
 from workers.job_runner import execute_job
