@@ -62,13 +62,13 @@ class TextFormatter(logging.Formatter):
         return self._time(record.created)
 
     def _time(self, created: float) -> str:
-        second, text = self._stamp
-        if second != int(created):
-            second = int(created)
+        second = int(created)
+        stamped, text = self._stamp
+        if second != stamped:
             text = time.strftime(self.default_time_format, self.converter(second))
             self._stamp = (second, text)
         # logging's default_msec_format, of LogRecord's msecs
-        return f"{text},{int((created - int(created)) * 1000):03d}"
+        return f"{text},{int((created - second) * 1000):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
@@ -80,9 +80,9 @@ class TextFormatter(logging.Formatter):
 
 
 def _with_fields(line: str, fields: Fields) -> str:
-    if not fields:
-        return line
-    return line + " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+    for key, value in fields.items():
+        line = f"{line} {key}={_text(value)}"
+    return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -176,6 +176,8 @@ class RoutineFilter(logging.Filter):
 
 
 def _text(value: object) -> str:
+    if type(value) is str:  # most fields: an id, a status
+        return value if value and not _NEEDS_QUOTES.search(value) else json.dumps(value)
     if isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)
     if isinstance(value, float):
