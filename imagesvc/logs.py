@@ -176,13 +176,14 @@ class RoutineFilter(logging.Filter):
 
 
 def _text(value: object) -> str:
-    if type(value) is str:  # most fields: an id, a status
-        return value if value and not _NEEDS_QUOTES.search(value) else json.dumps(value)
-    if isinstance(value, list | tuple):
+    if type(value) is str:  # most fields (an id, a status): no str() call
+        text = value
+    elif isinstance(value, list | tuple):
         return ",".join(str(item) for item in value)
-    if isinstance(value, float):
+    elif isinstance(value, float):
         return f"{value:.3f}"
-    text = str(value)
+    else:
+        text = str(value)
     # A value with spaces or quotes is quoted, so the line still splits into fields.
     return json.dumps(text) if not text or _NEEDS_QUOTES.search(text) else text
 
