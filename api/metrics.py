@@ -51,16 +51,18 @@ FLUSH_EVERY_S = 1.0
 class Tally:
     """Requests of one (method, route, status) answered since the last flush."""
 
-    count: int
     seconds: float
     buckets: list[int]  # requests per histogram bucket, by the index of its upper bound
 
     @classmethod
     def empty(cls) -> Tally:
-        return cls(0, 0.0, [0] * len(BUCKET_BOUNDS))
+        return cls(0.0, [0] * len(BUCKET_BOUNDS))
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
 
     def add(self, seconds: float) -> None:
-        self.count += 1
         self.seconds += seconds
         # The bucket Histogram.observe counts it in: the first bound it does not exceed.
         self.buckets[bisect.bisect_left(BUCKET_BOUNDS, seconds)] += 1
@@ -108,9 +110,8 @@ class RequestMetrics:
 
     def flush(self) -> None:
         """Add the requests tallied since the last flush to the counters."""
-        pending = dict(self._pending)
-        self._pending.clear()
-        for labels, tally in pending.items():
+        while self._pending:  # one by one: a failure loses that tally only, counts none twice
+            labels, tally = self._pending.popitem()
             self.requests.labels(*labels).inc(tally.count)
             observe_many(self.latency.labels(*labels), tally)
 

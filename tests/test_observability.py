@@ -23,7 +23,14 @@ from sqlalchemy.pool import NullPool
 
 from api.access_log import SafeAccessLogger
 from api.app import create_app
-from api.metrics import BUCKET_BOUNDS, Tally, is_allowed, observe_many
+from api.metrics import (
+    BUCKET_BOUNDS,
+    FLUSH_EVERY_S,
+    REQUEST_METRICS,
+    Tally,
+    is_allowed,
+    observe_many,
+)
 from imagesvc.logs import JsonFormatter, ServiceHandler, TextFormatter, write_line
 from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
@@ -167,6 +174,32 @@ async def test_metrics_are_refused_to_addresses_outside_the_allow_list(
     assert response.status == 404
     assert (await response.json())["ret_code"] == 2100
     assert "imagesvc_" not in await response.text()
+
+
+async def test_an_api_process_adds_its_requests_to_its_counters_without_a_scrape(
+    aiohttp_client: AiohttpClient, service_settings: Settings
+) -> None:
+    # Other API processes' scrapes read this one's counters from its files, so the
+    # requests it tallied must reach them on its own, not only when it serves /metrics.
+    app = create_app(service_settings)
+    client = await aiohttp_client(app)
+    for _ in range(3):
+        assert (await client.get("/healthz")).status == 200
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+
+    def counted() -> float | None:
+        registry = app[REQUEST_METRICS].registry
+        return registry.get_sample_value("imagesvc_http_requests_total", labels)
+
+    for _ in range(int(FLUSH_EVERY_S * 40)):
+        if counted():
+            break
+        await asyncio.sleep(0.05)
+    assert counted() == 3
+    count = app[REQUEST_METRICS].registry.get_sample_value(
+        "imagesvc_http_request_duration_seconds_count", labels
+    )
+    assert count == 3
 
 
 async def test_the_request_id_is_returned_logged_and_recorded_on_the_job(
