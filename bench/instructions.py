@@ -30,7 +30,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy.engine import make_url
 
 from bench import scale_data
 from bench.scale import (
@@ -40,6 +39,7 @@ from bench.scale import (
     _free_port,
     _wait_for_port,
     add_server_options,
+    bare_listing_command,
     scratch_deployment,
 )
 
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             tree_env = {**env, "PYTHONPATH": str(tree)}
             counts[name] = _per_request(command, tree_env, tree, path, caller.token, args.requests)
             print(f"{name}: {counts[name] / 1e3:,.1f} k instructions per request", flush=True)
-        dsn = _asyncpg_dsn(settings.database_url)
-        command = [sys.executable, "-m", "bench.bare_listing", "--dsn", dsn]
-        command += ["--owner", caller.account_id]
+        command = bare_listing_command(settings.database_url, caller.account_id)
         bare = _per_request(command, dict(os.environ), REPOSITORY, path, "", args.requests)
         print(f"bare: {bare / 1e3:,.1f} k instructions per request", flush=True)
         for name, count in counts.items():
@@ -153,10 +151,6 @@ def _python(tree: Path) -> str:
     """The tree's own virtualenv's Python if it has one, else this one."""
     own = tree / ".venv" / "bin" / "python"
     return str(own) if own.exists() else sys.executable
-
-
-def _asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -315,20 +315,15 @@ def _api_server(settings: Settings) -> Iterator[tuple[str, int]]:
 @contextmanager
 def _bare_server(url: str, owner: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    command = [
-        sys.executable,
-        "-m",
-        "bench.bare_listing",
-        "--dsn",
-        dsn,
-        "--owner",
-        owner,
-        "--port",
-        str(port),
-    ]
+    command = [*bare_listing_command(url, owner), "--port", str(port)]
     with _process(command, dict(os.environ), port) as server:
         yield server
+
+
+def bare_listing_command(url: str, owner: str) -> list[str]:
+    """The bare server's command line, but its ``--port``, on the database at ``url``."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return [sys.executable, "-m", "bench.bare_listing", "--dsn", dsn, "--owner", owner]
 
 
 def _environment(settings: Settings) -> dict[str, str]:
