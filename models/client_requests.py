@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from models.errors import InvalidParameter
 from models.scoping import Caller
-from models.statements import Db, insert_values, inserting, statements_of
+from models.statements import Db, insert_values, inserting, new_row, statements_of
 from models.states import JobAction
 from models.tables import ClientRequest, Job, UTCDateTime, utcnow
 
@@ -61,7 +61,7 @@ def remember(db: Db, caller: Caller, request_id: str, action: JobAction, job_id:
     statements = statements_of(db)
     key = {"owner": caller.account_id, "request_id": request_id}
     statements.count(_EXPIRED_KEY, {**key, "cutoff": utcnow() - REQUEST_TTL})
-    new = ClientRequest(**key, action=action.value, job_id=job_id)
+    new = new_row(ClientRequest, **key, action=action.value, job_id=job_id)
     try:
         statements.count(inserting(_REQUESTS), insert_values(_REQUESTS, new))
     except IntegrityError as exc:

@@ -70,7 +70,14 @@ from models.scoping import (
     visible_image_ranges,
     visible_images,
 )
-from models.statements import Db, Statements, insert_values, inserting, statements_of
+from models.statements import (
+    Db,
+    Statements,
+    insert_values,
+    inserting,
+    new_row,
+    statements_of,
+)
 from models.states import (
     ImageAction,
     ImageStatus,
@@ -911,7 +918,8 @@ def _new_image(
     **values: object,
 ) -> Image:
     """The one builder of image rows: a pending image being created."""
-    return Image(
+    return new_row(
+        Image,
         image_id=ids.image_id(),
         zone=zone,
         owner=owner,

@@ -36,7 +36,7 @@ from models.accounts import BEARER, bearer_account
 from models.errors import ResourceNotFound
 from models.reads import Listed, Listing, Reads, listed_as_bearer
 from models.scoping import Caller, one_of, owned_job_range, owned_jobs
-from models.statements import Db, insert_values, inserting, statements_of
+from models.statements import Db, insert_values, inserting, new_row, statements_of
 from models.states import IMAGE_MOVES, JOB_MOVES, ImageAction, JobAction, JobStatus
 from models.tables import Image, Job, utcnow
 
@@ -77,7 +77,8 @@ def job_row(
     of its own: ``inserting(Job.__table__)``, ``insert_values``)."""
     now = utcnow()
     done = now if status.is_terminal else None
-    return Job(
+    return new_row(
+        Job,
         job_id=job_id or ids.job_id(),
         zone=caller.zone,
         owner=caller.account_id,

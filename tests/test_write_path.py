@@ -20,7 +20,7 @@ from models.errors import StateConflict
 from models.jobs import job_row, new_job
 from models.reads import AsyncpgCompiler
 from models.scoping import Caller
-from models.statements import Statements
+from models.statements import Statements, new_row
 from models.states import JobAction, JobStatus
 from models.tables import Image, Job
 from models.writes import ExpandingCompiler, Writes, writes_for
@@ -135,3 +135,39 @@ def test_a_statement_with_lists_is_rendered_once_per_length_with_sqlalchemys_arg
         assert cached.bind(statement, values) == rendered.bind(statement, values)
         tuples = {"pairs": [(i, "usr-x") for i in ids] or [("img-z", "usr-z")]}
         assert cached.bind(pairs, tuples) == rendered.bind(pairs, tuples)
+
+
+def test_a_new_row_reads_and_inserts_as_the_constructors_row(own_database: Database) -> None:
+    """``new_row`` sets the state at once instead of through the instrumented constructor:
+    the row must read the same, every default included, and a session must insert it the
+    same (no attribute event fired means nothing for an insert)."""
+    given = {
+        "zone": "ac1",
+        "owner": "acc-new-row",
+        "image_name": "built",
+        "processor_type": "64bit",
+        "platform": "linux",
+        "os_family": "ubuntu",
+        "visibility": "private",
+        "provider": "self",
+        "status": "pending",
+        "file_name": None,
+    }
+    fast = new_row(Image, image_id="img-fast", **given)
+    slow = Image(image_id="img-slow", **given)
+    with own_database.transaction() as session:
+        session.add_all([fast, slow])
+    with own_database.reading() as session:
+        stored = {
+            i.image_id: i
+            for i in session.scalars(select(Image).where(Image.owner == "acc-new-row"))
+        }
+    for column in Image.__table__.columns:
+        key = column.key
+        if key in ("image_id", "create_time", "status_time"):
+            continue
+        assert getattr(fast, key) == getattr(stored["img-slow"], key), key
+        assert getattr(stored["img-fast"], key) == getattr(stored["img-slow"], key), key
+    assert fast.create_time is not None and stored["img-fast"].create_time == fast.create_time
+    with pytest.raises(TypeError, match="no column sizes"):
+        new_row(Image, image_id="img-x", sizes=1, **given)
