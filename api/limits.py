@@ -64,15 +64,23 @@ def refuse_from_headers(request: web.Request) -> None:
 
 async def read_body(request: web.Request) -> bytes:
     """The request body, decompressed, within the size and time limits."""
-    timeout = request.app[SETTINGS].body_timeout
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():  # all of it has arrived: no timer to arm
             raw = await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {timeout:g} seconds") from None
+        else:
+            raw = await _read_in_time(request)
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(_too_large()) from None
     return _decoded(raw, _content_coding(request))
+
+
+async def _read_in_time(request: web.Request) -> bytes:
+    timeout = request.app[SETTINGS].body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {timeout:g} seconds") from None
 
 
 def decode_json(text: str) -> Any:
