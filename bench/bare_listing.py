@@ -6,9 +6,11 @@ PostgreSQL (public images counted from ``public_image_counts``; a search's
 public part remembered per generation of the zone's public images; an
 unfiltered listing's public entries taken from the zone's catalogue, read and
 rendered once per generation, as ``models.catalogue.PublicCatalogues``) and
-``models.jobs.list_jobs`` (same shapes, same indexes) on an asyncpg pool, and
-writes the JSON. It is what the API would cost if it did nothing but talk to
-PostgreSQL. Run: ``python -m bench.bare_listing --dsn postgresql://... --port N``.
+``models.jobs.list_jobs`` (same shapes, same indexes) on pools of asyncpg
+connections (the API's own pool, ``models.pool``: what pooling costs is not what
+the ratio compares), and writes the JSON. It is what the API would cost if it
+did nothing but talk to PostgreSQL. Run:
+``python -m bench.bare_listing --dsn postgresql://... --port N``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from models.catalogue import (
     entry_filter,
     listing_keys,
 )
+from models.pool import ConnectionPool
 from models.states import JobPhase
 
-POOL = web.AppKey("pool", asyncpg.Pool)
+CONNECT_TIMEOUT_S = 5.0
+
+POOL = web.AppKey("pool", ConnectionPool)
 # A search runs with custom plans, as the API's does (models/reads.py, Reads.run).
-SEARCH_POOL = web.AppKey("search_pool", asyncpg.Pool)
+SEARCH_POOL = web.AppKey("search_pool", ConnectionPool)
 OWNER = web.AppKey("owner", str)
 # A search's public count per zone and filters, with the generation it was counted at.
 PUBLIC_PARTS = web.AppKey("public_parts", dict)
@@ -368,10 +373,6 @@ async def _own_and_public(
     ]
 
 
-async def _no_reset(connection: asyncpg.Connection) -> None:
-    """Nothing to reset: the pool's connections run only autocommit reads."""
-
-
 def _image_json(row: asyncpg.Record) -> bytes:
     return json.dumps(_image_out(row)).encode()
 
@@ -457,16 +458,15 @@ def create_app(dsn: str, owner: str) -> web.Application:
     """The bare server, listing as ``owner`` (it does not authenticate)."""
 
     async def pool(app: web.Application) -> AsyncIterator[None]:
-        # No reset query when a connection goes back (asyncpg's default is a round trip per
-        # release): these connections only run reads in autocommit, as the API's, which
-        # skips it too (models/reads.py); the baseline runs the API's statements, no more.
-        app[POOL] = await asyncpg.create_pool(dsn, min_size=4, max_size=10, reset=_no_reset)
-        app[SEARCH_POOL] = await asyncpg.create_pool(
+        # The API's pools (models/pool.py): asyncpg's own costs a proxy and a task per
+        # checkout, a reset query per release unless told otherwise, and an idle timer;
+        # the baseline pays for its statements, no more, and the same for its pools.
+        app[POOL] = ConnectionPool(dsn, 10, connect_timeout=CONNECT_TIMEOUT_S)
+        app[SEARCH_POOL] = ConnectionPool(
             dsn,
-            min_size=0,
-            max_size=4,
+            4,
+            connect_timeout=CONNECT_TIMEOUT_S,
             server_settings={"plan_cache_mode": "force_custom_plan"},
-            reset=_no_reset,
         )
         yield
         await app[POOL].close()

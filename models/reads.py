@@ -38,6 +38,7 @@ from models.catalogue import (
 )
 from models.db import Database
 from models.errors import ServiceUnavailable
+from models.pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -45,10 +46,6 @@ R = TypeVar("R")
 CONNECT_TIMEOUT_S = 5
 POOL_SIZE = 10
 CUSTOM_PLANS_POOL_SIZE = 4
-# A connection stays in its pool once opened (0: no idle timeout). asyncpg would otherwise
-# arm a timer on every release and cancel it on every acquire: per request, for a pool
-# whose size the operator budgets for in full anyway (docs/operations.md).
-IDLE_CONNECTIONS_KEPT = 0
 # How the read path's sessions show in pg_stat_activity.
 APPLICATION_NAME = "imagesvc-reads"
 MAX_COMPILED = 1024
@@ -249,7 +246,7 @@ class AsyncpgReads(Reads):
 
     def __init__(self, url: str) -> None:
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
-        self._pools: dict[bool, asyncpg.Pool] = {}
+        self._pools: dict[bool, ConnectionPool] = {}
         self._compiler = AsyncpgCompiler()
         self.public_totals = PublicTotals()
         self.public_catalogues = PublicCatalogues()
@@ -260,16 +257,13 @@ class AsyncpgReads(Reads):
             if custom_plans:
                 settings["plan_cache_mode"] = "force_custom_plan"
             # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
-            self._pools[custom_plans] = await asyncpg.create_pool(
+            self._pools[custom_plans] = ConnectionPool(
                 self.dsn,
-                min_size=0,
-                max_size=size,
-                timeout=CONNECT_TIMEOUT_S,
+                size,
+                connect_timeout=CONNECT_TIMEOUT_S,
                 server_settings=settings,
                 init=_decode_json,
                 record_class=Record,
-                reset=_nothing_to_reset,
-                max_inactive_connection_lifetime=IDLE_CONNECTIONS_KEPT,
             )
 
     async def close(self) -> None:
@@ -293,7 +287,7 @@ class AsyncpgReads(Reads):
             log.warning("database unavailable: %s", lost)
             raise ServiceUnavailable("the database is unavailable") from None
 
-    async def _run(self, pool: asyncpg.Pool, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
+    async def _run(self, pool: ConnectionPool, read: Callable[[ReadConnection], Awaitable[R]]) -> R:
         async with pool.acquire() as connection:
             return await read(_AsyncpgConnection(connection, self._compiler))
 
@@ -399,13 +393,6 @@ class _BindPlan:
             else:
                 arguments.append(value)
         return arguments
-
-
-async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
-    """No reset query when a connection goes back to the pool: it only ever ran
-    these read statements, in autocommit (no transaction, no SET, no LISTEN, no
-    advisory lock), so asyncpg's default reset would be a round trip that resets
-    nothing."""
 
 
 async def _decode_json(connection: asyncpg.Connection) -> None:
@@ -604,8 +591,3 @@ def connection_lost(error: BaseException) -> bool:
 async def decode_json(connection: asyncpg.Connection) -> None:
     """JSON columns read and written as Python values (the write path's connections too)."""
     await _decode_json(connection)
-
-
-async def nothing_to_reset(connection: asyncpg.Connection) -> None:
-    """No reset query when a connection goes back to a pool whose users leave nothing
-    to reset (no SET, no LISTEN, no advisory lock; a transaction always ended)."""

@@ -32,15 +32,14 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from models.db import Database
 from models.errors import ServiceUnavailable
+from models.pool import ConnectionPool
 from models.reads import (
     CONNECT_TIMEOUT_S,
-    IDLE_CONNECTIONS_KEPT,
     MAX_COMPILED,
     AsyncpgCompiler,
     Record,
     connection_lost,
     decode_json,
-    nothing_to_reset,
 )
 from models.statements import SessionStatements, Statements
 
@@ -97,23 +96,18 @@ class AsyncpgWrites(Writes):
     def __init__(self, url: str, pool_size: int) -> None:
         self.dsn = make_url(url).set(drivername="postgresql").render_as_string(False)
         self.pool_size = pool_size
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ConnectionPool | None = None
         self._compiler = ExpandingCompiler()
 
     async def open(self) -> None:
         # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
-        self._pool = await asyncpg.create_pool(
+        self._pool = ConnectionPool(
             self.dsn,
-            min_size=0,
-            max_size=self.pool_size,
-            timeout=CONNECT_TIMEOUT_S,
+            self.pool_size,
+            connect_timeout=CONNECT_TIMEOUT_S,
             server_settings={"application_name": APPLICATION_NAME},
             init=decode_json,
             record_class=Record,
-            # A unit's transaction always ends (commit or rollback) before its connection
-            # goes back; asyncpg's reset would be a round trip per unit that resets nothing.
-            reset=nothing_to_reset,
-            max_inactive_connection_lifetime=IDLE_CONNECTIONS_KEPT,
         )
 
     async def close(self) -> None:
@@ -149,7 +143,7 @@ class AsyncpgWrites(Writes):
                 raise ServiceUnavailable("the database is unavailable") from None
             raise _LostBeforeCommit(type(error).__name__) from error
 
-    def _require_pool(self) -> asyncpg.Pool:
+    def _require_pool(self) -> ConnectionPool:
         if self._pool is None:
             raise RuntimeError("AsyncpgWrites.open() was not awaited")
         return self._pool
