@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from api.keys import REQUEST_ID
+from api.metrics import KNOWN_METHODS
 from imagesvc.logs import write_line
 
 MAX_LOGGED_CHARS = 256
@@ -53,9 +54,11 @@ class SafeAccessLogger(AbstractAccessLogger):
         more than the rest of the line, on every request."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        version = request.version
+        version, method = request.version, request.method
+        if method not in KNOWN_METHODS:  # any other token the parser let through
+            method = printable(method, 16)
         line = (
-            f'{printable(request.remote or "-")} "{printable(request.method, 16)} '
+            f'{printable(request.remote or "-")} "{method} '
             f'{logged_path(request)} HTTP/{version.major}.{version.minor}" '
             f"{response.status} {response.body_length} {time:.3f}s"
         )

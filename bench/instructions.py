@@ -79,12 +79,12 @@ def main(argv: list[str] | None = None) -> int:
             command = [_python(tree), "-m", "imagesvc", "api"]
             tree_env = {**env, "PYTHONPATH": str(tree)}
             counts[name] = _per_request(
-                command, tree_env, tree, trees, args.requests, args.keep_dumps
+                command, tree_env, tree, trees, args.requests, _dump_in(args, name)
             )
             print(f"{name}: {counts[name] / 1e3:,.1f} k instructions per request", flush=True)
         command, load = bare
         bare_count = _per_request(
-            command, dict(os.environ), REPOSITORY, load, args.requests, args.keep_dumps
+            command, dict(os.environ), REPOSITORY, load, args.requests, _dump_in(args, "bare")
         )
         print(f"bare: {bare_count / 1e3:,.1f} k instructions per request", flush=True)
         for name, count in counts.items():
@@ -167,6 +167,14 @@ class _WriteLoad:
             )
 
 
+def _dump_in(args: argparse.Namespace, name: str) -> Path | None:
+    """Where ``--keep-dumps`` keeps the dump of the server called ``name``."""
+    directory: Path | None = args.keep_dumps
+    if directory is None:
+        return None
+    return directory / f"callgrind.out.{name.replace('/', '_').replace(' ', '-')}"
+
+
 def _per_request(
     command: list[str],
     env: dict[str, str],
@@ -188,8 +196,9 @@ def _per_request(
         if not dumps:
             raise RuntimeError("callgrind wrote no dump")
         if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(dumps[-1], keep / f"callgrind.out.{Path(command[-1]).name}.{port}")
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(dumps[-1], keep)
+            print(f"callgrind's dump: {keep}", flush=True)
         return _total_instructions(dumps[-1]) / requests
 
 

@@ -139,10 +139,11 @@ def write_line(logger: logging.Logger, level: int, message: str, fields: Fields)
         return
     handler, formatter = sole
     text = formatter.line(time.time(), logging.getLevelName(level), logger.name, message, fields)
+    stream = handler.stream
     with handler.lock or contextlib.nullcontext():
-        try:
-            handler.stream.write(text + handler.terminator)
-            handler.flush()
+        try:  # StreamHandler.emit, and its flush under the lock already held
+            stream.write(text + handler.terminator)
+            stream.flush()
         except Exception:
             handler.handleError(logging.makeLogRecord({"msg": message, "levelno": level}))
 
