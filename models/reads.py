@@ -256,7 +256,8 @@ class AsyncpgReads(Reads):
             settings = {"application_name": APPLICATION_NAME}
             if custom_plans:
                 settings["plan_cache_mode"] = "force_custom_plan"
-            # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
+            # Connections are opened when first needed: the API starts (and answers 503) while
+            # PostgreSQL is down.
             self._pools[custom_plans] = ConnectionPool(
                 self.dsn,
                 size,

@@ -100,7 +100,8 @@ class AsyncpgWrites(Writes):
         self._compiler = ExpandingCompiler()
 
     async def open(self) -> None:
-        # min_size 0: the API starts (and answers 503) while PostgreSQL is down.
+        # Connections are opened when first needed: the API starts (and answers 503) while
+        # PostgreSQL is down.
         self._pool = ConnectionPool(
             self.dsn,
             self.pool_size,
