@@ -14,6 +14,8 @@ import shutil
 import statistics
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _answer(url: str, token: str) -> str:
+    """What one more request to ``url`` gets now: wrk counts failures, it does not say
+    what they were."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return f"one more request now gets {response.status}"
+    except urllib.error.HTTPError as refused:
+        return f"one more request now gets {refused.code}: {refused.read()[:300]!r}"
+    except OSError as error:
+        return f"one more request now fails: {error}"
+
+
 def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
     threads = min(2, connections)
     duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
@@ -70,7 +85,7 @@ def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
     command += ["-H", f"Authorization: Bearer {token}", url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if failed := _ERRORS.search(output):
-        raise RuntimeError(f"{failed.group(1)} failed requests to {url}")
+        raise RuntimeError(f"{failed.group(1)} failed requests to {url}; {_answer(url, token)}")
     percentiles = {p: float(v) * _UNITS[unit] for p, v, unit in _PERCENTILE.findall(output)}
     rate, requests = _RATE.search(output), _REQUESTS.search(output)
     if rate is None or requests is None or len(percentiles) != 2:
