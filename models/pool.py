@@ -12,8 +12,8 @@ twentieth of a listing's. This pool does what the API's units need and no more:
   docs/operations.md), the last one given back first;
 - a connection that comes back closed, inside a transaction, or from a unit
   that was cancelled (a statement may be under way) is terminated, not reused;
-- :meth:`expire_connections` (after a lost connection) closes the idle ones
-  and each checked-out one when it comes back.
+- :meth:`expire_connections` (after a lost connection) drops the idle ones at
+  once, and each checked-out one when it comes back.
 """
 
 from __future__ import annotations
@@ -62,16 +62,25 @@ class ConnectionPool:
         """``async with pool.acquire() as connection``: a connection for the block."""
         return Checkout(self)
 
-    async def expire_connections(self) -> None:
-        """Close every connection opened so far: the idle ones now, the checked-out
-        ones when they come back (their server may be gone)."""
+    def expire_connections(self) -> None:
+        """Drop every connection opened so far: the idle ones now, the checked-out ones
+        when they come back. Their server may be gone, so they are terminated, not
+        closed: a unit that lost its connection waits for no goodbye before its retry."""
         self._expired |= self._out
-        await self._close_idle()
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.terminate()
 
     async def close(self) -> None:
         """Close the idle connections; those still checked out close when they come back."""
         self._closed = True
-        await self._close_idle()
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            try:
+                await asyncio.wait_for(connection.close(), timeout=1.0)
+            except Exception as error:  # a server that is gone: nothing to say goodbye to
+                log.debug("closing an idle connection: %s", error)
+                connection.terminate()
 
     async def _take(self) -> asyncpg.Connection:
         await self._free.acquire()
@@ -116,24 +125,15 @@ class ConnectionPool:
             or connection.is_in_transaction()
         )
 
-    async def _close_idle(self) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            try:
-                await asyncio.wait_for(connection.close(), timeout=1.0)
-            except Exception as error:  # a server that is gone: nothing to say goodbye to
-                log.debug("closing an idle connection: %s", error)
-                connection.terminate()
-
 
 class Checkout:
     """One connection checked out of a :class:`ConnectionPool` for an ``async with`` block."""
 
     __slots__ = ("_connection", "_pool")
+    _connection: asyncpg.Connection  # set on entering the block
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._connection: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         self._connection = await self._pool._take()
@@ -145,8 +145,6 @@ class Checkout:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            # Cancelled (or stopped) mid-block: a statement may still be running on it.
-            interrupted = kind is not None and not issubclass(kind, Exception)
-            self._pool._give_back(connection, interrupted=interrupted)
+        # Cancelled (or stopped) mid-block: a statement may still be running on it.
+        interrupted = kind is not None and not issubclass(kind, Exception)
+        self._pool._give_back(self._connection, interrupted=interrupted)

@@ -281,7 +281,7 @@ class AsyncpgReads(Reads):
         except _CONNECTION_LOST as lost:
             log.info("database connection lost (%s); once more on a new one", type(lost).__name__)
             for each in self._pools.values():
-                await each.expire_connections()
+                each.expire_connections()
         try:
             return await self._run(pool, read)
         except _CONNECTION_LOST as lost:

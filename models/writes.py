@@ -120,7 +120,7 @@ class AsyncpgWrites(Writes):
             return await self._run(work)
         except _LostBeforeCommit as lost:
             log.info("database connection lost (%s); once more on a new one", lost.cause)
-            await self._require_pool().expire_connections()
+            self._require_pool().expire_connections()
         try:
             return await self._run(work)
         except _LostBeforeCommit as lost:

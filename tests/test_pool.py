@@ -102,7 +102,7 @@ async def test_expired_connections_are_closed_and_replaced(pool: ConnectionPool)
     idle = await _backend(pool)
     async with pool.acquire() as connection:
         out = await connection.fetchval("SELECT pg_backend_pid()")
-        await pool.expire_connections()
+        pool.expire_connections()
         assert await connection.fetchval("SELECT 1") == 1  # still usable until given back
     assert connection.is_closed()
     assert await _backend(pool) not in (idle, out)
