@@ -139,9 +139,9 @@ def write_line(logger: logging.Logger, level: int, message: str, fields: Fields)
         return
     handler, formatter = sole
     text = formatter.line(time.time(), logging.getLevelName(level), logger.name, message, fields)
-    stream = handler.stream
     with handler.lock or contextlib.nullcontext():
         try:  # StreamHandler.emit, and its flush under the lock already held
+            stream = handler.stream  # under the lock, as setStream changes it
             stream.write(text + handler.terminator)
             stream.flush()
         except Exception:
