@@ -132,7 +132,8 @@ async def test_the_apis_redis_publisher_pushes_what_celerys_producer_pushes(
         for name in names:
             ours, kombus = cast(list[bytes], client.lrange(name, 0, -1))  # newest first
             assert _without_uuids(ours) == _without_uuids(kombus)
-            headers, properties = json.loads(ours)["headers"], json.loads(ours)["properties"]
+            message = json.loads(ours)
+            headers, properties = message["headers"], message["properties"]
             assert headers["id"] != json.loads(kombus)["headers"]["id"]
             # One task id in its three places, as Celery writes it; a delivery tag of its own.
             assert headers["id"] == headers["root_id"] == properties["correlation_id"]
