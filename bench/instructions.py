@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import shutil
@@ -36,7 +35,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import aiohttp
-from sqlalchemy.engine import make_url
 
 from bench import scale_data, writes
 from bench.scale import (
@@ -73,16 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         settings, database = scratch_deployment(stack, args)
         env = {**os.environ, **_environment(settings)}
         if args.write:
-            trees, bare = _writes(stack, args, settings, database)
+            api_load, bare = _writes(stack, args, settings, database)
         else:
-            trees, bare = _listing(args, settings, database)
+            api_load, bare = _listing(args, settings, database)
         counts: dict[str, float] = {}
         for tree in (REPOSITORY, *args.tree):
             name = "api" if tree == REPOSITORY else f"api of {tree}"
             command = [_python(tree), "-m", "imagesvc", "api"]
             tree_env = {**env, "PYTHONPATH": str(tree)}
             counts[name] = _per_request(
-                command, tree_env, tree, trees, args.requests, _dump_in(args, name)
+                command, tree_env, tree, api_load, args.requests, _dump_in(args, name)
             )
             print(f"{name}: {counts[name] / 1e3:,.1f} k instructions per request", flush=True)
         command, load = bare
@@ -115,16 +113,11 @@ def _writes(
     stack: ExitStack, args: argparse.Namespace, settings: Settings, database: Database
 ) -> tuple[Load, tuple[list[str], Load]]:
     """The write load of ``--write``, for the API and for ``bench.bare_writes``."""
-    clients = [writes._new_client(database, n) for n in range(CONNECTIONS)]
-    callers = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "callers.json"
-    callers.write_text(json.dumps({c.token: c.account_id for c in clients}))
+    clients, callers = writes.new_clients(stack, database, CONNECTIONS)
     bench = writes.Bench(database, clients, {}, {}, args.redis_url, settings.queue)
     stack.callback(writes._drop_queues, args.redis_url, settings.queue)
     load = _WriteLoad(bench, args.write, WARM_UP_REQUESTS + args.requests)
-    dsn = make_url(settings.database_url).set(drivername="postgresql")
-    command = [sys.executable, "-m", "bench.bare_writes", "--callers", str(callers)]
-    command += ["--dsn", dsn.render_as_string(hide_password=False)]
-    return load, (command, load)
+    return load, (writes.bare_writes_command(settings.database_url, callers), load)
 
 
 class _WriteLoad:
@@ -147,6 +140,7 @@ class _WriteLoad:
     async def _send(self, url: str, requests: int) -> None:
         """``requests`` writes, each client on its own targets; each must be a 202."""
         left = requests
+        plan = {"method": "POST" if self.operation == "capture" else "DELETE", "base": url}
         async with aiohttp.ClientSession() as session:
 
             async def client(token: str, targets: Iterator[str]) -> None:
@@ -154,12 +148,7 @@ class _WriteLoad:
                 headers = {"Authorization": f"Bearer {token}"}
                 while left > 0:
                     left -= 1
-                    target = next(targets)
-                    if self.operation == "capture":
-                        sent = session.post(url, json={"instance": target}, headers=headers)
-                    else:
-                        sent = session.delete(f"{url}/{target}", headers=headers)
-                    async with sent as response:
+                    async with writes._request(session, plan, next(targets), headers) as response:
                         body = await response.read()
                         if response.status != 202:
                             raise RuntimeError(f"{url}: {response.status} {body[:200]!r}")

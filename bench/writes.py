@@ -167,9 +167,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _deploy(stack: ExitStack, args: argparse.Namespace, clients: int) -> Bench:
     settings, database = scratch_deployment(stack, args)
     url = settings.database_url
-    accounts = [_new_client(database, n) for n in range(clients)]
-    callers = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "callers.json"
-    callers.write_text(json.dumps({c.token: c.account_id for c in accounts}))
+    accounts, callers = new_clients(stack, database, clients)
     stack.callback(_drop_queues, args.redis_url, settings.queue)
     started = {
         "bare": stack.enter_context(_bare_server(url, callers)),
@@ -178,6 +176,15 @@ def _deploy(stack: ExitStack, args: argparse.Namespace, clients: int) -> Bench:
     servers = {side: base for side, (base, _pid) in started.items()}
     pids = {side: pid for side, (_base, pid) in started.items()}
     return Bench(database, accounts, servers, pids, args.redis_url, settings.queue)
+
+
+def new_clients(stack: ExitStack, database: Database, count: int) -> tuple[list[Client], Path]:
+    """``count`` clients, and the file that tells the bare server their tokens' accounts
+    (removed with ``stack``)."""
+    clients = [_new_client(database, n) for n in range(count)]
+    callers = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "callers.json"
+    callers.write_text(json.dumps({c.token: c.account_id for c in clients}))
+    return clients, callers
 
 
 def _new_client(database: Database, n: int) -> Client:
@@ -194,11 +201,15 @@ def _new_client(database: Database, n: int) -> Client:
 @contextmanager
 def _bare_server(url: str, callers: Path) -> Iterator[tuple[str, int]]:
     port = _free_port()
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    command = [sys.executable, "-m", "bench.bare_writes", "--dsn", dsn]
-    command += ["--callers", str(callers), "--port", str(port)]
+    command = [*bare_writes_command(url, callers), "--port", str(port)]
     with _process(command, dict(os.environ), port) as server:
         yield server
+
+
+def bare_writes_command(url: str, callers: Path) -> list[str]:
+    """The bare server's command line, but its ``--port``, on the database at ``url``."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return [sys.executable, "-m", "bench.bare_writes", "--dsn", dsn, "--callers", str(callers)]
 
 
 def _alternated(
