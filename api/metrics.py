@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractResource
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -81,7 +82,9 @@ class RequestMetrics:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
-    _pending: dict[tuple[str, str, str], Tally] = field(default_factory=dict)
+    # Tallies by method, route's resource (None: no route matched) and status; labelled
+    # when flushed.
+    _pending: dict[tuple[str, AbstractResource | None, int], Tally] = field(default_factory=dict)
 
     @classmethod
     def create(cls) -> RequestMetrics:
@@ -102,16 +105,17 @@ class RequestMetrics:
     def record(self, request: web.Request, status: int, seconds: float) -> None:
         """Count one answered request and the seconds it took, by method, route and status."""
         method = request.method if request.method in KNOWN_METHODS else "other"
-        labels = (method, route_of(request), str(status))
-        tally = self._pending.get(labels)
+        key = (method, request.match_info.route.resource, status)
+        tally = self._pending.get(key)
         if tally is None:
-            tally = self._pending[labels] = Tally.empty()
+            tally = self._pending[key] = Tally.empty()
         tally.add(seconds)
 
     def flush(self) -> None:
         """Add the requests tallied since the last flush to the counters."""
         while self._pending:  # one by one: a failure loses that tally only, counts none twice
-            labels, tally = self._pending.popitem()
+            (method, resource, status), tally = self._pending.popitem()
+            labels = (method, route_of(resource), str(status))
             self.requests.labels(*labels).inc(tally.count)
             observe_many(self.latency.labels(*labels), tally)
 
@@ -150,9 +154,8 @@ async def flush_request_metrics(app: web.Application) -> AsyncIterator[None]:
 REQUEST_METRICS = web.AppKey("request_metrics", RequestMetrics)
 
 
-def route_of(request: web.Request) -> str:
+def route_of(resource: AbstractResource | None) -> str:
     """The route's pattern (``/v2/zone/{zone}/job/{job_id}``), never the path a caller sent."""
-    resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -113,7 +114,7 @@ def _entry(created: float, level: str, name: str, process: int | None) -> dict[s
 
 
 # Both formatters also write a line from its parts (``line``), with no LogRecord, exactly
-# as their ``format`` writes such a record: :func:`write_line`, the API's access log, where
+# as their ``format`` writes such a record: :func:`write_lines`, the API's access log, where
 # a record and its handling cost more than the rest of the line, once per request.
 LineFormatter = TextFormatter | JsonFormatter
 
@@ -122,30 +123,53 @@ class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The one handler :func:`configure_logging` installs: a stream, one of our formatters."""
 
 
-def write_line(logger: logging.Logger, level: int, message: str, fields: Fields) -> None:
-    """Log ``message`` with ``fields`` (as ``extra``) at ``level`` on ``logger``.
+# A line to write later: the time it happened, its message, its fields.
+Line = tuple[float, str, Fields]
 
-    When nothing but the service's own handler would see the record (no handler,
+
+def write_line(logger: logging.Logger, level: int, message: str, fields: Fields) -> None:
+    """Log ``message`` with ``fields`` (as ``extra``) at ``level`` on ``logger``, now."""
+    if logger.isEnabledFor(level):
+        write_lines(logger, level, [(time.time(), message, fields)])
+
+
+def write_lines(logger: logging.Logger, level: int, lines: Sequence[Line]) -> None:
+    """Log ``lines`` at ``level`` on ``logger``, each with its own time and fields.
+
+    When nothing but the service's own handler would see their records (no handler,
     filter or level between ``logger`` and the root's, as :func:`configure_logging`
-    leaves them), the line is formatted from its parts and written as that handler
-    would write it, with no LogRecord; otherwise (a test's capture, a handler an
-    embedding application added) the record goes the usual way."""
-    if not logger.isEnabledFor(level):
+    leaves them), the lines are formatted from their parts and written as that handler
+    would write them, with no LogRecord, in one write; otherwise (a test's capture, a
+    handler an embedding application added) each record goes the usual way."""
+    if not lines or not logger.isEnabledFor(level):
         return
     sole = _sole_handler(logger, level)
     if sole is None:
-        record = logger.makeRecord(logger.name, level, "(line)", 0, message, (), None, extra=fields)
-        logger.handle(record)
+        for created, message, fields in lines:
+            _handle_record(logger, level, created, message, fields)
         return
     handler, formatter = sole
-    text = formatter.line(time.time(), logging.getLevelName(level), logger.name, message, fields)
+    name, level_name, end = logger.name, logging.getLevelName(level), handler.terminator
+    text = "".join(
+        formatter.line(created, level_name, name, message, fields) + end
+        for created, message, fields in lines
+    )
     with handler.lock or contextlib.nullcontext():
         try:  # StreamHandler.emit, and its flush under the lock already held
             stream = handler.stream  # under the lock, as setStream changes it
-            stream.write(text + handler.terminator)
+            stream.write(text)
             stream.flush()
         except Exception:
-            handler.handleError(logging.makeLogRecord({"msg": message, "levelno": level}))
+            handler.handleError(logging.makeLogRecord({"msg": text, "levelno": level}))
+
+
+def _handle_record(
+    logger: logging.Logger, level: int, created: float, message: str, fields: Fields
+) -> None:
+    record = logger.makeRecord(logger.name, level, "(line)", 0, message, (), None, extra=fields)
+    record.created = created  # and its msecs, as LogRecord computes them
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    logger.handle(record)
 
 
 def _sole_handler(

@@ -8,12 +8,14 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import HttpVersion11
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from api.access_log import SafeAccessLogger
+from api.access_log import WAITING, WRITE_EVERY_S, SafeAccessLogger
 from api.app import create_app
 from api.metrics import (
     BUCKET_BOUNDS,
@@ -403,3 +405,50 @@ def test_an_unknown_log_level_or_network_is_refused_at_start() -> None:
         Settings(log_level="loud")
     with pytest.raises(ValueError, match=r"10\.0\.0\.300"):
         Settings(metrics_allow=("10.0.0.300/8",))
+
+
+async def test_access_lines_wait_for_one_write_each_with_its_own_time() -> None:
+    """A request's access line waits up to WRITE_EVERY_S, then goes out with the others
+    in one write, each with the time its request was answered."""
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    service = ServiceHandler(Stream())
+    service.setFormatter(TextFormatter())
+    root, logger = logging.getLogger(), logging.getLogger("aiohttp.access")
+    handlers, level = root.handlers[:], root.level
+    answered = [datetime(2026, 11, 28, 12, 0, second, tzinfo=UTC).timestamp() for second in (1, 2)]
+    try:
+        root.handlers[:] = [service]  # as configure_logging leaves it
+        root.setLevel(logging.INFO)
+        for when, query in zip(answered, ("?secret=1", ""), strict=True):
+            entry = (when, "10.0.0.1", "GET", f"/v2/x{query}", HttpVersion11, 200, 5, 0.001, "r")
+            WAITING.add(logger, entry)
+        assert writes == [], "written at once"
+        await asyncio.sleep(WRITE_EVERY_S * 4)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert len(writes) == 1, writes
+    first, second = writes[0].splitlines()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(answered[0]))
+    assert first.startswith(stamp) and ":02,000 " in second, (first, second)
+    assert first.endswith('10.0.0.1 "GET /v2/x HTTP/1.1" 200 5 0.001s request_id=r'), first
+
+
+async def test_a_stopping_api_writes_the_access_lines_still_waiting(
+    service_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    server = TestServer(create_app(service_settings))
+    await server.start_server(access_log_class=SafeAccessLogger)
+    async with TestClient(server) as client:
+        for _ in range(3):
+            async with client.get("/healthz", headers={"X-Request-Id": "last-lines"}) as got:
+                assert got.status == 200
+    # The client's close stopped the server at once, before the lines' timer.
+    assert len([r for r in caplog.records if getattr(r, "request_id", None) == "last-lines"]) == 3
