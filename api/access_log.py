@@ -105,10 +105,11 @@ class WaitingLines:
     def add(self, logger: logging.Logger, entry: Entry) -> None:
         self._entries.append(entry)
         self._logger = logger
-        loop = asyncio.get_running_loop()
-        # No timer yet since the last write, or on an earlier loop (a test's, now closed).
-        if self._timer_loop is not loop:
-            self._timer_loop = loop
+        timer_loop = self._timer_loop
+        # No timer since the last write, or one on a loop now closed (a test's). Not
+        # get_running_loop() every time: it is a getpid() system call.
+        if timer_loop is None or timer_loop.is_closed():
+            self._timer_loop = loop = asyncio.get_running_loop()
             loop.call_later(WRITE_EVERY_S, self.write)
         elif len(self._entries) >= MAX_WAITING:
             self.write()

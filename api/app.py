@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from api import auth, docs_routes, image_routes, job_routes
 from api.access_log import write_access_lines
-from api.headers import on_response_prepare
 from api.job_sending import drain_sends
 from api.keys import (
     CELERY,
@@ -64,7 +63,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(drain_sends)
     app.cleanup_ctx.append(flush_request_metrics)
     app.on_cleanup.append(write_access_lines)  # after its last requests were answered
-    app.on_response_prepare.append(on_response_prepare)
     app.router.add_post(auth.TOKEN_PATH, auth.create_token)
     app.router.add_post(auth.REVOKE_PATH, auth.revoke)
     app.router.add_get("/healthz", healthz)

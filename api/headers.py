@@ -1,4 +1,7 @@
-"""Headers on every response: no version banner, nothing cached, no content sniffing."""
+"""Headers on every response: no version banner, nothing cached, no content sniffing.
+
+Set as each response is finished, by the server's connection handler (api/server.py).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,3 @@ def harden_headers(response: web.StreamResponse) -> None:
     # Every answer is about one caller's resources, or a token: no cache may keep it.
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers["X-Content-Type-Options"] = "nosniff"
-
-
-async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    harden_headers(response)

@@ -63,6 +63,13 @@ class Tally:
     def count(self) -> int:
         return sum(self.buckets)
 
+    @classmethod
+    def of(cls, durations: list[float]) -> Tally:
+        tally = cls.empty()
+        for seconds in durations:
+            tally.add(seconds)
+        return tally
+
     def add(self, seconds: float) -> None:
         self.seconds += seconds
         # The bucket Histogram.observe counts it in: the first bound it does not exceed.
@@ -73,8 +80,8 @@ class Tally:
 class RequestMetrics:
     """This API process's request counters, and the registry that holds them in memory.
 
-    A request is tallied in a plain dict, and the tallies are added to the counters
-    once a second (``flush``): in the multiprocess mode, every increment of a
+    A request's seconds are kept in a plain dict of lists, and tallied and added to
+    the counters once a second (``flush``): in the multiprocess mode, every increment of a
     counter, of a histogram's sum and of its bucket takes a lock and writes a file's
     page, three per request, which cost more than the rest of the bookkeeping.
     """
@@ -82,9 +89,11 @@ class RequestMetrics:
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
-    # Tallies by method, route's resource (None: no route matched) and status; labelled
-    # when flushed.
-    _pending: dict[tuple[str, AbstractResource | None, int], Tally] = field(default_factory=dict)
+    # Seconds taken by method, route's resource (None: no route matched) and status;
+    # tallied and labelled when flushed.
+    _pending: dict[tuple[str, AbstractResource | None, int], list[float]] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def create(cls) -> RequestMetrics:
@@ -106,16 +115,17 @@ class RequestMetrics:
         """Count one answered request and the seconds it took, by method, route and status."""
         method = request.method if request.method in KNOWN_METHODS else "other"
         key = (method, request.match_info.route.resource, status)
-        tally = self._pending.get(key)
-        if tally is None:
-            tally = self._pending[key] = Tally.empty()
-        tally.add(seconds)
+        durations = self._pending.get(key)
+        if durations is None:
+            self._pending[key] = [seconds]
+        else:
+            durations.append(seconds)
 
     def flush(self) -> None:
         """Add the requests tallied since the last flush to the counters."""
         while self._pending:  # one by one: a failure loses that tally only, counts none twice
-            (method, resource, status), tally = self._pending.popitem()
-            labels = (method, route_of(resource), str(status))
+            (method, resource, status), durations = self._pending.popitem()
+            labels, tally = (method, route_of(resource), str(status)), Tally.of(durations)
             self.requests.labels(*labels).inc(tally.count)
             observe_many(self.latency.labels(*labels), tally)
 

@@ -3,8 +3,8 @@
 aiohttp answers a request it cannot parse (a bad method, a header over the
 limit, two Content-Lengths) from ``RequestHandler.handle_error``, outside the
 app and its middlewares, as text/plain echoing the request. The handler here
-answers ``{"ret_code", "message"}`` instead, with a fixed message, and the
-same headers as every other response.
+answers ``{"ret_code", "message"}`` instead, with a fixed message; and every
+response, the app's and these, gets the hardening headers here.
 """
 
 from __future__ import annotations
@@ -31,7 +31,18 @@ LISTEN_BACKLOG = 1024
 
 
 class ContractRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with errors outside the app answered as the contract says."""
+    """aiohttp's connection handler: errors outside the app answered as the contract says,
+    and every answer hardened (api/headers.py)."""
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Every response is finished here, the app's and aiohttp's own (a 417 for an
+        unknown ``Expect``, a malformed request's): one place, rather than the app's
+        ``on_response_prepare`` signal, which cost a coroutine more per request and
+        missed aiohttp's answers (docs/listing-profile.md, round 9)."""
+        harden_headers(resp)
+        return await super().finish_response(request, resp, start_time)
 
     def handle_error(
         self,
@@ -49,7 +60,6 @@ class ContractRequestHandler(RequestHandler):
             peer = printable(request.remote or "-")
             log.info("refused a malformed request from %s: %s", peer, _describe(exc))
             response = error_response(status, 1100, _describe(exc))
-        harden_headers(response)
         response.force_close()
         return response
 

@@ -35,6 +35,7 @@ from tests.support.deployment import (
     serve_api,
 )
 from tests.support.disks import MiB, make_raw_disk
+from tests.support.http import ContractTestServer
 from tests.support.processes import ServiceProcess
 from tests.support.records import Records
 from tests.support.s3_server import S3Server, s3_store_server
@@ -118,7 +119,7 @@ async def client(
     service_settings: Settings,
     worker: ServiceProcess,
 ) -> TestClient[Any, Any]:
-    return await aiohttp_client(create_app(service_settings))
+    return await aiohttp_client(ContractTestServer(create_app(service_settings)))
 
 
 @pytest.fixture

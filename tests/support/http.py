@@ -8,6 +8,10 @@ import urllib.request
 from base64 import b64encode
 from typing import Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from api.server import ContractRunner
 from tests.support.contract import TERMINAL, Reply
 from tests.support.processes import ServiceProcess
 from tests.support.waiting import wait_for
@@ -86,3 +90,11 @@ class Client:
             interval=0.2,
         )
         assert reply.status == 200, f"the API never came up:\n{service.log()}"
+
+
+class ContractTestServer(TestServer):
+    """aiohttp's test server, serving with the API's own connection handler, as
+    ``imagesvc api`` does (api/server.py: contract errors, hardened headers)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        return ContractRunner(self.app, **kwargs)
