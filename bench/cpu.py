@@ -26,8 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from bench.scale import (
     CONNECTIONS,
     _environment,
     _free_port,
-    _wait_for_port,
+    _process,
     add_server_options,
     bare_listing_command,
     scratch_deployment,
@@ -105,26 +104,13 @@ def _servers(stack: ExitStack, args: argparse.Namespace, core: str) -> list[Serv
     return servers
 
 
-@contextmanager
 def _pinned(
     command: list[str], env: dict[str, str], cwd: Path, core: str
-) -> Iterator[tuple[str, int]]:
-    """The server ``command`` on CPU ``core``: its base URL and its pid."""
+) -> AbstractContextManager[tuple[str, int]]:
+    """The server ``command`` on CPU ``core``: its base URL and its pid (taskset executes
+    the command in its own process)."""
     port = _free_port()
-    # taskset executes the command in its own process: the pid is the server's.
-    process = subprocess.Popen(
-        ["taskset", "-c", core, *command, "--port", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    return _process(["taskset", "-c", core, *command, "--port", str(port)], env, port, cwd)
 
 
 def _pin_postgresql(cores: str) -> None:

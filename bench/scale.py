@@ -337,14 +337,17 @@ def _environment(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def _process(command: list[str], env: dict[str, Any], port: int) -> Iterator[tuple[str, int]]:
-    """The server ``command`` listening on ``port``: its base URL and its pid."""
+def _process(
+    command: list[str], env: dict[str, Any], port: int, cwd: Path = Path(__file__).parent.parent
+) -> Iterator[tuple[str, int]]:
+    """The server ``command`` listening on ``port``, run in ``cwd`` (this repository):
+    its base URL and its pid."""
     process = subprocess.Popen(
         command,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=Path(__file__).parent.parent,
+        cwd=cwd,
     )
     try:
         _wait_for_port(port, process)
