@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -42,19 +41,19 @@ from bench.scale import (
     bare_listing_command,
     scratch_deployment,
 )
-from bench.writes import _cpu_seconds
+from bench.scale_load import run_load
+from imagesvc.settings import Settings
 
 WARM_UP_S = 2  # wrk takes whole seconds
 
 
 @dataclass(frozen=True)
 class Server:
-    """A server under measurement: its name, base URL, process and the token it wants."""
+    """A server under measurement: its name, base URL and process."""
 
     name: str
     base: str
     pid: int
-    token: str
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,37 +69,45 @@ def main(argv: list[str] | None = None) -> int:
     server_core, load_cores = str(cores - 1), f"0-{cores - 2}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
-        servers = _servers(stack, args, server_core)
+        settings, database = scratch_deployment(stack, args)
+        caller = scale_data.create_caller(database)
+        print(f"generating {args.size:,} images ...", flush=True)
+        scale_data.grow_to(database, scale_data.CALLER_IMAGES, args.size)
+        servers = _servers(stack, args.tree, settings, caller.account_id, server_core)
         path = f"/v2/zone/{scale_data.ZONE}/{CASES[args.case]}"
+
+        def cpu_per_request(server: Server, seconds: int) -> float:
+            """µs of CPU ``server`` spends per request, under ``wrk`` on the other cores."""
+            url = f"{server.base}{path}"  # the bare server does not check the token
+            load = run_load(url, caller.token, CONNECTIONS, seconds, server.pid, load_cores)
+            return load.cpu_ms * 1e3
+
         for server in servers:  # pools filled, statements prepared, caches warm
-            _load(server, path, WARM_UP_S, load_cores)
+            cpu_per_request(server, WARM_UP_S)
         _pin_postgresql(load_cores)
         samples: dict[str, list[float]] = {server.name: [] for server in servers}
         for _ in range(args.rounds):
             for server in servers:
-                used = _cpu_per_request(server, path, args.seconds, load_cores)
-                samples[server.name].append(used)
+                samples[server.name].append(cpu_per_request(server, args.seconds))
         _print(samples)
     return 0
 
 
-def _servers(stack: ExitStack, args: argparse.Namespace, core: str) -> list[Server]:
-    """The API of this tree and of each ``--tree``, and the bare server, on ``core``."""
-    settings, database = scratch_deployment(stack, args)
-    caller = scale_data.create_caller(database)
-    print(f"generating {args.size:,} images ...", flush=True)
-    scale_data.grow_to(database, scale_data.CALLER_IMAGES, args.size)
+def _servers(
+    stack: ExitStack, trees: list[Path], settings: Settings, owner: str, core: str
+) -> list[Server]:
+    """The API of this tree and of each of ``trees``, and the bare server, on ``core``."""
     env = {**os.environ, **_environment(settings)}
     servers = []
-    for tree in (REPOSITORY, *args.tree):
+    for tree in (REPOSITORY, *trees):
         name = "api" if tree == REPOSITORY else f"api of {tree}"
         command = [_python(tree), "-m", "imagesvc", "api"]
         tree_env = {**env, "PYTHONPATH": str(tree)}
-        base, pid = stack.enter_context(_pinned(command, tree_env, tree, core))
-        servers.append(Server(name, base, pid, caller.token))
-    bare = bare_listing_command(settings.database_url, caller.account_id)
-    base, pid = stack.enter_context(_pinned(bare, dict(os.environ), REPOSITORY, core))
-    servers.append(Server("bare", base, pid, ""))
+        servers.append(Server(name, *stack.enter_context(_pinned(command, tree_env, tree, core))))
+    bare = bare_listing_command(settings.database_url, owner)
+    servers.append(
+        Server("bare", *stack.enter_context(_pinned(bare, dict(os.environ), REPOSITORY, core)))
+    )
     return servers
 
 
@@ -124,28 +131,6 @@ def _pin_postgresql(cores: str) -> None:
     if not pids or not all(moved):
         print("PostgreSQL could not be pinned (it runs elsewhere, or as another user):")
         print("its processes may share the servers' core, which adds noise.", flush=True)
-
-
-def _cpu_per_request(server: Server, path: str, seconds: int, cores: str) -> float:
-    """Microseconds of CPU ``server`` spends per request of ``path``, under load."""
-    before = _cpu_seconds(server.pid)
-    requests = _load(server, path, seconds, cores)
-    return (_cpu_seconds(server.pid) - before) * 1e6 / requests
-
-
-def _load(server: Server, path: str, seconds: int, cores: str) -> int:
-    """``wrk`` on ``cores`` against ``server`` for ``seconds``: the requests it answered."""
-    headers = ["-H", f"Authorization: Bearer {server.token}"] if server.token else []
-    command = ["taskset", "-c", cores, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s"]
-    done = subprocess.run(
-        [*command, *headers, f"{server.base}{path}"], capture_output=True, text=True, check=True
-    )
-    if "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
-        raise RuntimeError(f"{server.name} refused requests:\n{done.stdout}")
-    answered = re.search(r"(\d+) requests in", done.stdout)
-    if answered is None or not int(answered.group(1)):
-        raise RuntimeError(f"no requests counted:\n{done.stdout}")
-    return int(answered.group(1))
 
 
 def _print(samples: dict[str, list[float]]) -> None:

@@ -41,16 +41,22 @@ class Load:
 
 
 def run_load(
-    url: str, token: str, connections: int, seconds: float, pid: int | None = None
+    url: str,
+    token: str,
+    connections: int,
+    seconds: float,
+    pid: int | None = None,
+    cores: str | None = None,
 ) -> Load:
     """Hammer ``url`` for ``seconds``; refuses to report a run with failed requests.
 
     With ``pid``, also the CPU time that process spent per request: unlike
-    requests per second, it hardly depends on what else the machine runs.
+    requests per second, it hardly depends on what else the machine runs. With
+    ``cores`` (``taskset``'s list), wrk runs on those CPUs only.
     """
     cpu_before = cpu_seconds(pid) if pid else 0.0
     if shutil.which("wrk"):
-        load = _wrk(url, token, connections, seconds)
+        load = _wrk(url, token, connections, seconds, cores)
     else:
         load = asyncio.run(_asyncio_load(url, token, connections, seconds))
     if not pid or not load.requests:
@@ -78,10 +84,11 @@ def _answer(url: str, token: str) -> str:
         return f"one more request now fails: {error}"
 
 
-def _wrk(url: str, token: str, connections: int, seconds: float) -> Load:
+def _wrk(url: str, token: str, connections: int, seconds: float, cores: str | None) -> Load:
     threads = min(2, connections)
     duration = f"-d{max(1, round(seconds))}s"  # wrk takes whole seconds
-    command = ["wrk", f"-t{threads}", f"-c{connections}", duration, "--latency"]
+    pinned = ["taskset", "-c", cores] if cores else []
+    command = [*pinned, "wrk", f"-t{threads}", f"-c{connections}", duration, "--latency"]
     command += ["-H", f"Authorization: Bearer {token}", url]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     if failed := _ERRORS.search(output):

@@ -48,6 +48,7 @@ from bench.scale import (
     add_server_options,
     scratch_deployment,
 )
+from bench.scale_load import cpu_seconds
 from bench.scale_report import machine, write_section
 from models.accounts import client_record, create_account, issue_token
 from models.db import Database
@@ -240,24 +241,17 @@ def _measure(bench: Bench, operation: str, clients: int, seconds: float, *, side
         json.dump(plan, file)
         file.flush()
         command = [sys.executable, "-m", "bench.writes", "--load", file.name]
-        cpu_before = _cpu_seconds(bench.pids[side])
+        cpu_before = cpu_seconds(bench.pids[side])
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(done.stderr[-2000:])
         output = done.stdout
-        cpu = _cpu_seconds(bench.pids[side]) - cpu_before
+        cpu = cpu_seconds(bench.pids[side]) - cpu_before
     outcome = json.loads(output)
     accepted = outcome["accepted"]
     _require_recorded(bench, accepted, f"{operation} on {side}")
     cpu_ms = cpu * 1e3 / max(accepted, 1)
     return Run(accepted / outcome["seconds"], outcome["p50"], outcome["p99"], cpu_ms)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) process ``pid`` has used so far: it says what a request
-    costs the server on a machine too loaded for its throughput to mean much."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _seed(bench: Bench, operation: str, clients: int, per_client: int) -> list[list[str]]:
