@@ -127,12 +127,6 @@ class ServiceHandler(logging.StreamHandler):  # type: ignore[type-arg]
 Line = tuple[float, str, Fields]
 
 
-def write_line(logger: logging.Logger, level: int, message: str, fields: Fields) -> None:
-    """Log ``message`` with ``fields`` (as ``extra``) at ``level`` on ``logger``, now."""
-    if logger.isEnabledFor(level):
-        write_lines(logger, level, [(time.time(), message, fields)])
-
-
 def write_lines(logger: logging.Logger, level: int, lines: Sequence[Line]) -> None:
     """Log ``lines`` at ``level`` on ``logger``, each with its own time and fields.
 

@@ -33,7 +33,7 @@ from api.metrics import (
     is_allowed,
     observe_many,
 )
-from imagesvc.logs import JsonFormatter, ServiceHandler, TextFormatter, write_line
+from imagesvc.logs import JsonFormatter, ServiceHandler, TextFormatter, write_lines
 from imagesvc.settings import DEFAULT_METRICS_ALLOW, Settings
 from models.db import Database
 from models.migrate import upgrade
@@ -357,7 +357,7 @@ def test_text_lines_carry_the_same_fields_as_json_lines() -> None:
 def test_a_line_written_without_a_record_is_the_records_line(
     formatter: type[TextFormatter] | type[JsonFormatter],
 ) -> None:
-    """write_line (the access log's path, when only the service's handler listens) writes
+    """write_lines (the access log's path, when only the service's handler listens) writes
     what the record would have: the same line but for the time stamp."""
     stream = io.StringIO()
     service = ServiceHandler(stream)
@@ -369,7 +369,7 @@ def test_a_line_written_without_a_record_is_the_records_line(
     try:
         root.handlers[:] = [service]  # as configure_logging leaves it
         root.setLevel(logging.INFO)
-        write_line(logger, logging.INFO, message, fields)
+        write_lines(logger, logging.INFO, [(time.time(), message, fields)])
         assert stream.getvalue(), "nothing written"
         record = logger.makeRecord(
             logger.name, logging.INFO, "(x)", 0, message, (), None, extra=fields
@@ -377,7 +377,7 @@ def test_a_line_written_without_a_record_is_the_records_line(
         logger.handle(record)
         # With a handler of someone else's too (a test's capture), a record, as before.
         root.addHandler(capture)
-        write_line(logger, logging.INFO, "captured", {"request_id": "req-2"})
+        write_lines(logger, logging.INFO, [(time.time(), "captured", {"request_id": "req-2"})])
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
